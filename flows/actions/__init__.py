@@ -1,0 +1,85 @@
+"""Automated runbook actions: the registry a runbook step's ``action`` names.
+
+An action is a plain function ``fn(ctx: ActionContext) -> ActionResult`` that calls connectors,
+checklists and journal code. The phase flows wrap it in a Prefect task; actions themselves use
+Prefect only through ``ctx.progress`` (so they can be tested with a dummy context).
+
+Register with ``@register("name")`` in a module of this package and list the module in
+``_ACTION_MODULES`` so it is imported when the registry is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pydantic import SecretStr
+
+MANUAL = "manual"
+
+# Modules that register actions; imported lazily so `import flows.actions` stays cheap.
+_ACTION_MODULES: list[str] = []
+
+_REGISTRY: dict[str, Callable[["ActionContext"], "ActionResult"]] = {}
+
+
+class ProgressSink(Protocol):
+    def __call__(self, done: float, total: float | None, message: str = "") -> None: ...
+
+
+@dataclass
+class ActionContext:
+    """What an action may use. ``journal`` is a :class:`journal.store.Journal`."""
+
+    config: Any  # flows.config.Config
+    secrets: dict[str, SecretStr]
+    journal: Any
+    run_id: str
+    step_id: str
+    mode: str
+    work_dir: Path
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cloud2box"))
+    progress: ProgressSink = lambda done, total, message="": None  # noqa: E731
+    services: dict[str, Any] = field(default_factory=dict)  # sandbox handles etc. for the demo
+
+
+@dataclass
+class ActionResult:
+    """What an action proved: ``evidence`` (hashes, checks…) and ``counters`` (bytes, records…)."""
+
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+def register(name: str):
+    """Decorator: make ``fn`` the action called ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"action {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _load() -> None:
+    for module in _ACTION_MODULES:
+        importlib.import_module(module)
+
+
+def get_action(name: str) -> Callable[[ActionContext], ActionResult]:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no automated action named {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def known_actions() -> set[str]:
+    _load()
+    return set(_REGISTRY)

@@ -1,0 +1,178 @@
+"""The ``cloud2box`` command line: parses arguments and calls a flow or a journal function.
+
+Prefect is imported only by the commands that run flows, after the environment is set, so the
+demo can choose an ephemeral server and ``journal`` commands work without Prefect at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from connectors.errors import MigrationError
+
+DEMO_DIR = Path("cloud2box-demo")
+
+
+def _journal_from(args) -> "Journal":  # noqa: F821
+    from journal.store import Journal
+
+    if args.journal_url:
+        return Journal(args.journal_url)
+    if args.config:
+        from flows.config import load_config
+
+        return Journal(load_config(args.config).journal.url)
+    demo_db = DEMO_DIR / "journal.db"
+    if demo_db.exists():
+        return Journal(f"sqlite:///{demo_db.resolve()}")
+    raise MigrationError("no journal given", fix="pass --config FILE or --journal-url URL")
+
+
+def _latest_run_id(journal) -> str:
+    runs = journal.runs()
+    if not runs:
+        raise MigrationError(f"the journal has no runs yet", fix="run a migration or the demo first")
+    return runs[-1].id
+
+
+def cmd_journal(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from journal.export import SUMMARY_COLUMNS, export_run, journal_frame
+
+    journal = _journal_from(args)
+    if args.journal_cmd == "list":
+        table = Table(title="migration runs")
+        for col in ("run", "name", "mode", "status", "created (UTC)", "attempts"):
+            table.add_column(col)
+        for r in journal.runs():
+            table.add_row(r.id, r.name, r.mode, r.status, f"{r.created_at:%Y-%m-%d %H:%M:%S}", str(r.attempts))
+        Console().print(table)
+        return 0
+    run_id = args.run or _latest_run_id(journal)
+    if args.journal_cmd == "show":
+        run = journal.get_run(run_id)
+        df = journal_frame(journal, run_id)
+        table = Table(title=f"{run.name} — {run.mode} — run {run.id} — {run.status}")
+        for col in ["phase"] + SUMMARY_COLUMNS:
+            table.add_column(col, overflow="fold")
+        for _, row in df.iterrows():
+            table.add_row(*("" if row[c] is None or row[c] != row[c] else str(row[c]) for c in ["phase"] + SUMMARY_COLUMNS))
+        console = Console()
+        console.print(table)
+        for s in journal.signoffs(run_id):
+            console.print(f"gate {s.phase}: {s.decision} by {s.signer} ({s.role}) at {s.signed_at:%Y-%m-%d %H:%M:%S} UTC"
+                          + (f" — {s.comment}" if s.comment else ""))
+        if run.status_detail:
+            console.print(f"[bold]{run.status}[/bold]: {run.status_detail}")
+        return 0
+    paths = export_run(journal, run_id, args.out)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _print_outcome(state) -> int:
+    if state.is_completed():
+        print(f"migration completed: {state.result()}")
+        return 0
+    print(f"migration stopped: {state.type.value}: {state.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args) -> int:
+    from flows.config import load_config
+
+    load_config(args.config)  # fail fast, before Prefect starts, with every config problem listed
+    from flows.migration import migration
+
+    state = migration(str(Path(args.config).resolve()), args.mode, args.new_run, return_state=True)
+    return _print_outcome(state)
+
+
+def cmd_serve(args) -> int:
+    from flows.config import load_config
+
+    load_config(args.config)
+    if not os.environ.get("PREFECT_API_URL"):
+        print("note: PREFECT_API_URL is not set, so deployments go to a temporary server the UI cannot see.\n"
+              "      Start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api first.",
+              file=sys.stderr)
+    from prefect import serve
+
+    from flows.deployments import build_deployments
+
+    serve(*build_deployments(str(Path(args.config).resolve())))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    out = Path(args.out).resolve()
+    if out.exists() and not args.keep:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.prefect_api:
+        # The demo runs on an ephemeral Prefect server of its own, whatever the shell points at.
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ.setdefault("PREFECT_HOME", str(out / "prefect-home"))
+        os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from a closed network
+    else:
+        os.environ["PREFECT_API_URL"] = args.prefect_api
+    from flows.demo import run_demo
+
+    return run_demo(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud2box", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole runbook on the sandbox with a scripted customer")
+    d.add_argument("--out", default=str(DEMO_DIR), help="where the journal and files go (default ./cloud2box-demo)")
+    d.add_argument("--keep", action="store_true", help="keep what an earlier demo left in --out")
+    d.add_argument("--prefect-api", help="use this Prefect server instead of an ephemeral one (watch it in the UI)")
+    d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("run", help="run a migration with a config file")
+    r.add_argument("--config", required=True)
+    r.add_argument("--mode", choices=["rehearsal", "cutover"], default="rehearsal")
+    r.add_argument("--new-run", action="store_true", help="start a fresh journal run instead of resuming")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("serve", help="register the rehearsal and cutover deployments and serve them")
+    s.add_argument("--config", required=True)
+    s.set_defaults(fn=cmd_serve)
+
+    j = sub.add_parser("journal", help="read the journal (no Prefect needed)")
+    j.add_argument("journal_cmd", choices=["list", "show", "export"])
+    j.add_argument("--run", help="run id (default: the latest)")
+    j.add_argument("--config", help="config file naming the journal")
+    j.add_argument("--journal-url", help="SQLAlchemy URL of the journal")
+    j.add_argument("--out", default=".", help="export: directory for journal.csv and journal.md")
+    j.set_defaults(fn=cmd_journal)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MigrationError as exc:
+        from connectors.secrets import redact
+
+        print(f"cloud2box: {redact(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cloud2box: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

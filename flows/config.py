@@ -1,0 +1,164 @@
+"""The one configuration tree of cloud2box, loaded from TOML and validated once at start.
+
+Every problem is reported at once, each naming the file and the dotted key. Secrets are never
+in the file: a ``SecretRef`` names an environment variable or a Prefect Secret block, resolved
+into ``SecretStr`` by :func:`resolve_secrets` and registered for redaction.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from connectors.errors import ConfigError
+from connectors.secrets import SecretRef, register_secret
+
+CHECKLISTS_DIR = Path(__file__).resolve().parent.parent / "checklists"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MigrationSection(_Model):
+    name: str = Field(min_length=1, description="a short name of this migration, e.g. the company")
+    portal: str = Field(description="the cloud portal's address, e.g. https://acme.bitrix24.eu")
+    box_portal: str = Field(default="", description="the box portal's address after the move")
+    timezone: str = "UTC"
+    contact: str = Field(default="", description="who users contact during the downtime")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Berlin") from None
+        return v
+
+    @field_validator("portal", "box_portal")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not a URL; write it as https://host")
+        return v.rstrip("/")
+
+
+class JournalSection(_Model):
+    url: str = Field(
+        default="sqlite:///cloud2box-journal.db",
+        description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg2://user@host/db",
+    )
+    out_dir: Path = Path("cloud2box-out")
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        if not v.startswith(("sqlite", "postgresql", "mysql", "mariadb")):
+            raise ValueError(f"unsupported journal URL {v.split(':', 1)[0]!r}; use sqlite:/// or postgresql+psycopg2://")
+        return v
+
+
+class PrefectSection(_Model):
+    pause_timeout_s: int = Field(default=3 * 24 * 3600, gt=0, description="how long a sign-off may wait")
+    poll_interval_s: int = Field(default=10, gt=0, description="how often a paused run checks for input")
+
+
+class RunbookSection(_Model):
+    path: Path = CHECKLISTS_DIR / "runbook.toml"
+
+
+class Config(_Model):
+    """The whole configuration; ``source`` is the file it came from (for messages)."""
+
+    migration: MigrationSection
+    journal: JournalSection = JournalSection()
+    prefect: PrefectSection = PrefectSection()
+    runbook: RunbookSection = RunbookSection()
+    secrets: dict[str, SecretRef] = Field(
+        default_factory=dict, description="named secrets, e.g. cloud_webhook = {env = 'C2B_CLOUD_WEBHOOK'}"
+    )
+    source: str = Field(default="<defaults>", exclude=True)
+
+    def snapshot(self) -> dict:
+        """A JSON-able copy for the journal: references only, never a secret value."""
+        return self.model_dump(mode="json")
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "<top level>"
+
+
+def load_config(path: str | os.PathLike, *, overrides: dict | None = None) -> Config:
+    """Load and validate ``path``; raise :class:`ConfigError` listing every problem."""
+    source = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, ["file not found; copy config.example.toml and edit it"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    return config_from_dict(raw, source=source, overrides=overrides)
+
+
+def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | None = None) -> Config:
+    data = _deep_merge(raw, overrides or {})
+    data["source"] = source
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"[{_loc(err['loc'])}] {msg}")
+        raise ConfigError(source, problems) from None
+    problems = [f"[runbook.path] file {config.runbook.path} not found"] if not Path(config.runbook.path).exists() else []
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_secrets(config: Config, *, prefect_reader=None) -> dict[str, SecretStr]:
+    """Resolve every secret reference; raise :class:`ConfigError` naming each one missing.
+
+    ``prefect_reader(name) -> str`` reads a Prefect Secret block (passed in by the flows so this
+    module stays usable without a Prefect server).
+    """
+    values: dict[str, SecretStr] = {}
+    problems: list[str] = []
+    for key, ref in config.secrets.items():
+        value: str | None = None
+        if ref.env:
+            value = os.environ.get(ref.env)
+        elif prefect_reader is not None:
+            try:
+                value = prefect_reader(ref.prefect_secret)
+            except Exception as exc:  # a missing block raises ValueError; report, don't crash
+                problems.append(f"[secrets.{key}] cannot read {ref.describe()}: {type(exc).__name__}")
+                continue
+        if not value:
+            problems.append(f"[secrets.{key}] {ref.describe()} is not set; set it before starting")
+            continue
+        register_secret(value)
+        values[key] = SecretStr(value)
+    if problems:
+        raise ConfigError(config.source, problems)
+    return values
+
+
+Mode = Literal["rehearsal", "cutover"]

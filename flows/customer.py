@@ -1,0 +1,136 @@
+"""A scripted customer: answers paused runs through Prefect's API exactly as a person would in the UI.
+
+The demo uses it to confirm manual steps and sign the gates; tests use it with their own answers.
+It reads the form's Markdown prompt and schema that the paused run saved, then calls
+``resume_flow_run`` with typed input, which the server validates against that schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_runs import resume_flow_run
+from prefect.input.run_input import keyset_from_paused_state
+
+log = logging.getLogger("cloud2box.customer")
+
+
+@dataclass
+class PausedPrompt:
+    flow_run_id: str
+    flow_run_name: str
+    key: str  # our stable pause key: step-2-10-attempt-1, gate-1-attempt-1
+    description: str
+
+    @property
+    def kind(self) -> str:
+        return "gate" if self.key.startswith("gate-") else "step"
+
+    @property
+    def target(self) -> str:
+        """The step id (``2.10``) or the phase number (``1``) the prompt is about."""
+        m = re.match(r"^(?:step|gate)-(.+)-attempt-\d+$", self.key)
+        return m.group(1).replace("-", ".") if m else self.key
+
+    @property
+    def who(self) -> str:
+        m = re.search(r"\*\*Who:\*\*\s*([^·\n]+)", self.description)
+        return m.group(1).strip() if m else "Customer"
+
+
+def demo_answer(prompt: PausedPrompt) -> dict:
+    """What the demo's people answer: every step done, every gate approved."""
+    if prompt.kind == "gate":
+        return {"signer": "Dana Demo", "role": "Head of Sales (customer)", "decision": "approve",
+                "comment": f"phase {prompt.target} checked in the demo"}
+    person = "Alex Engineer" if prompt.who == "Contractor" else "Dana Demo"
+    return {"done": True, "done_by": f"{person} ({prompt.who})", "notes": "done in the demo", "evidence_link": ""}
+
+
+@dataclass
+class ScriptedCustomer:
+    """Polls for paused flow runs and answers them with ``answer(prompt) -> dict | None``.
+
+    ``None`` leaves the prompt unanswered. Every answered prompt is kept in ``answered``.
+    """
+
+    answer: Callable[[PausedPrompt], dict | None] = demo_answer
+    poll_s: float = 0.5
+    answered: list[tuple[PausedPrompt, dict]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scripted-customer", daemon=True)
+
+    def start(self) -> "ScriptedCustomer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "ScriptedCustomer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def pending(self) -> list[PausedPrompt]:
+        """Paused runs whose form (schema and Markdown prompt) is saved and ready to answer."""
+        prompts = []
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            for run in runs:
+                if not run.state or not run.state.state_details.run_input_keyset:
+                    continue
+                keyset = keyset_from_paused_state(run.state)
+                try:
+                    description = client.read_flow_run_input(run.id, keyset["description"])
+                except ObjectNotFound:
+                    continue  # the run has paused but not yet saved its form
+                prompts.append(PausedPrompt(str(run.id), run.name, run.state.state_details.pause_key or "",
+                                            _unquote(description)))
+        return prompts
+
+    def _loop(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        while not self._stop.wait(self.poll_s):
+            try:
+                for prompt in self.pending():
+                    if (prompt.flow_run_id, prompt.key) in seen:
+                        continue
+                    reply = self.answer(prompt)
+                    if reply is None:
+                        continue
+                    resume_flow_run(prompt.flow_run_id, run_input=reply)
+                    seen.add((prompt.flow_run_id, prompt.key))
+                    self.answered.append((prompt, reply))
+                    log.info("answered %s %s (%s)", prompt.kind, prompt.target, prompt.who)
+            except Exception as exc:  # keep polling: the server may be busy; record for the caller
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                if len(self.errors) > 100:
+                    raise
+
+
+def _unquote(value) -> str:
+    # flow run inputs are stored JSON-encoded; a string comes back quoted
+    import json
+
+    if isinstance(value, str):
+        try:
+            loaded = json.loads(value)
+            return loaded if isinstance(loaded, str) else value
+        except ValueError:
+            return value
+    return str(value)

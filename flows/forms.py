@@ -1,0 +1,71 @@
+"""The typed forms a person fills in the Prefect UI when a run pauses."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from prefect.input import RunInput
+
+from checklists.runbook import OWNER_LABELS, Phase, Step
+
+
+class ManualStepInput(RunInput):
+    """Confirmation of a manual runbook step."""
+
+    done: bool = Field(default=False, description="Tick when the step is done. Leave unticked to report it as NOT done (the run stops here).")
+    done_by: str = Field(min_length=1, description="Your full name: who did the step")
+    notes: str = Field(default="", description="What was done, problems met, anything the auditor should know")
+    evidence_link: str = Field(default="", description="Link to evidence (ticket, screenshot, document), if any")
+
+
+class GateSignOff(RunInput):
+    """A customer's sign-off of a phase."""
+
+    signer: str = Field(min_length=1, description="Your full name")
+    role: str = Field(min_length=1, description="Your role at the customer, e.g. Head of Sales, IT Director")
+    decision: Literal["approve", "reject"] = Field(description="approve: the next phase may start; reject: the run stops here")
+    comment: str = Field(default="", description="Why, and any conditions")
+
+
+def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> str:
+    who = OWNER_LABELS[step.owner]
+    lines = [
+        f"### Step {step.id} — {step.title}",
+        f"**Who:** {who} · **Phase:** {step.phase} · **Urgency:** {step.urgency} · "
+        f"**Planned:** {_human_minutes(step.planned_minutes)} · **Run:** {mode} of {portal}",
+        "",
+        step.instructions or "Do the step as agreed in the runbook.",
+        "",
+    ]
+    if step.downtime == "start":
+        lines += ["> **User downtime starts when you confirm this step.** The CRM users stop working in the cloud.", ""]
+    if step.downtime == "end":
+        lines += ["> **User downtime ends when you confirm this step.** The CRM users work on the box from now on.", ""]
+    if attempt > 1:
+        lines += [f"_This step was tried before (attempt {attempt}); see the journal for what happened._", ""]
+    lines.append(f"When it is done, the **{who}** ticks *done*, names who did it, and submits.")
+    return "\n".join(lines)
+
+
+def gate_prompt(phase: Phase, *, mode: str, portal: str, journal_table_md: str) -> str:
+    return "\n".join([
+        f"### Sign-off of phase {phase.number} — {phase.title}",
+        f"**Who:** Customer · **Run:** {mode} of {portal}",
+        "",
+        phase.gate,
+        "",
+        "What was done in this phase:",
+        "",
+        journal_table_md,
+        "",
+        "Approve to start the next phase, or reject to stop the run here (it can be re-run; completed steps are kept).",
+    ])
+
+
+def _human_minutes(minutes: float) -> str:
+    if minutes >= 1440:
+        return f"{minutes / 1440:g} d"
+    if minutes >= 60:
+        return f"{minutes / 60:g} h"
+    return f"{minutes:g} min"

@@ -1,0 +1,291 @@
+"""The migration runbook as Prefect flows: ``migration`` runs the phases as subflows.
+
+Each runbook step is a Prefect task tagged ``owner:<role>``, ``phase:<n>``, ``urgency:<u>``.
+A manual step pauses the run for a typed confirmation; a phase gate pauses for the customer's
+sign-off. The journal decides what is already done, so a re-run resumes where the last one
+stopped and never asks twice for what was confirmed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.flow_runs import pause_flow_run
+from pydantic import SecretStr
+
+from checklists.runbook import Phase, Runbook, Step, load_runbook
+from connectors.errors import FatalError, GateRejected, MigrationError, StepNotDone
+from connectors.secrets import install_log_redaction, redact
+from flows.actions import ActionContext, get_action, known_actions
+from flows.config import Config, load_config, resolve_secrets
+from flows.forms import GateSignOff, ManualStepInput, gate_prompt, manual_step_prompt
+from journal.export import SUMMARY_COLUMNS, export_run, markdown_table, phase_rows
+from journal.store import Journal
+
+AUTOMATED_ACTOR = "cloud2box (automated)"
+
+# Handles the demo and tests pass to actions in-process (sandbox servers); keyed by run id.
+SERVICES: dict[str, dict] = {}
+
+
+@dataclass
+class _Setup:
+    config: Config
+    secrets: dict[str, SecretStr]
+    runbook: Runbook
+    journal: Journal
+
+
+def _read_prefect_secret(name: str) -> str:
+    from prefect.blocks.system import Secret
+
+    return Secret.load(name).get()
+
+
+def _setup(config_path: str) -> _Setup:
+    install_log_redaction()
+    config = load_config(config_path)
+    secrets = resolve_secrets(config, prefect_reader=_read_prefect_secret)
+    runbook = load_runbook(config.runbook.path, known_actions=known_actions())
+    return _Setup(config, secrets, runbook, Journal(config.journal.url))
+
+
+def _flow_run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _planned_start(run_created: dt.datetime, runbook: Runbook, step: Step) -> dt.datetime:
+    before = runbook.steps[: runbook.seq(step.id)]
+    return run_created + dt.timedelta(seconds=sum(s.planned_s for s in before))
+
+
+class _ProgressArtifact:
+    """Turns an action's progress callbacks into one Prefect progress artifact (≤ 1 update/s)."""
+
+    def __init__(self, key: str, title: str) -> None:
+        self.key, self.title = key, title
+        self.artifact_id = None
+        self.last = 0.0
+
+    def __call__(self, done: float, total: float | None, message: str = "") -> None:
+        now = time.monotonic()
+        if self.artifact_id is not None and now - self.last < 1.0 and (total is None or done < total):
+            return
+        self.last = now
+        pct = min(100.0, 100.0 * done / total) if total else 0.0
+        description = f"{self.title}: {message}" if message else self.title
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(pct, key=self.key, description=description)
+            else:
+                update_progress_artifact(self.artifact_id, pct, description=description)
+        except Exception as exc:  # progress display must never fail the step
+            logging.getLogger("cloud2box").debug("progress artifact update failed: %s", exc)
+
+
+# --- tasks: one per runbook step, plus the gate ----------------------------------------------
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def run_step(config_path: str, run_id: str, mode: str, step_id: str, execution_id: int,
+             confirmation: dict | None = None) -> dict:
+    """Do (automated) or record (manual) one runbook step; the journal row is final on return."""
+    setup = _setup(config_path)
+    journal = setup.journal
+    step = next(s for s in setup.runbook.steps if s.id == step_id)
+    logger = get_run_logger()
+    if step.is_manual:
+        answer = ManualStepInput.model_validate(confirmation or {})
+        if not answer.done:
+            journal.finish_step(execution_id, outcome="failed", actor=answer.done_by, notes=answer.notes,
+                                error=f"reported NOT done by {answer.done_by}",
+                                evidence={"evidence_link": answer.evidence_link} if answer.evidence_link else {})
+            raise StepNotDone(f"step {step.id} ({step.title}) was reported NOT done by {answer.done_by}: "
+                              f"{answer.notes or 'no notes'}",
+                              fix="finish the step, then re-run the migration: it resumes at this step")
+        row = journal.finish_step(execution_id, outcome="done", actor=answer.done_by, notes=answer.notes,
+                                  evidence={"evidence_link": answer.evidence_link} if answer.evidence_link else {})
+        logger.info("step %s confirmed done by %s", step.id, redact(answer.done_by))
+    else:
+        action = get_action(step.action)
+        work_dir = Path(setup.config.journal.out_dir) / "runs" / run_id
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ctx = ActionContext(
+            config=setup.config, secrets=setup.secrets, journal=journal, run_id=run_id, step_id=step.id,
+            mode=mode, work_dir=work_dir, logger=logger,
+            progress=_ProgressArtifact(f"progress-{run_id}-step-{step.slug}", f"Step {step.id} {step.title}"),
+            services=SERVICES.get(run_id, SERVICES.get("*", {})),
+        )
+        try:
+            result = action(ctx)
+        except Exception as exc:
+            journal.finish_step(execution_id, outcome="failed", actor=AUTOMATED_ACTOR,
+                                error=f"{type(exc).__name__}: {exc}")
+            raise
+        row = journal.finish_step(execution_id, outcome="done", actor=AUTOMATED_ACTOR, notes=result.summary,
+                                  evidence=result.evidence, counters=result.counters)
+        logger.info("step %s done: %s", step.id, redact(result.summary))
+    if step.downtime:
+        journal.add_event(run_id, f"downtime-{step.downtime}",
+                          f"user downtime {'starts' if step.downtime == 'start' else 'ends'} (step {step.id})",
+                          step_id=step.id)
+    return {"step": step.id, "outcome": row.outcome, "duration_s": row.duration_s}
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, tags=["owner:customer", "gate"])
+def record_gate(config_path: str, run_id: str, phase: int, signoff: dict) -> dict:
+    """Journal a customer's gate decision; a rejection stops the run."""
+    journal = Journal(load_config(config_path).journal.url)
+    answer = GateSignOff.model_validate(signoff)
+    journal.record_signoff(run_id, phase=phase, signer=answer.signer, role=answer.role, decision=answer.decision,
+                           comment=answer.comment, flow_run_id=_flow_run_id())
+    if answer.decision != "approve":
+        raise GateRejected(
+            f"phase {phase} was rejected by {answer.signer} ({answer.role}): {answer.comment or 'no comment'}",
+            fix="resolve what the customer raised, then re-run the migration: completed steps are kept and "
+                "the gate is asked again",
+        )
+    return {"phase": phase, "decision": answer.decision, "signer": answer.signer}
+
+
+def _publish_phase_table(journal: Journal, run_id: str, phase: Phase) -> None:
+    rows = phase_rows(journal, run_id, phase.number)
+    try:
+        create_table_artifact(
+            [{c: r[c] for c in SUMMARY_COLUMNS} for r in rows],
+            key=f"journal-{run_id}-phase-{phase.number}",
+            description=f"Journal of phase {phase.number} ({phase.title}), run {run_id}",
+        )
+    except Exception as exc:  # the journal is the record; an artifact hiccup must not stop the run
+        get_run_logger().warning("could not update the journal artifact: %s", exc)
+
+
+def _retire_flow_run(flow_run_id: str, superseded_by: str | None) -> None:
+    """Cancel what a killed process left paused or running, so nobody answers a dead prompt."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.states import Cancelled
+
+    if not flow_run_id or flow_run_id == superseded_by:
+        return  # a retry of the same flow run: nothing to retire
+    logger = get_run_logger()
+    try:
+        with get_client(sync_client=True) as client:
+            old = client.read_flow_run(UUID(flow_run_id))
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[old.id])))
+            for fr in [*children, old]:
+                if fr.state and not fr.state.is_final():
+                    client.set_flow_run_state(fr.id, Cancelled(message=f"superseded by flow run {superseded_by} (resume)"),
+                                              force=True)
+                    logger.info("retired stale flow run %s (%s)", fr.name, fr.state.type.value)
+    except Exception as exc:  # the old run may be gone from a cleaned-up server; resuming matters more
+        logger.warning("could not retire the previous flow run %s: %s", flow_run_id, exc)
+
+
+# --- flows -------------------------------------------------------------------------------------
+
+@flow(name="phase", flow_run_name="phase-{number}-{mode}", persist_result=False)
+def run_phase(config: str, run_id: str, mode: str, number: int) -> dict:
+    """One phase: its steps in runbook order, then the customer's sign-off gate."""
+    setup = _setup(config)
+    journal, runbook, cfg = setup.journal, setup.runbook, setup.config
+    phase = runbook.phase(number)
+    logger = get_run_logger()
+    run = journal.get_run(run_id)
+    done = journal.completed_steps(run_id)
+    for step in phase.steps:
+        if step.id in done:
+            logger.info("step %s already done (%s by %s): not redone", step.id, done[step.id].actual_end, done[step.id].actor)
+            continue
+        attempt = journal.attempts_of(run_id, step.id) + 1
+        execution_id = journal.start_step(
+            run_id, step_id=step.id, phase=step.phase, seq=runbook.seq(step.id), title=step.title, owner=step.owner,
+            urgency=step.urgency, action=step.action, planned_duration_s=step.planned_s,
+            planned_start=_planned_start(run.created_at, runbook, step), downtime=step.downtime,
+            flow_run_id=_flow_run_id(),
+        )
+        confirmation = None
+        if step.is_manual:
+            form = ManualStepInput.with_initial_data(
+                description=manual_step_prompt(step, mode=mode, portal=cfg.migration.portal, attempt=attempt))
+            answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
+                                    poll_interval=cfg.prefect.poll_interval_s, key=f"step-{step.slug}-attempt-{attempt}")
+            confirmation = answer.model_dump(include=set(ManualStepInput.model_fields))
+        step_task = run_step.with_options(
+            name=f"step {step.id}", task_run_name=f"{step.id} {step.title}",
+            tags=[f"owner:{step.owner}", f"phase:{step.phase}", f"urgency:{step.urgency}",
+                  "manual" if step.is_manual else f"action:{step.action}"],
+        )
+        try:
+            step_task(config, run_id, mode, step.id, execution_id, confirmation)
+        finally:
+            _publish_phase_table(journal, run_id, phase)
+
+    if number in journal.approved_phases(run_id):
+        logger.info("phase %s was already signed off: not asked again", number)
+        return {"phase": number, "decision": "approve", "resumed": True}
+    attempt = 1 + sum(1 for s in journal.signoffs(run_id) if s.phase == number)
+    table = markdown_table(phase_rows(journal, run_id, number), SUMMARY_COLUMNS)
+    form = GateSignOff.with_initial_data(
+        description=gate_prompt(phase, mode=mode, portal=cfg.migration.portal, journal_table_md=table))
+    answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
+                            poll_interval=cfg.prefect.poll_interval_s, key=f"gate-{number}-attempt-{attempt}")
+    return record_gate(config, run_id, number, answer.model_dump(include=set(GateSignOff.model_fields)))
+
+
+@flow(name="migration", flow_run_name="migration-{mode}", persist_result=False)
+def migration(config: str, mode: Literal["rehearsal", "cutover"] = "rehearsal", new_run: bool = False) -> dict:
+    """Run the migration runbook (phases 1–3) for the portal in ``config``.
+
+    Args:
+        config: path of the TOML configuration file.
+        mode: ``rehearsal`` (the first backup: find problems, measure) or ``cutover`` (the real move).
+        new_run: start a fresh journal run even if the last run of this mode did not finish.
+    """
+    setup = _setup(config)
+    cfg, journal, runbook = setup.config, setup.journal, setup.runbook
+    logger = get_run_logger()
+    run, previous_flow_run = journal.open_run(name=cfg.migration.name, portal=cfg.migration.portal, mode=mode,
+                                    timezone=cfg.migration.timezone, config_snapshot=cfg.snapshot(),
+                                    flow_run_id=_flow_run_id(), new=new_run)
+    if previous_flow_run is not None:
+        _retire_flow_run(previous_flow_run, superseded_by=_flow_run_id())
+        stale = journal.close_stale_steps(run.id, "interrupted: the previous run stopped before this step finished")
+        journal.add_event(run.id, "resume", f"run resumed (attempt {run.attempts}); {stale} interrupted step(s) closed")
+        logger.info("resuming migration run %s (attempt %s)", run.id, run.attempts)
+    else:
+        journal.add_event(run.id, "start", f"{mode} of {cfg.migration.portal} started")
+        logger.info("started migration run %s (%s)", run.id, mode)
+    SERVICES.setdefault(run.id, SERVICES.get("*", {}))
+    out_dir = Path(cfg.journal.out_dir)
+    try:
+        for phase in runbook.phases:
+            run_phase(config, run.id, mode, phase.number)
+    except GateRejected as exc:
+        journal.finish_run(run.id, "rejected", exc.message)
+        export_run(journal, run.id, out_dir)
+        raise
+    except BaseException as exc:
+        detail = exc.message if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+        journal.finish_run(run.id, "failed", detail)
+        export_run(journal, run.id, out_dir)
+        raise
+    journal.finish_run(run.id, "completed")
+    paths = export_run(journal, run.id, out_dir)
+    logger.info("migration run %s completed; journal written to %s", run.id, ", ".join(map(str, paths.values())))
+    return {"run_id": run.id, "status": "completed", "journal": {k: str(v) for k, v in paths.items()}}
+
+
+__all__ = ["migration", "run_phase", "run_step", "record_gate", "FatalError"]

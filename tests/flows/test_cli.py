@@ -1,0 +1,69 @@
+"""The cloud2box command line, as a user runs it: subprocesses, real files, real exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from journal.store import Journal
+
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def _cli(*args, cwd=None, env=None, timeout=120):
+    return subprocess.run([*CLI, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_run_with_bad_config_exits_2_listing_every_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[migration]\nportal = "nope"\n[journal]\nurl = "oracle://x"\n')
+    res = _cli("run", "--config", str(bad))
+    assert res.returncode == 2
+    assert "3 problem(s)" in res.stderr and "[migration.name]" in res.stderr and "[journal.url]" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_journal_show_and_export(tmp_path):
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    journal = Journal(url)
+    import datetime as dt
+
+    run, _ = journal.open_run(name="acme", portal="https://p", mode="rehearsal", timezone="Europe/Berlin",
+                              config_snapshot={})
+    ex = journal.start_step(run.id, step_id="1.1", phase=1, seq=0, title="Deploy the production environment",
+                            owner="contractor", urgency="medium", action="manual", planned_duration_s=60,
+                            planned_start=dt.datetime.now(dt.timezone.utc))
+    journal.finish_step(ex, outcome="done", actor="Alex")
+    journal.record_signoff(run.id, phase=1, signer="Dana", role="CEO", decision="approve", comment="ok")
+
+    res = _cli("journal", "show", "--journal-url", url, "--run", run.id, env={"COLUMNS": "220"})
+    assert res.returncode == 0, res.stderr
+    assert "Deploy the production" in res.stdout and "Alex" in res.stdout and "approve by Dana (CEO)" in res.stdout
+    res = _cli("journal", "export", "--journal-url", url, "--out", str(tmp_path / "exp"))
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(tmp_path / "exp" / "journal.csv")
+    assert list(df["step"].astype(str)) == ["1.1"] and df.loc[0, "actor"] == "Alex"
+    assert "| 1 | Dana | CEO | approve |" in (tmp_path / "exp" / "journal.md").read_text()
+    res = _cli("journal", "show", "--journal-url", url, "--run", "nope")
+    assert res.returncode == 2 and "no migration run 'nope'" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
+    """README's first command: the whole runbook on an ephemeral Prefect server of its own."""
+    out = tmp_path / "demo"
+    res = _cli("demo", "--out", str(out), env={"PREFECT_API_URL": ""}, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    df = pd.read_csv(out / "journal.csv", dtype={"step": str})
+    assert len(df) == 21 and set(df["outcome"]) == {"done"}
+    assert list(df["step"]) == [f"{p}.{i}" for p, n in ((1, 6), (2, 12), (3, 3)) for i in range(1, n + 1)]
+    md = (out / "journal.md").read_text()
+    assert md.count("| approve |") == 3 and "User downtime:" in md
+    assert "21 steps done, 3 gates signed" in res.stdout
