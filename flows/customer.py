@@ -60,9 +60,12 @@ class ScriptedCustomer:
     """Polls for paused flow runs and answers them with ``answer(prompt) -> dict | None``.
 
     ``None`` leaves the prompt unanswered. Every answered prompt is kept in ``answered``.
+    With ``config`` set, only runs of the migration with that config file are answered (a
+    server may hold other migrations' pauses).
     """
 
     answer: Callable[[PausedPrompt], dict | None] = demo_answer
+    config: str | None = None
     poll_s: float = 0.5
     answered: list[tuple[PausedPrompt, dict]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -93,6 +96,8 @@ class ScriptedCustomer:
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
             for run in runs:
                 if not run.state or not run.state.state_details.run_input_keyset:
+                    continue
+                if self.config is not None and str(run.parameters.get("config")) != str(self.config):
                     continue
                 keyset = keyset_from_paused_state(run.state)
                 try:

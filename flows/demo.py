@@ -75,7 +75,7 @@ def run_demo(out: Path) -> int:
             os.environ[name] = value
         SERVICES["*"] = sandbox.services
         print(f"cloud2box demo: config {config_path}; sandbox: {', '.join(sandbox.describe()) or 'manual steps only'}")
-        customer = stack.enter_context(ScriptedCustomer())
+        customer = stack.enter_context(ScriptedCustomer(config=str(config_path)))
         state = migration(str(config_path), "rehearsal", True, return_state=True)
     journal = Journal(f"sqlite:///{out / 'journal.db'}")
     run = journal.runs()[-1]

@@ -34,7 +34,7 @@ def _flaky_check(ctx):
 def _run(config, *, answer=demo_answer, mode="rehearsal"):
     from flows.migration import migration
 
-    with ScriptedCustomer(answer=answer, poll_s=0.3) as customer:
+    with ScriptedCustomer(answer=answer, config=str(config), poll_s=0.3) as customer:
         state = migration(str(config), mode, return_state=True)
     assert not customer.errors, customer.errors
     return state, customer
@@ -174,7 +174,8 @@ def test_killed_run_resumes_without_repeating_completed_steps(prefect_server, ma
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config)], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"))
     try:
-        with ScriptedCustomer(answer=lambda p: demo_answer(p) if p.target == "1.1" else None, poll_s=0.3) as customer:
+        with ScriptedCustomer(answer=lambda p: demo_answer(p) if p.target == "1.1" else None, config=str(config),
+                              poll_s=0.3) as customer:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 runs = journal.runs()
