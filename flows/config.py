@@ -71,6 +71,7 @@ class PrefectSection(_Model):
 
 class RunbookSection(_Model):
     path: Path = CHECKLISTS_DIR / "runbook.toml"
+    risks: Path = Field(default=CHECKLISTS_DIR / "risks.toml", description="the risk register shown at gate 1")
 
 
 class Config(_Model):
@@ -117,7 +118,8 @@ def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | Non
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"[{_loc(err['loc'])}] {msg}")
         raise ConfigError(source, problems) from None
-    problems = [f"[runbook.path] file {config.runbook.path} not found"] if not Path(config.runbook.path).exists() else []
+    problems = [f"[runbook.{key}] file {path} not found" for key, path in
+                (("path", config.runbook.path), ("risks", config.runbook.risks)) if not Path(path).exists()]
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -7,6 +7,7 @@ It reads the form's Markdown prompt and schema that the paused run saved, then c
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -29,6 +30,7 @@ class PausedPrompt:
     flow_run_name: str
     key: str  # our stable pause key: step-2-10-attempt-1, gate-1-attempt-1
     description: str
+    fields: tuple[str, ...] = ()  # the form's field names, from the schema the run saved
 
     @property
     def kind(self) -> str:
@@ -49,8 +51,11 @@ class PausedPrompt:
 def demo_answer(prompt: PausedPrompt) -> dict:
     """What the demo's people answer: every step done, every gate approved."""
     if prompt.kind == "gate":
-        return {"signer": "Dana Demo", "role": "Head of Sales (customer)", "decision": "approve",
-                "comment": f"phase {prompt.target} checked in the demo"}
+        reply = {"signer": "Dana Demo", "role": "Head of Sales (customer)", "decision": "approve",
+                 "comment": f"phase {prompt.target} checked in the demo"}
+        if "accept_unmitigated_risks" in prompt.fields:
+            reply["accept_unmitigated_risks"] = True  # the demo customer knowingly accepts them
+        return reply
     person = "Alex Engineer" if prompt.who == "Contractor" else "Dana Demo"
     return {"done": True, "done_by": f"{person} ({prompt.who})", "notes": "done in the demo", "evidence_link": ""}
 
@@ -102,10 +107,11 @@ class ScriptedCustomer:
                 keyset = keyset_from_paused_state(run.state)
                 try:
                     description = client.read_flow_run_input(run.id, keyset["description"])
+                    schema = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
                 except ObjectNotFound:
                     continue  # the run has paused but not yet saved its form
                 prompts.append(PausedPrompt(str(run.id), run.name, run.state.state_details.pause_key or "",
-                                            _unquote(description)))
+                                            _unquote(description), tuple(schema.get("properties", {}))))
         return prompts
 
     def _loop(self) -> None:
@@ -130,8 +136,6 @@ class ScriptedCustomer:
 
 def _unquote(value) -> str:
     # flow run inputs are stored JSON-encoded; a string comes back quoted
-    import json
-
     if isinstance(value, str):
         try:
             loaded = json.loads(value)

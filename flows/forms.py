@@ -28,6 +28,15 @@ class GateSignOff(RunInput):
     comment: str = Field(default="", description="Why, and any conditions")
 
 
+class GateSignOffAcceptingRisks(GateSignOff):
+    """Sign-off of a phase whose register holds high-impact risks with no mitigation."""
+
+    accept_unmitigated_risks: bool = Field(
+        default=False,
+        description="Tick to accept the high-impact risks that have NO mitigation (listed above). "
+                    "Approval is not taken without it.")
+
+
 def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> str:
     who = OWNER_LABELS[step.owner]
     lines = [
@@ -48,19 +57,21 @@ def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> s
     return "\n".join(lines)
 
 
-def gate_prompt(phase: Phase, *, mode: str, portal: str, journal_table_md: str) -> str:
-    return "\n".join([
+def gate_prompt(phase: Phase, *, mode: str, portal: str, journal_table_md: str, extra_sections: list[str] = (),
+                refused_reason: str | None = None) -> str:
+    lines = [
         f"### Sign-off of phase {phase.number} — {phase.title}",
         f"**Who:** Customer · **Run:** {mode} of {portal}",
         "",
-        phase.gate,
-        "",
-        "What was done in this phase:",
-        "",
-        journal_table_md,
-        "",
-        "Approve to start the next phase, or reject to stop the run here (it can be re-run; completed steps are kept).",
-    ])
+    ]
+    if refused_reason:
+        lines += [f"> **Your last approval was not taken:** {refused_reason}", ""]
+    lines += [phase.gate, "", "What was done in this phase:", "", journal_table_md, ""]
+    for section in extra_sections:
+        lines += [section, ""]
+    lines.append("Approve to start the next phase, or reject to stop the run here "
+                 "(it can be re-run; completed steps are kept).")
+    return "\n".join(lines)
 
 
 def _human_minutes(minutes: float) -> str:

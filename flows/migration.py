@@ -27,7 +27,9 @@ from connectors.errors import FatalError, GateRejected, MigrationError, StepNotD
 from connectors.secrets import install_log_redaction, redact
 from flows.actions import ActionContext, get_action, known_actions
 from flows.config import Config, load_config, resolve_secrets
-from flows.forms import GateSignOff, ManualStepInput, gate_prompt, manual_step_prompt
+from checklists.risks import load_risks
+from flows.forms import GateSignOff, GateSignOffAcceptingRisks, ManualStepInput, gate_prompt, manual_step_prompt
+from journal.risks import risk_statuses, set_risk_status
 from journal.export import SUMMARY_COLUMNS, export_run, markdown_table, phase_rows
 from journal.store import Journal
 
@@ -142,10 +144,22 @@ def run_step(config_path: str, run_id: str, mode: str, step_id: str, execution_i
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, tags=["owner:customer", "gate"])
-def record_gate(config_path: str, run_id: str, phase: int, signoff: dict) -> dict:
-    """Journal a customer's gate decision; a rejection stops the run."""
-    journal = Journal(load_config(config_path).journal.url)
-    answer = GateSignOff.model_validate(signoff)
+def record_gate(config_path: str, run_id: str, phase: int, signoff: dict, must_accept: list[str] | None = None) -> dict:
+    """Journal a customer's gate decision; a rejection stops the run.
+
+    An approval that does not accept the risks in ``must_accept`` is not taken: it is journaled
+    as refused and the gate is asked again.
+    """
+    setup = _setup(config_path)
+    journal = setup.journal
+    form = GateSignOffAcceptingRisks if must_accept else GateSignOff
+    answer = form.model_validate(signoff)
+    if answer.decision == "approve" and must_accept and not getattr(answer, "accept_unmitigated_risks", False):
+        reason = (f"{', '.join(must_accept)} have high impact and no mitigation; tick the acceptance box "
+                  f"or reject the phase")
+        journal.add_event(run_id, "gate-refused", f"phase {phase}: approval by {answer.signer} not taken: {reason}",
+                          data={"phase": phase, "signer": answer.signer})
+        return {"phase": phase, "decision": "refused", "reason": reason}
     journal.record_signoff(run_id, phase=phase, signer=answer.signer, role=answer.role, decision=answer.decision,
                            comment=answer.comment, flow_run_id=_flow_run_id())
     if answer.decision != "approve":
@@ -154,7 +168,20 @@ def record_gate(config_path: str, run_id: str, phase: int, signoff: dict) -> dic
             fix="resolve what the customer raised, then re-run the migration: completed steps are kept and "
                 "the gate is asked again",
         )
+    if phase == 1:
+        _record_risk_decisions(setup, run_id, answer.signer, accepted=must_accept or [])
     return {"phase": phase, "decision": answer.decision, "signer": answer.signer}
+
+
+def _record_risk_decisions(setup: "_Setup", run_id: str, signer: str, accepted: list[str]) -> None:
+    register = load_risks(setup.config.runbook.risks)
+    for risk in register.risks:
+        if risk.id in accepted:
+            set_risk_status(setup.journal, run_id, risk.id, "accepted", decided_by=signer,
+                            note="high impact, no mitigation: accepted at gate 1")
+        elif risk.mitigation:
+            set_risk_status(setup.journal, run_id, risk.id, "mitigation-planned", decided_by=signer,
+                            note=risk.mitigation)
 
 
 def _publish_phase_table(journal: Journal, run_id: str, phase: Phase) -> None:
@@ -236,13 +263,43 @@ def run_phase(config: str, run_id: str, mode: str, number: int) -> dict:
     if number in journal.approved_phases(run_id):
         logger.info("phase %s was already signed off: not asked again", number)
         return {"phase": number, "decision": "approve", "resumed": True}
-    attempt = 1 + sum(1 for s in journal.signoffs(run_id) if s.phase == number)
-    table = markdown_table(phase_rows(journal, run_id, number), SUMMARY_COLUMNS)
-    form = GateSignOff.with_initial_data(
-        description=gate_prompt(phase, mode=mode, portal=cfg.migration.portal, journal_table_md=table))
-    answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
-                            poll_interval=cfg.prefect.poll_interval_s, key=f"gate-{number}-attempt-{attempt}")
-    return record_gate(config, run_id, number, answer.model_dump(include=set(GateSignOff.model_fields)))
+    return _ask_gate(config, setup, run_id, mode, phase)
+
+
+MAX_GATE_ASKS = 10  # approvals that cannot be taken (risks not accepted) are asked again, within a bound
+
+
+def _gate_asks(journal: Journal, run_id: str, phase: int) -> int:
+    signed = sum(1 for s in journal.signoffs(run_id) if s.phase == phase)
+    refused = sum(1 for e in journal.events(run_id, kind="gate-refused") if e.data.get("phase") == phase)
+    return signed + refused
+
+
+def _ask_gate(config: str, setup: _Setup, run_id: str, mode: str, phase: Phase) -> dict:
+    journal, cfg = setup.journal, setup.config
+    sections, must_accept = [], []
+    if phase.number == 1:
+        register = load_risks(cfg.runbook.risks)
+        statuses = {k: v.status for k, v in risk_statuses(journal, run_id).items()}
+        sections.append("Risk register:\n\n" + register.to_markdown(statuses))
+        must_accept = [r.id for r in register.needing_acceptance]
+    refused_reason = None
+    for _ in range(MAX_GATE_ASKS):
+        attempt = 1 + _gate_asks(journal, run_id, phase.number)
+        table = markdown_table(phase_rows(journal, run_id, phase.number), SUMMARY_COLUMNS)
+        form_cls = GateSignOffAcceptingRisks if must_accept else GateSignOff
+        form = form_cls.with_initial_data(description=gate_prompt(
+            phase, mode=mode, portal=cfg.migration.portal, journal_table_md=table, extra_sections=sections,
+            refused_reason=refused_reason))
+        answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
+                                poll_interval=cfg.prefect.poll_interval_s, key=f"gate-{phase.number}-attempt-{attempt}")
+        result = record_gate(config, run_id, phase.number, answer.model_dump(include=set(form_cls.model_fields)),
+                             must_accept)
+        if result["decision"] == "approve":
+            return result
+        refused_reason = result["reason"]
+    raise FatalError(f"the gate of phase {phase.number} was answered {MAX_GATE_ASKS} times without a valid decision",
+                     fix="approve with the required acceptances, or reject; then re-run the migration")
 
 
 @flow(name="migration", flow_run_name="migration-{mode}", persist_result=False)

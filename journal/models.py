@@ -129,3 +129,17 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict] = mapped_column(default=dict)
+
+
+class RiskStatus(Base):
+    """The status of one risk of the register in one migration run, and who decided it."""
+
+    __tablename__ = "c2b_risk_status"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("c2b_runs.id"), index=True)
+    risk_id: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))  # open|mitigation-planned|accepted|verified
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)

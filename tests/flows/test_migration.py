@@ -264,3 +264,30 @@ def test_a_secret_never_reaches_journal_logs_exports_or_prefect(prefect_server, 
     assert any("***" in t for t in texts)
     leaks = [t for t in texts if secret in t]
     assert not leaks, leaks[:2]
+
+
+def test_gate_1_needs_explicit_acceptance_of_unmitigated_high_risks(prefect_server, make_config):
+    from journal.risks import risk_statuses
+
+    config = make_config()
+    seen = []
+
+    def careless_then_careful(prompt):
+        reply = demo_answer(prompt)
+        if prompt.kind == "gate" and prompt.target == "1":
+            seen.append(prompt)
+            assert "accept_unmitigated_risks" in prompt.fields and "R05" in prompt.description
+            reply["accept_unmitigated_risks"] = len(seen) > 1  # first approval forgets to accept
+        return reply
+
+    state, customer = _run(config, answer=careless_then_careful)
+    assert state.is_completed(), state.message
+    assert [p.key for p in seen] == ["gate-1-attempt-1", "gate-1-attempt-2"]
+    assert "Your last approval was not taken" in seen[1].description and "R05" in seen[1].description
+    journal = _journal(config)
+    run = journal.runs()[-1]
+    assert [s.phase for s in journal.signoffs(run.id)] == [1, 2]  # the refused approval is no sign-off
+    assert [e.kind for e in journal.events(run.id)].count("gate-refused") == 1
+    statuses = risk_statuses(journal, run.id)
+    assert statuses["R05"].status == "accepted" and statuses["R05"].decided_by == "Dana Demo"
+    assert statuses["R01"].status == "mitigation-planned" and len(statuses) == 10

@@ -1,0 +1,73 @@
+"""The risk register (checklists/risks.toml): load it and tell which risks need the customer's acceptance."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from connectors.errors import ConfigError
+
+from .runbook import Owner
+
+Level = Literal["low", "medium", "high"]
+
+RISKS_PATH = Path(__file__).resolve().parent / "risks.toml"
+
+
+class Risk(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    title: str
+    owner: Owner
+    likelihood: Level
+    impact: Level
+    mitigation: str = ""
+    verified_by: str
+
+    @property
+    def needs_acceptance(self) -> bool:
+        """High impact and nothing planned against it: the customer must accept it knowingly."""
+        return self.impact == "high" and not self.mitigation.strip()
+
+
+class RiskRegister(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    risks: list[Risk]
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RiskRegister":
+        ids = [r.id for r in self.risks]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"duplicate risk ids in {ids}")
+        return self
+
+    @property
+    def needing_acceptance(self) -> list[Risk]:
+        return [r for r in self.risks if r.needs_acceptance]
+
+    def to_markdown(self, statuses: dict[str, str] | None = None) -> str:
+        statuses = statuses or {}
+        rows = ["| id | risk | owner | likelihood | impact | mitigation | verified by | status |", "|---|---|---|---|---|---|---|---|"]
+        for r in self.risks:
+            mitigation = r.mitigation or ("**NONE — needs the customer's acceptance**" if r.needs_acceptance else "none")
+            status = statuses.get(r.id, "open")
+            rows.append(f"| {r.id} | {r.title} | {r.owner} | {r.likelihood} | {r.impact} | {mitigation} | {r.verified_by} | {status} |")
+        return "\n".join(rows)
+
+
+def load_risks(path: str | Path = RISKS_PATH) -> RiskRegister:
+    source = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return RiskRegister.model_validate(raw)
+    except FileNotFoundError:
+        raise ConfigError(source, ["risk register not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    except ValidationError as exc:
+        raise ConfigError(source, [f"[{'.'.join(map(str, e['loc']))}] {e['msg']}" for e in exc.errors()]) from None
