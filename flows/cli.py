@@ -89,7 +89,9 @@ def cmd_run(args) -> int:
     from flows.config import load_config
 
     load_config(args.config)  # fail fast, before Prefect starts, with every config problem listed
-    from flows.migration import migration
+    from flows.migration import check_setup, migration
+
+    check_setup(args.config)  # secrets, runbook, what its automated steps need
 
     state = migration(str(Path(args.config).resolve()), args.mode, args.new_run, return_state=True)
     return _print_outcome(state)
@@ -106,6 +108,9 @@ def cmd_serve(args) -> int:
     from prefect import serve
 
     from flows.deployments import build_deployments
+    from flows.migration import check_setup
+
+    check_setup(args.config)
 
     serve(*build_deployments(str(Path(args.config).resolve())))
     return 0

@@ -72,6 +72,8 @@ class PrefectSection(_Model):
 class RunbookSection(_Model):
     path: Path = CHECKLISTS_DIR / "runbook.toml"
     risks: Path = Field(default=CHECKLISTS_DIR / "risks.toml", description="the risk register shown at gate 1")
+    manual_steps: list[str] = Field(default_factory=list,
+                                    description="steps to do by hand even though the runbook automates them")
 
 
 class Config(_Model):

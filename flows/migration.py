@@ -23,9 +23,9 @@ from prefect.flow_runs import pause_flow_run
 from pydantic import SecretStr
 
 from checklists.runbook import Phase, Runbook, Step, load_runbook
-from connectors.errors import FatalError, GateRejected, MigrationError, StepNotDone
+from connectors.errors import ConfigError, FatalError, GateRejected, MigrationError, StepNotDone
 from connectors.secrets import install_log_redaction, redact
-from flows.actions import ActionContext, get_action, known_actions
+from flows.actions import MANUAL, ActionContext, get_action, known_actions, missing_requirements
 from flows.config import Config, load_config, resolve_secrets
 from checklists.risks import load_risks
 from flows.forms import GateSignOff, GateSignOffAcceptingRisks, ManualStepInput, gate_prompt, manual_step_prompt
@@ -58,7 +58,19 @@ def _setup(config_path: str) -> _Setup:
     config = load_config(config_path)
     secrets = resolve_secrets(config, prefect_reader=_read_prefect_secret)
     runbook = load_runbook(config.runbook.path, known_actions=known_actions())
+    unknown = sorted(set(config.runbook.manual_steps) - {s.id for s in runbook.steps})
+    if unknown:
+        raise ConfigError(config.source, [f"[runbook.manual_steps] no step {u} in the runbook" for u in unknown])
+    runbook = runbook.with_actions({step_id: MANUAL for step_id in config.runbook.manual_steps})
+    problems = missing_requirements(runbook, config)
+    if problems:
+        raise ConfigError(config.source, problems)
     return _Setup(config, secrets, runbook, Journal(config.journal.url))
+
+
+def check_setup(config_path: str) -> None:
+    """Validate everything a run needs (config, secrets, runbook, action requirements) up front."""
+    _setup(config_path)
 
 
 def _flow_run_id() -> str | None:

@@ -24,6 +24,7 @@ MANUAL = "manual"
 _ACTION_MODULES: list[str] = []
 
 _REGISTRY: dict[str, Callable[["ActionContext"], "ActionResult"]] = {}
+_REQUIRES: dict[str, tuple[str, ...]] = {}
 
 
 class ProgressSink(Protocol):
@@ -55,16 +56,34 @@ class ActionResult:
     counters: dict[str, float] = field(default_factory=dict)
 
 
-def register(name: str):
-    """Decorator: make ``fn`` the action called ``name``."""
+def register(name: str, *, requires: tuple[str, ...] = ()):
+    """Decorator: make ``fn`` the action called ``name``.
+
+    ``requires`` names the config sections the action cannot run without; a run whose runbook
+    uses the action is refused at start, before anything happens, when one is missing.
+    """
 
     def deco(fn):
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"action {name!r} registered twice")
         _REGISTRY[name] = fn
+        _REQUIRES[name] = tuple(requires)
         return fn
 
     return deco
+
+
+def missing_requirements(runbook, config) -> list[str]:
+    """Problems of the form "[section] ..." for every automated step whose config is missing."""
+    _load()
+    problems = []
+    for step in runbook.steps:
+        for section in _REQUIRES.get(step.action, ()):
+            if getattr(config, section, None) is None:
+                problems.append(f"[{section}] is missing, but step {step.id} runs the automated action "
+                                f"{step.action!r}; add the section (see config.example.toml) or do the step by hand "
+                                f"with [runbook] manual_steps = [\"{step.id}\"]")
+    return problems
 
 
 def _load() -> None:

@@ -67,3 +67,22 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
     md = (out / "journal.md").read_text()
     assert md.count("| approve |") == 3 and "User downtime:" in md
     assert "21 steps done, 3 gates signed" in res.stdout
+
+
+def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(tmp_path):
+    from flows.actions import register
+
+    rb = (Path(__file__).resolve().parents[2] / "checklists" / "runbook.toml").read_text()
+    (tmp_path / "rb.toml").write_text(rb.replace('action = "manual"', 'action = "needs_vault"', 1))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[migration]\nname = "x"\nportal = "https://p.example"\n[runbook]\npath = "{tmp_path / "rb.toml"}"\n')
+    from flows.migration import check_setup
+    from connectors.errors import ConfigError
+
+    register("needs_vault", requires=("vault",))(lambda ctx: None)
+    with pytest.raises(ConfigError) as err:
+        check_setup(str(cfg))
+    assert "[vault] is missing, but step 1.1 runs the automated action 'needs_vault'" in str(err.value)
+    assert 'manual_steps = ["1.1"]' in str(err.value)
+    cfg.write_text(cfg.read_text() + 'manual_steps = ["1.1"]\n')
+    check_setup(str(cfg))  # done by hand: accepted
