@@ -25,6 +25,7 @@ class Step(BaseModel):
     planned_minutes: float = Field(gt=0)
     action: str = "manual"
     downtime: Literal["start", "end"] | None = None
+    notice: Literal["announcement"] | None = None  # a notice the flow sends to users when the step starts
     instructions: str = ""
     urgency: Urgency = "medium"  # filled from the phase when not given
 

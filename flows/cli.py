@@ -46,6 +46,12 @@ def cmd_journal(args) -> int:
     from journal.export import SUMMARY_COLUMNS, export_run, journal_frame
 
     journal = _journal_from(args)
+    if args.journal_cmd == "verify":
+        from journal.chain import verify_run
+
+        result = verify_run(journal, args.run or _latest_run_id(journal))
+        print(result.summary())
+        return 0 if result.ok else 1
     if args.journal_cmd == "list":
         table = Table(title="migration runs")
         for col in ("run", "name", "mode", "status", "created (UTC)", "attempts"):
@@ -135,6 +141,71 @@ def cmd_demo(args) -> int:
     return run_demo(out)
 
 
+def cmd_report(args) -> int:
+    from journal.report import write_report
+
+    journal = _journal_from(args)
+    paths = write_report(journal, args.run or _latest_run_id(journal), args.out)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_forecast(args) -> int:
+    from journal.forecast import forecast_from
+
+    journal = _journal_from(args)
+    runbook = section = None
+    if args.config:
+        from checklists.runbook import load_runbook
+        from flows.config import load_config
+
+        config = load_config(args.config)
+        runbook, section = load_runbook(config.runbook.path), config.forecast
+    start = None
+    if args.start:
+        import datetime as dt
+
+        start = dt.datetime.fromisoformat(args.start)
+        if start.tzinfo is None:
+            raise MigrationError(f"--start {args.start} has no UTC offset", fix="write it as 2026-12-04T18:00+03:00")
+    forecast = forecast_from(journal, args.from_run, backup_size=args.backup_size, delta_records=args.delta_records,
+                             start=start, runbook=runbook, section=section)
+    print(forecast.to_markdown())
+    return 0
+
+
+def cmd_issues(args) -> int:
+    from journal import triage
+
+    journal = _journal_from(args)
+    run_id = args.run or _latest_run_id(journal)
+    if args.issues_cmd == "add":
+        if not args.title:
+            raise MigrationError("issues add needs --title", fix='cloud2box issues add --title "users cannot log in" --by NAME')
+        issue = triage.report_issue(journal, run_id, title=args.title, reported_by=args.by or "engineer",
+                                    detail=args.detail or "", severity=args.severity, step_id=args.step, source="cli")
+        print(f"issue #{issue.id} [{issue.severity}] {issue.title}")
+        return 0
+    if args.issues_cmd == "resolve":
+        if not (args.id and args.resolution and args.by):
+            raise MigrationError("issues resolve needs --id, --by and --resolution",
+                                 fix='cloud2box issues resolve --id 3 --by NAME --resolution "what fixed it"')
+        issue = triage.resolve_issue(journal, args.id, resolved_by=args.by, resolution=args.resolution,
+                                     root_cause=args.root_cause)
+        print(f"issue #{issue.id} resolved by {issue.resolved_by}")
+        return 0
+    for issue in triage.issues(journal, run_id):
+        print(f"#{issue.id} [{issue.severity}] {issue.status:8} step {issue.step_id or '-':5} {issue.title}"
+              + (f" — resolved: {issue.resolution}" if issue.resolution else ""))
+    return 0
+
+
+def _journal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file naming the journal")
+    p.add_argument("--journal-url", help="SQLAlchemy URL of the journal")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud2box", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,12 +227,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
 
     j = sub.add_parser("journal", help="read the journal (no Prefect needed)")
-    j.add_argument("journal_cmd", choices=["list", "show", "export"])
+    j.add_argument("journal_cmd", choices=["list", "show", "export", "verify"],
+                   help="verify: prove no journal entry was edited, removed or reordered (exit 1 if one was)")
     j.add_argument("--run", help="run id (default: the latest)")
-    j.add_argument("--config", help="config file naming the journal")
-    j.add_argument("--journal-url", help="SQLAlchemy URL of the journal")
+    _journal_args(j)
     j.add_argument("--out", default=".", help="export: directory for journal.csv and journal.md")
     j.set_defaults(fn=cmd_journal)
+
+    rp = sub.add_parser("report", help="the auditor's report of a run: HTML (printable) + CSV + Markdown")
+    rp.add_argument("--run", help="run id (default: the latest)")
+    _journal_args(rp)
+    rp.add_argument("--out", default=".", help="directory for report.html, report.md and the CSV files")
+    rp.set_defaults(fn=cmd_report)
+
+    fc = sub.add_parser("forecast", help="forecast the cutover from a rehearsal's journal (P50/P90 per step)")
+    fc.add_argument("--from", dest="from_run", required=True, help="the rehearsal's run id")
+    fc.add_argument("--backup-size", type=float, help="bytes of the cutover backup (default: as in the rehearsal)")
+    fc.add_argument("--delta-records", type=float, help="records to transfer after the cutoff (default: as rehearsed)")
+    fc.add_argument("--start", help="when the cutover starts, ISO 8601 with offset (default: now)")
+    _journal_args(fc)
+    fc.set_defaults(fn=cmd_forecast)
+
+    iss = sub.add_parser("issues", help="triage: list, add or resolve the issues of a run (a fire blocks gates)")
+    iss.add_argument("issues_cmd", choices=["list", "add", "resolve"])
+    iss.add_argument("--run", help="run id (default: the latest)")
+    _journal_args(iss)
+    iss.add_argument("--id", type=int, help="resolve: the issue number")
+    iss.add_argument("--title", help="add: what is wrong, in the user's words")
+    iss.add_argument("--detail")
+    iss.add_argument("--severity", choices=["fire", "emergency", "sla"], help="add: override the triage rules")
+    iss.add_argument("--step", help="add: the runbook step it was found at")
+    iss.add_argument("--by", help="who reports / resolves it")
+    iss.add_argument("--resolution", help="resolve: what fixed it")
+    iss.add_argument("--root-cause", help="resolve: why it happened")
+    iss.set_defaults(fn=cmd_issues)
     return p
 
 

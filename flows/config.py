@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from connectors.errors import ConfigError
 from connectors.secrets import SecretRef, register_secret
+from journal.configuration import ForecastSection, LadderSection, NoticesSection, TriageSection
 
 CHECKLISTS_DIR = Path(__file__).resolve().parent.parent / "checklists"
 
@@ -83,6 +84,10 @@ class Config(_Model):
     journal: JournalSection = JournalSection()
     prefect: PrefectSection = PrefectSection()
     runbook: RunbookSection = RunbookSection()
+    notices: NoticesSection = NoticesSection()
+    ladder: LadderSection = LadderSection()
+    forecast: ForecastSection = ForecastSection()
+    triage: TriageSection = TriageSection()
     secrets: dict[str, SecretRef] = Field(
         default_factory=dict, description="named secrets, e.g. cloud_webhook = {env = 'C2B_CLOUD_WEBHOOK'}"
     )

@@ -17,6 +17,7 @@ class ManualStepInput(RunInput):
     done_by: str = Field(min_length=1, description="Your full name: who did the step")
     notes: str = Field(default="", description="What was done, problems met, anything the auditor should know")
     evidence_link: str = Field(default="", description="Link to evidence (ticket, screenshot, document), if any")
+    issues: str = Field(default="", description="Problems found, one per line (they are triaged: fire / emergency / sla)")
 
 
 class GateSignOff(RunInput):
@@ -35,6 +36,16 @@ class GateSignOffAcceptingRisks(GateSignOff):
         default=False,
         description="Tick to accept the high-impact risks that have NO mitigation (listed above). "
                     "Approval is not taken without it.")
+
+
+class RollbackDecision(RunInput):
+    """The customer's decision when the user downtime passes the ladder's decision threshold."""
+
+    decided_by: str = Field(min_length=1, description="Your full name")
+    role: str = Field(min_length=1, description="Your role at the customer")
+    decision: Literal["continue", "roll-back"] = Field(
+        description="continue: go on with the move; roll-back: users go back to the cloud portal now")
+    comment: str = Field(default="", description="Why")
 
 
 def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> str:

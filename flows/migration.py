@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                              update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run
@@ -28,8 +29,15 @@ from connectors.secrets import install_log_redaction, redact
 from flows.actions import MANUAL, ActionContext, get_action, known_actions, missing_requirements
 from flows.config import Config, load_config, resolve_secrets
 from checklists.risks import load_risks
-from flows.forms import GateSignOff, GateSignOffAcceptingRisks, ManualStepInput, gate_prompt, manual_step_prompt
+from flows.downtime import DowntimeWatcher, decision_due, final_summary, notifier_for
+from flows.forms import (GateSignOff, GateSignOffAcceptingRisks, ManualStepInput, RollbackDecision, gate_prompt,
+                         manual_step_prompt)
+from journal import ladder
+from journal.export import downtime_window
+from journal.forecast import forecast_from, recorded_forecast
+from journal.report import report_markdown, write_report
 from journal.risks import risk_statuses, set_risk_status
+from journal.triage import gate_issues_markdown, open_fires, report_issue
 from journal.export import SUMMARY_COLUMNS, export_run, markdown_table, phase_rows
 from journal.store import Journal
 
@@ -126,6 +134,9 @@ def run_step(config_path: str, run_id: str, mode: str, step_id: str, execution_i
             raise StepNotDone(f"step {step.id} ({step.title}) was reported NOT done by {answer.done_by}: "
                               f"{answer.notes or 'no notes'}",
                               fix="finish the step, then re-run the migration: it resumes at this step")
+        for line in filter(None, (ln.strip() for ln in answer.issues.splitlines())):
+            issue = report_issue(journal, run_id, title=line, reported_by=answer.done_by, step_id=step.id, source="form")
+            logger.warning("issue #%s reported at step %s: [%s] %s", issue.id, step.id, issue.severity, redact(line))
         row = journal.finish_step(execution_id, outcome="done", actor=answer.done_by, notes=answer.notes,
                                   evidence={"evidence_link": answer.evidence_link} if answer.evidence_link else {})
         logger.info("step %s confirmed done by %s", step.id, redact(answer.done_by))
@@ -166,9 +177,15 @@ def record_gate(config_path: str, run_id: str, phase: int, signoff: dict, must_a
     journal = setup.journal
     form = GateSignOffAcceptingRisks if must_accept else GateSignOff
     answer = form.model_validate(signoff)
-    if answer.decision == "approve" and must_accept and not getattr(answer, "accept_unmitigated_risks", False):
+    fires = open_fires(journal, run_id) if answer.decision == "approve" else []
+    reason = None
+    if fires:
+        reason = (f"{len(fires)} fire(s) open: {'; '.join(f'#{i.id} {i.title}' for i in fires)}; resolve them, or "
+                  f"reject the phase (roll back to the cloud)")
+    elif answer.decision == "approve" and must_accept and not getattr(answer, "accept_unmitigated_risks", False):
         reason = (f"{', '.join(must_accept)} have high impact and no mitigation; tick the acceptance box "
                   f"or reject the phase")
+    if reason:
         journal.add_event(run_id, "gate-refused", f"phase {phase}: approval by {answer.signer} not taken: {reason}",
                           data={"phase": phase, "signer": answer.signer})
         return {"phase": phase, "decision": "refused", "reason": reason}
@@ -233,6 +250,89 @@ def _retire_flow_run(flow_run_id: str, superseded_by: str | None) -> None:
         logger.warning("could not retire the previous flow run %s: %s", flow_run_id, exc)
 
 
+# --- the user downtime: notices, the escalation ladder ----------------------------------------
+
+_WATCHERS: dict[str, DowntimeWatcher] = {}
+
+
+def _watch_downtime(setup: _Setup, run_id: str, notifier) -> None:
+    start, end = downtime_window(setup.journal, run_id)
+    if start and not end and run_id not in _WATCHERS:
+        out_dir = Path(setup.config.journal.out_dir)
+        _WATCHERS[run_id] = DowntimeWatcher(notifier, setup.journal, run_id, setup.config.ladder, out_dir,
+                                            interval_s=setup.config.ladder.check_interval_s).start()
+
+
+def _stop_watching(run_id: str) -> None:
+    watcher = _WATCHERS.pop(run_id, None)
+    if watcher:
+        watcher.stop()
+
+
+def _expected_downtime_s(setup: _Setup, run_id: str, runbook: Runbook) -> tuple[float, float]:
+    """P50/P90 seconds of the downtime: from the recorded forecast, else from the plan."""
+    forecast = recorded_forecast(setup.journal, run_id)
+    window = forecast.downtime() if forecast else None
+    if window:
+        return window["p50_s"], window["p90_s"]
+    start = next(i for i, s in enumerate(runbook.steps) if s.downtime == "start")
+    end = next(i for i, s in enumerate(runbook.steps) if s.downtime == "end")
+    planned = sum(s.planned_s for s in runbook.steps[start + 1: end + 1])
+    return planned, planned * setup.config.forecast.manual_p90_factor
+
+
+def _announce(setup: _Setup, run_id: str, notifier, runbook: Runbook) -> None:
+    if any(e.data.get("notice") == "announcement" for e in setup.journal.events(run_id, "notice")):
+        return  # announced in an earlier attempt of this run
+    p50, p90 = _expected_downtime_s(setup, run_id, runbook)
+    start = next((s for s in runbook.steps if s.downtime == "start"), None)
+    run = setup.journal.get_run(run_id)
+    window_start = _planned_start(run.created_at, runbook, start) + dt.timedelta(seconds=start.planned_s) if start else None
+    notifier.send("announcement", backup_date=run.cutoff or run.created_at, window_start=window_start,
+                  window_end=window_start + dt.timedelta(seconds=p50) if window_start else None,
+                  window_end_latest=window_start + dt.timedelta(seconds=p90) if window_start else None,
+                  expected_duration=p50, latest_duration=p90)
+
+
+def _downtime_started(setup: _Setup, run_id: str, notifier, runbook: Runbook) -> None:
+    start, _ = downtime_window(setup.journal, run_id)
+    p50, p90 = _expected_downtime_s(setup, run_id, runbook)
+    notifier.send("downtime-started", started_at=start, expected_end=start + dt.timedelta(seconds=p50),
+                  latest_end=start + dt.timedelta(seconds=p90))
+    _watch_downtime(setup, run_id, notifier)
+
+
+def _downtime_ended(run_id: str, notifier, journal: Journal) -> None:
+    _stop_watching(run_id)
+    start, end = downtime_window(journal, run_id)
+    from journal.triage import issues
+
+    notifier.send("completed", started_at=start, ended_at=end, open_issues=issues(journal, run_id, status="open"))
+
+
+def _ask_rollback_if_due(setup: _Setup, run_id: str, mode: str) -> None:
+    """At the ladder's decision threshold, the customer decides: continue the move or roll back."""
+    journal, cfg = setup.journal, setup.config
+    action = decision_due(journal, run_id, cfg.ladder)
+    if action is None:
+        return
+    fires = [f"#{i.id} {i.title}" for i in open_fires(journal, run_id)]
+    recorded = recorded_forecast(journal, run_id)
+    prompt = ladder.decision_prompt(portal=cfg.migration.portal, box_portal=cfg.migration.box_portal,
+                                    downtime_min=action.downtime_min, open_fires=fires,
+                                    forecast_end=(recorded.downtime() or {}).get("end_p90") if recorded else None)
+    answer = pause_flow_run(wait_for_input=RollbackDecision.with_initial_data(description=prompt),
+                            timeout=cfg.prefect.pause_timeout_s, poll_interval=cfg.prefect.poll_interval_s,
+                            key=f"rollback-decision-{len(journal.events(run_id, 'ladder'))}")
+    ladder.record_fired(journal, run_id, action, f"{answer.decision} decided by {answer.decided_by} ({answer.role})"
+                        + (f": {answer.comment}" if answer.comment else ""),
+                        data={"decision": answer.decision, "by": answer.decided_by})
+    if answer.decision == "roll-back":
+        raise GateRejected(f"the customer ({answer.decided_by}, {answer.role}) decided to roll back to the cloud after "
+                           f"{action.downtime_min:.0f} min of downtime: {answer.comment or 'no comment'}",
+                           fix="tell users to work in the cloud again (see the data-return plan); plan a new cutover")
+
+
 # --- flows -------------------------------------------------------------------------------------
 
 @flow(name="phase", flow_run_name="phase-{number}-{mode}", persist_result=False)
@@ -244,10 +344,15 @@ def run_phase(config: str, run_id: str, mode: str, number: int) -> dict:
     logger = get_run_logger()
     run = journal.get_run(run_id)
     done = journal.completed_steps(run_id)
+    notifier = notifier_for(cfg, setup.secrets, journal, run_id, mode)
+    _watch_downtime(setup, run_id, notifier)  # a resumed run may be inside the downtime already
     for step in phase.steps:
         if step.id in done:
             logger.info("step %s already done (%s by %s): not redone", step.id, done[step.id].actual_end, done[step.id].actor)
             continue
+        _ask_rollback_if_due(setup, run_id, mode)
+        if step.notice == "announcement":
+            _announce(setup, run_id, notifier, runbook)
         attempt = journal.attempts_of(run_id, step.id) + 1
         execution_id = journal.start_step(
             run_id, step_id=step.id, phase=step.phase, seq=runbook.seq(step.id), title=step.title, owner=step.owner,
@@ -271,6 +376,10 @@ def run_phase(config: str, run_id: str, mode: str, number: int) -> dict:
             step_task(config, run_id, mode, step.id, execution_id, confirmation)
         finally:
             _publish_phase_table(journal, run_id, phase)
+        if step.downtime == "start":
+            _downtime_started(setup, run_id, notifier, runbook)
+        elif step.downtime == "end":
+            _downtime_ended(run_id, notifier, journal)
 
     if number in journal.approved_phases(run_id):
         logger.info("phase %s was already signed off: not asked again", number)
@@ -299,9 +408,10 @@ def _ask_gate(config: str, setup: _Setup, run_id: str, mode: str, phase: Phase) 
     for _ in range(MAX_GATE_ASKS):
         attempt = 1 + _gate_asks(journal, run_id, phase.number)
         table = markdown_table(phase_rows(journal, run_id, phase.number), SUMMARY_COLUMNS)
+        sections_now = [*sections, gate_issues_markdown(journal, run_id)]
         form_cls = GateSignOffAcceptingRisks if must_accept else GateSignOff
         form = form_cls.with_initial_data(description=gate_prompt(
-            phase, mode=mode, portal=cfg.migration.portal, journal_table_md=table, extra_sections=sections,
+            phase, mode=mode, portal=cfg.migration.portal, journal_table_md=table, extra_sections=sections_now,
             refused_reason=refused_reason))
         answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
                                 poll_interval=cfg.prefect.poll_interval_s, key=f"gate-{phase.number}-attempt-{attempt}")
@@ -338,23 +448,57 @@ def migration(config: str, mode: Literal["rehearsal", "cutover"] = "rehearsal", 
         journal.add_event(run.id, "start", f"{mode} of {cfg.migration.portal} started")
         logger.info("started migration run %s (%s)", run.id, mode)
     SERVICES.setdefault(run.id, SERVICES.get("*", {}))
+    if mode == "cutover" and previous_flow_run is None:
+        _forecast_cutover(setup, run.id)
     out_dir = Path(cfg.journal.out_dir)
     try:
         for phase in runbook.phases:
             run_phase(config, run.id, mode, phase.number)
     except GateRejected as exc:
         journal.finish_run(run.id, "rejected", exc.message)
-        export_run(journal, run.id, out_dir)
+        _write_outputs(setup, run.id, out_dir)
         raise
     except BaseException as exc:
         detail = exc.message if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
         journal.finish_run(run.id, "failed", detail)
-        export_run(journal, run.id, out_dir)
+        _write_outputs(setup, run.id, out_dir)
         raise
+    finally:
+        _stop_watching(run.id)
     journal.finish_run(run.id, "completed")
-    paths = export_run(journal, run.id, out_dir)
-    logger.info("migration run %s completed; journal written to %s", run.id, ", ".join(map(str, paths.values())))
-    return {"run_id": run.id, "status": "completed", "journal": {k: str(v) for k, v in paths.items()}}
+    start, end = downtime_window(journal, run.id)
+    if start and end:
+        final_summary(notifier_for(cfg, setup.secrets, journal, run.id, mode), journal, run.id)
+    paths = _write_outputs(setup, run.id, out_dir)
+    logger.info("migration run %s completed; journal and report written to %s", run.id, out_dir)
+    return {"run_id": run.id, "status": "completed", "files": {k: str(v) for k, v in paths.items()}}
+
+
+def _forecast_cutover(setup: _Setup, run_id: str) -> None:
+    """Plan the cutover from the latest completed rehearsal of the same migration, if there is one."""
+    logger = get_run_logger()
+    rehearsals = [r for r in setup.journal.runs()
+                  if r.name == setup.config.migration.name and r.mode == "rehearsal" and r.status == "completed"]
+    if not rehearsals:
+        logger.warning("no completed rehearsal of %r in the journal: the cutover runs on the plan alone",
+                       setup.config.migration.name)
+        return
+    forecast = forecast_from(setup.journal, rehearsals[-1].id, runbook=setup.runbook, section=setup.config.forecast)
+    forecast.record(setup.journal, run_id)
+    logger.info("cutover forecast from rehearsal %s: ends %s (P50), %s (P90)", rehearsals[-1].id,
+                forecast.end_p50, forecast.end_p90)
+
+
+def _write_outputs(setup: _Setup, run_id: str, out_dir: Path) -> dict[str, Path]:
+    """The journal exports and the auditor's report, on disk and as a Prefect artifact."""
+    paths = export_run(setup.journal, run_id, out_dir)
+    try:
+        paths.update(write_report(setup.journal, run_id, out_dir))
+        create_markdown_artifact(report_markdown(setup.journal, run_id), key=f"report-{run_id}",
+                                 description=f"Migration report of run {run_id}")
+    except Exception as exc:  # the journal is the record; a report failure is logged, never fatal
+        get_run_logger().warning("could not write the report of run %s: %s", run_id, redact(exc))
+    return paths
 
 
 __all__ = ["migration", "run_phase", "run_step", "record_gate", "FatalError"]

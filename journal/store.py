@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from connectors.errors import FatalError, TransientError
 from connectors.secrets import redact, redact_obj
 
+from . import chain, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
 from .models import Base, Event, MigrationRun, SignOff, StepExecution, utcnow
 
 
@@ -67,7 +68,8 @@ class Journal:
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = url
         self.engine = engine or _engine_for(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # ChainedSession links every write into the run's hash chain (journal/chain.py).
+        self._sessions = sessionmaker(self.engine, class_=chain.ChainedSession, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:

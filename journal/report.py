@@ -1,0 +1,263 @@
+"""The auditor's report of one run: a self-contained HTML file plus CSV and Markdown.
+
+It shows the run (portal, mode, cutoff, window in UTC and local time, the user downtime), the
+journal's integrity (hash chain), each phase's steps (owner, actor, planned vs actual start/end/
+duration, outcome, evidence, deviations over plan flagged), sign-offs, issues with severity and
+status, forecast vs actual (when a forecast was recorded), notices, the event log, and two charts
+(a Gantt of planned vs actual, throughput over time). The HTML has inline CSS (print-friendly)
+and its charts embedded as base64 PNG, so it can be mailed or archived as one file.
+
+Every text comes from the journal, which is redacted when written; the template redacts again
+and HTML-escapes everything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+from checklists.runbook import OWNER_LABELS
+from connectors.secrets import redact
+
+from .chain import verify_run
+from .charts import data_uri, gantt_png, throughput_png
+from .configuration import TEMPLATES_DIR
+from .export import downtime_window, journal_frame, markdown_table, safe_frame
+from .forecast import compare, human_duration, recorded_forecast
+from .models import utcnow
+from .triage import issues as list_issues
+
+# A step may run this much over plan before it is flagged as a deviation.
+DEVIATION_TOLERANCE = 0.10
+_STREAM_KINDS = {"eta", "forecast-eta"}  # many per step: charted, counted, not listed one by one
+
+
+@dataclass
+class StepView:
+    step_id: str
+    phase: int
+    title: str
+    owner: str
+    owner_label: str
+    actor: str
+    attempt: int
+    outcome: str
+    planned_start: dt.datetime | None
+    planned_end: dt.datetime | None
+    planned_s: float
+    actual_start: dt.datetime | None
+    actual_end: dt.datetime | None
+    actual_s: float | None
+    over_s: float | None
+    deviation: bool
+    evidence: list[tuple[str, str]]
+    notes: str
+    error: str
+    downtime: str | None
+
+
+def _flatten(prefix: str, value, out: list[tuple[str, str]], limit: int = 40) -> None:
+    if len(out) >= limit:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out, limit)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out.append((prefix, f"{len(value)} items"))
+        for i, v in enumerate(value[:10]):
+            _flatten(f"{prefix}[{i}]", v, out, limit)
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        out.append((prefix, text if len(text) <= 300 else text[:297] + "…"))
+
+
+def _step_view(e) -> StepView:
+    over = None if e.duration_s is None else e.duration_s - e.planned_duration_s
+    evidence: list[tuple[str, str]] = []
+    _flatten("", e.evidence or {}, evidence)
+    _flatten("", e.counters or {}, evidence)
+    return StepView(
+        step_id=e.step_id, phase=e.phase, title=e.title, owner=e.owner, owner_label=OWNER_LABELS.get(e.owner, e.owner),
+        actor=e.actor or "", attempt=e.attempt, outcome=e.outcome, planned_start=e.planned_start,
+        planned_end=e.planned_end, planned_s=e.planned_duration_s, actual_start=e.actual_start,
+        actual_end=e.actual_end, actual_s=e.duration_s, over_s=over,
+        deviation=(e.outcome == "failed") or (over is not None and over > DEVIATION_TOLERANCE * e.planned_duration_s),
+        evidence=evidence, notes=e.notes or "", error=e.error or "", downtime=e.downtime,
+    )
+
+
+def build_context(journal, run_id: str) -> dict:
+    """Everything the report shows, as plain values (used by the HTML and Markdown renderers)."""
+    run = journal.get_run(run_id)
+    tz = ZoneInfo(run.timezone)
+    executions = journal.steps(run_id)
+    steps = [_step_view(e) for e in executions]
+    phases = []
+    signoffs = journal.signoffs(run_id)
+    for number in sorted({s.phase for s in steps} | {s.phase for s in signoffs}):
+        phases.append({"number": number, "steps": [s for s in steps if s.phase == number],
+                       "signoffs": [s for s in signoffs if s.phase == number]})
+    start, end = downtime_window(journal, run_id)
+    down_steps = ({s.downtime: s.step_id for s in steps if s.downtime})
+    events = journal.events(run_id)
+    forecast = recorded_forecast(journal, run_id)
+    found = list_issues(journal, run_id)
+    chain = verify_run(journal, run_id)
+    return {
+        "run": run, "tz": run.timezone, "tzinfo": tz, "generated_at": utcnow(),
+        "window": (min([e.actual_start for e in executions if e.actual_start] or [run.created_at]), run.ended_at),
+        "downtime": {"start": start, "end": end, "start_step": down_steps.get("start"),
+                     "end_step": down_steps.get("end"),
+                     "seconds": (end - start).total_seconds() if start and end else None},
+        "phases": phases, "steps": steps, "signoffs": signoffs,
+        "deviations": [s for s in steps if s.deviation], "tolerance_pct": DEVIATION_TOLERANCE * 100,
+        "issues": found, "open_issues": [i for i in found if i.status == "open"],
+        "forecast": forecast, "forecast_rows": compare(forecast, journal, run_id) if forecast else [],
+        "notices": [e for e in events if e.kind == "notice"],
+        "events": [e for e in events if e.kind not in _STREAM_KINDS],
+        "stream_counts": {k: sum(1 for e in events if e.kind == k) for k in _STREAM_KINDS},
+        "chain": chain,
+        "charts": {"gantt": data_uri(gantt_png(executions)), "throughput": data_uri(throughput_png(events))},
+    }
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+
+def _env(tz: ZoneInfo, tz_name: str) -> jinja2.Environment:
+    def finalize(value):
+        if value is None:
+            return ""
+        if isinstance(value, Markup):
+            return value
+        return redact(value) if isinstance(value, str) else value
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, finalize=finalize, trim_blocks=True, lstrip_blocks=True)
+
+    def utc(t):
+        return f"{t.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}" if t else ""
+
+    def local(t):
+        return f"{t.astimezone(tz):%Y-%m-%d %H:%M:%S}" if t else ""
+
+    def both(t):
+        return f"{utc(t)} UTC ({t.astimezone(tz):%H:%M:%S} {tz_name})" if t else ""
+
+    env.filters.update(utc=utc, local=local, both=both, duration=human_duration,
+                       minutes=lambda s: "" if s is None else f"{s / 60:.1f}",
+                       pct=lambda x: "" if x is None else f"{x:+.0f} %")
+    return env
+
+
+def render_html(context: dict) -> str:
+    ctx = dict(context)
+    ctx["charts"] = {k: Markup(v) if v else None for k, v in context["charts"].items()}
+    return _env(context["tzinfo"], context["tz"]).get_template("report.html.j2").render(**ctx)
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+
+def _t(t) -> str:
+    return f"{t.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}" if t else ""
+
+
+def render_markdown(context: dict) -> str:
+    run, tz = context["run"], context["tzinfo"]
+
+    def both(t):
+        return f"{_t(t)} UTC ({t.astimezone(tz):%H:%M} {context['tz']})" if t else "—"
+
+    chain = context["chain"]
+    down = context["downtime"]
+    out = [f"# Migration report — {run.name} ({run.mode})", "",
+           f"- Run `{run.id}` · portal {run.portal} · mode **{run.mode}** · status **{run.status}**"
+           + (f" — {run.status_detail}" if run.status_detail else ""),
+           f"- Window: {both(context['window'][0])} → {both(context['window'][1])}",
+           f"- Backup cutoff: {both(run.cutoff)}",
+           f"- User downtime ({down['start_step'] or '?'} → {down['end_step'] or '?'}): {both(down['start'])} → "
+           f"{both(down['end'])}" + (f", {human_duration(down['seconds'])}" if down["seconds"] is not None else ""),
+           f"- Journal integrity: {chain.status.upper()} — {chain.entries} chained entries, "
+           f"head hash `{chain.head_hash}`"]
+    if chain.status == "tampered":
+        out += [f"  - {p.message}" for p in chain.problems]
+    cols = ["step", "title", "owner", "actor", "planned_start_utc", "planned_min", "actual_start_utc",
+            "actual_end_utc", "actual_min", "outcome", "deviation", "evidence"]
+    for phase in context["phases"]:
+        rows = [{"step": s.step_id + (f" #{s.attempt}" if s.attempt > 1 else ""), "title": s.title,
+                 "owner": s.owner_label, "actor": s.actor, "planned_start_utc": _t(s.planned_start),
+                 "planned_min": f"{s.planned_s / 60:.1f}", "actual_start_utc": _t(s.actual_start),
+                 "actual_end_utc": _t(s.actual_end), "actual_min": "" if s.actual_s is None else f"{s.actual_s / 60:.1f}",
+                 "outcome": s.outcome, "deviation": "OVER PLAN" if s.deviation and s.outcome != "failed"
+                 else ("FAILED" if s.outcome == "failed" else ""),
+                 "evidence": "; ".join(f"{k}: {v}" for k, v in s.evidence)} for s in phase["steps"]]
+        out += ["", f"## Phase {phase['number']}", "", markdown_table(rows, cols)]
+        for so in phase["signoffs"]:
+            out.append(f"- Sign-off: **{so.decision}** by {so.signer} ({so.role}) at {both(so.signed_at)}"
+                       + (f" — {so.comment}" if so.comment else ""))
+    out += ["", "## Deviations", ""]
+    out += [f"- {s.step_id} {s.title}: " + (f"failed — {s.error}" if s.outcome == "failed" else
+            f"{human_duration(s.actual_s)} against {human_duration(s.planned_s)} planned (+{human_duration(s.over_s)})")
+            for s in context["deviations"]] or ["- none"]
+    out += ["", "## Issues", ""]
+    out += [markdown_table([{"#": i.id, "severity": i.severity, "status": i.status, "step": i.step_id or "",
+                             "issue": i.title, "reported_by": i.reported_by, "at_utc": _t(i.at),
+                             "resolution": i.resolution or ""} for i in context["issues"]],
+                           ["#", "severity", "status", "step", "issue", "reported_by", "at_utc", "resolution"])
+            if context["issues"] else "- none"]
+    if context["forecast_rows"]:
+        out += ["", "## Forecast vs actual", "", markdown_table(
+            [{"step": r["step"], "title": r["title"], "kind": r["kind"], "p50": human_duration(r["p50_s"]),
+              "p90": human_duration(r["p90_s"]), "actual": human_duration(r["actual_s"]),
+              "error": "" if r["error_pct"] is None else f"{r['error_pct']:+.0f} %"} for r in context["forecast_rows"]],
+            ["step", "title", "kind", "p50", "p90", "actual", "error"])]
+    if context["notices"]:
+        out += ["", "## Notices", ""]
+        out += [f"- {_t(n.at)} UTC — {n.message}" for n in context["notices"]]
+    return "\n".join(out) + "\n"
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    return safe_frame(pd.DataFrame(rows, columns=columns))
+
+
+def write_report(journal, run_id: str, out_dir: str | Path) -> dict[str, Path]:
+    """``cloud2box report --run ID --out DIR``: write report.html, report.md and CSV files.
+
+    Returns the paths: ``html``, ``markdown``, ``steps_csv``, ``signoffs_csv``, ``issues_csv``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    context = build_context(journal, run_id)
+    paths = {"html": out / "report.html", "markdown": out / "report.md", "steps_csv": out / "steps.csv",
+             "signoffs_csv": out / "signoffs.csv", "issues_csv": out / "issues.csv"}
+    paths["html"].write_text(render_html(context), encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(context), encoding="utf-8")
+    steps = journal_frame(journal, run_id)
+    steps["deviation"] = [("failed" if s.outcome == "failed" else "over plan") if s.deviation else ""
+                          for s in context["steps"]]
+    safe_frame(steps).to_csv(paths["steps_csv"], index=False, encoding="utf-8")
+    _frame([{"phase": s.phase, "signer": s.signer, "role": s.role, "decision": s.decision,
+             "signed_at_utc": _t(s.signed_at), "comment": s.comment or ""} for s in context["signoffs"]],
+           ["phase", "signer", "role", "decision", "signed_at_utc", "comment"]
+           ).to_csv(paths["signoffs_csv"], index=False, encoding="utf-8")
+    _frame([{"id": i.id, "severity": i.severity, "status": i.status, "step": i.step_id or "", "title": i.title,
+             "detail": i.detail or "", "reported_by": i.reported_by, "at_utc": _t(i.at), "source": i.source,
+             "resolved_by": i.resolved_by or "", "resolved_at_utc": _t(i.resolved_at), "resolution": i.resolution or "",
+             "root_cause": i.root_cause or ""} for i in context["issues"]],
+           ["id", "severity", "status", "step", "title", "detail", "reported_by", "at_utc", "source", "resolved_by",
+            "resolved_at_utc", "resolution", "root_cause"]).to_csv(paths["issues_csv"], index=False, encoding="utf-8")
+    return paths
+
+
+def report_markdown(journal, run_id: str) -> str:
+    """The Markdown report alone (for a Prefect markdown artifact)."""
+    return render_markdown(build_context(journal, run_id))
