@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from connectors.errors import ConfigError
 from connectors.secrets import SecretRef, register_secret
+from connectors.http_download.configuration import BackupSection
 from journal.configuration import ForecastSection, LadderSection, NoticesSection, TriageSection
 
 CHECKLISTS_DIR = Path(__file__).resolve().parent.parent / "checklists"
@@ -84,6 +85,7 @@ class Config(_Model):
     journal: JournalSection = JournalSection()
     prefect: PrefectSection = PrefectSection()
     runbook: RunbookSection = RunbookSection()
+    backup: BackupSection | None = Field(default=None, description="step 2.3: where the backup comes from")
     notices: NoticesSection = NoticesSection()
     ladder: LadderSection = LadderSection()
     forecast: ForecastSection = ForecastSection()

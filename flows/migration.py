@@ -490,9 +490,14 @@ def _forecast_cutover(setup: _Setup, run_id: str) -> None:
 
 
 def _write_outputs(setup: _Setup, run_id: str, out_dir: Path) -> dict[str, Path]:
-    """The journal exports and the auditor's report, on disk and as a Prefect artifact."""
+    """The journal exports and the auditor's report, on disk and as a Prefect artifact.
+
+    They go to ``out_dir/runs/<run>/`` (kept per run) and to ``out_dir`` itself (the latest run).
+    """
     paths = export_run(setup.journal, run_id, out_dir)
+    export_run(setup.journal, run_id, out_dir / "runs" / run_id)
     try:
+        write_report(setup.journal, run_id, out_dir / "runs" / run_id)
         paths.update(write_report(setup.journal, run_id, out_dir))
         create_markdown_artifact(report_markdown(setup.journal, run_id), key=f"report-{run_id}",
                                  description=f"Migration report of run {run_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
@@ -22,3 +23,19 @@ def pg_url():
     finally:
         conn.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH sshd on a loopback port (see tests/connectors/ssh/sshd.py); skips when
+    OpenSSH cannot run here."""
+    from tests.connectors.ssh.sshd import start_sshd
+
+    try:
+        server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"no sshd: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,188 @@
+"""Make a multi-part backup in the vendor's format (see :mod:`connectors.bitrix24.backup_format`).
+
+The content is deterministic for a seed: the same call writes the same bytes, so tests, the demo
+and the restore issue can compare against known hashes. The tar holds a small portal: site
+settings, uploaded files (random, incompressible), a GNU long-name file and the database dump
+``bitrix/backup/NAME.sql`` + ``NAME_after_connect.sql``.
+
+Usage: ``python -m sandbox.backup_maker OUT_DIR --size 8M --part-size 2M --seed 1``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from connectors.bitrix24.backup_format import BLOCK, header_member, part_name, tar_end, tar_entry
+
+DEFAULT_NAME = "portal_20261123_000000_full_c2b"
+
+
+@dataclass(frozen=True)
+class MadePart:
+    name: str
+    path: Path
+    size: int  # bytes of the part file
+    data_size: int  # uncompressed tar bytes in it (the BX field)
+    sha256: str
+    md5: str
+
+
+@dataclass
+class BackupSet:
+    """What :func:`make_backup` wrote."""
+
+    directory: Path
+    base: str  # NAME.tar.gz
+    parts: list[MadePart]
+    tar_size: int
+    tar_sha256: str
+    files: dict[str, str] = field(default_factory=dict)  # member path → sha256 of its content
+
+    @property
+    def total_size(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    def manifest(self) -> dict[str, dict]:
+        """``{part name: {"size", "sha256", "md5"}}`` — what a plain source's manifest holds."""
+        return {p.name: {"size": p.size, "sha256": p.sha256, "md5": p.md5} for p in self.parts}
+
+
+def _sql_dump(rnd: random.Random, name: str, size: int) -> bytes:
+    lines = [
+        "-- Bitrix24 backup dump (sandbox)",
+        "CREATE TABLE `b_crm_lead` (`ID` int NOT NULL, `TITLE` varchar(255), `DATE_CREATE` datetime,"
+        " `ORIGINATOR_ID` varchar(255), PRIMARY KEY (`ID`));",
+    ]
+    out = "\n".join(lines) + "\n"
+    chunks = [out]
+    total = len(out)
+    lead_id = 1
+    while total < size:
+        row = (f"INSERT INTO `b_crm_lead` VALUES ({lead_id},'Lead {lead_id} {rnd.randrange(10**9):09d}',"
+               f"'2026-0{1 + lead_id % 9}-{1 + lead_id % 28:02d} 10:{lead_id % 60:02d}:00',NULL);\n")
+        chunks.append(row)
+        total += len(row)
+        lead_id += 1
+    return "".join(chunks).encode()
+
+
+def _entries(rnd: random.Random, name: str, total: int) -> Iterator[tuple[str, bytes, bool]]:
+    """(path, content, is_directory) of the portal's files, about ``total`` bytes in all."""
+    yield "bitrix/", b"", True
+    yield ("bitrix/.settings.php", b"<?php\nreturn array('connections' => array('value' => array('default' => array("
+           b"'host' => 'localhost', 'database' => 'sitemanager', 'login' => '******', 'password' => '******'))));\n",
+           False)
+    yield "bitrix/php_interface/", b"", True
+    yield "bitrix/php_interface/dbconn.php", b"<?php\n$DBHost = 'localhost';\n$DBLogin = '******';\n$DBPassword = '******';\n", False
+    sql_size = max(4096, total // 5)
+    yield "bitrix/backup/", b"", True
+    yield f"bitrix/backup/{name}.sql", _sql_dump(rnd, name, sql_size), False
+    yield f"bitrix/backup/{name}_after_connect.sql", b"SET NAMES 'utf8';\nSET collation_connection = 'utf8_unicode_ci';\n", False
+    yield "upload/", b"", True
+    long_dir = "upload/disk/" + "/".join(f"folder-with-a-long-name-{i}" for i in range(4))
+    yield long_dir + "/attachment.bin", rnd.randbytes(3000), False
+    left = total - sql_size - 4096
+    n = 0
+    while left > 0:
+        size = min(left, rnd.randrange(64 * 1024, 1024 * 1024))
+        yield f"upload/crm/{n // 50:03d}/file{n:05d}.bin", rnd.randbytes(size), False
+        left -= size
+        n += 1
+
+
+def _gzip_member(data: bytes, level: int) -> bytes:
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip wrapper, mtime 0 (deterministic)
+    return comp.compress(data) + comp.flush()
+
+
+def make_backup(out_dir: str | Path, *, total_bytes: int = 4 * 2**20, part_size: int = 2**20, seed: int = 1,
+                name: str = DEFAULT_NAME, member_step: int = 256 * 1024, level: int = 1) -> BackupSet:
+    """Write the parts of a deterministic backup of about ``total_bytes`` tar bytes into ``out_dir``.
+
+    Args:
+        part_size: uncompressed tar bytes per part (a multiple of 512; the vendor's default is
+            1 GiB, 100 MB is common).
+        member_step: uncompressed bytes per gzip member (the archiver appends in steps).
+        level: gzip level; 1 keeps big bench backups quick to make.
+    """
+    if part_size % BLOCK:
+        raise ValueError("part_size must be a multiple of 512")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rnd = random.Random(seed)
+    base = f"{name}.tar.gz"
+    tar_hash = hashlib.sha256()
+    files: dict[str, str] = {}
+
+    def tar_stream() -> Iterator[bytes]:
+        for path, data, is_dir in _entries(rnd, name, total_bytes):
+            if not is_dir:
+                files[path] = hashlib.sha256(data).hexdigest()
+            yield tar_entry(path, data, directory=is_dir, mtime=1_763_856_000)
+        yield tar_end()
+
+    # Cut the stream into parts of exactly part_size bytes (the last one shorter).
+    bodies: list[Path] = []
+    sizes: list[int] = []
+    buf = bytearray()
+    tar_size = 0
+
+    def flush_part(data: bytes) -> None:
+        path = out / f".{base}.{len(bodies)}.body"
+        with open(path, "wb") as f:
+            for i in range(0, len(data), member_step):
+                f.write(_gzip_member(data[i:i + member_step], level))
+        bodies.append(path)
+        sizes.append(len(data))
+
+    for block in tar_stream():
+        tar_hash.update(block)
+        tar_size += len(block)
+        buf += block
+        while len(buf) >= part_size:
+            flush_part(bytes(buf[:part_size]))
+            del buf[:part_size]
+    if buf or not bodies:
+        flush_part(bytes(buf))
+
+    last = len(bodies) - 1
+    parts = []
+    for number, (body, size) in enumerate(zip(bodies, sizes)):
+        pname = part_name(base, number)
+        path = out / pname
+        data = header_member(size, last if number == 0 and last > 0 else None) + body.read_bytes()
+        path.write_bytes(data)
+        body.unlink()
+        parts.append(MadePart(pname, path, len(data), size, hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()))
+    return BackupSet(out, base, parts, tar_size, tar_hash.hexdigest(), files)
+
+
+def _size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower()
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Write a sandbox backup in the vendor's multi-part format.")
+    ap.add_argument("out_dir")
+    ap.add_argument("--size", default="8M", help="tar bytes in all (e.g. 8M, 1G)")
+    ap.add_argument("--part-size", default="2M", help="tar bytes per part (multiple of 512)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--name", default=DEFAULT_NAME)
+    args = ap.parse_args(argv)
+    made = make_backup(args.out_dir, total_bytes=_size(args.size), part_size=_size(args.part_size),
+                       seed=args.seed, name=args.name)
+    print(json.dumps({"base": made.base, "tar_sha256": made.tar_sha256, "parts": made.manifest()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
