@@ -134,6 +134,7 @@ def cmd_demo(args) -> int:
         os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no calls home from a closed network
+        os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "30")  # the ephemeral server's SQLite on a busy box
     else:
         os.environ["PREFECT_API_URL"] = args.prefect_api
     from flows.demo import run_demo

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from connectors.errors import ConfigError
 from connectors.secrets import SecretRef, register_secret
+from connectors.bitrix24.configuration import CrmDeltaSection
 from connectors.http_download.configuration import BackupSection
 from journal.configuration import ForecastSection, LadderSection, NoticesSection, TriageSection
 
@@ -86,6 +87,7 @@ class Config(_Model):
     prefect: PrefectSection = PrefectSection()
     runbook: RunbookSection = RunbookSection()
     backup: BackupSection | None = Field(default=None, description="step 2.3: where the backup comes from")
+    crm_delta: CrmDeltaSection | None = Field(default=None, description="step 2.11: the CRM records since the backup")
     notices: NoticesSection = NoticesSection()
     ladder: LadderSection = LadderSection()
     forecast: ForecastSection = ForecastSection()

@@ -17,7 +17,7 @@ from typing import Callable
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
 
@@ -108,7 +108,9 @@ class ScriptedCustomer:
                 try:
                     description = client.read_flow_run_input(run.id, keyset["description"])
                     schema = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
-                except ObjectNotFound:
+                except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+                    if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                        raise
                     continue  # the run has paused but not yet saved its form
                 prompts.append(PausedPrompt(str(run.id), run.name, run.state.state_details.pause_key or "",
                                             _unquote(description), tuple(schema.get("properties", {}))))

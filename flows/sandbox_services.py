@@ -29,6 +29,7 @@ class SandboxHandles:
 def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
     """Start every sandbox piece on loopback; stop them all on exit."""
     from sandbox.backup_server import start_backup_sandbox
+    from sandbox.portal import start_pair
 
     handles = SandboxHandles()
     with contextlib.ExitStack() as stack:
@@ -39,4 +40,17 @@ def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
         handles.env.update(backup.env)
         handles.addresses += backup.describe()
         handles.services["backup"] = backup
+        # the cloud portal (backup + what users did after it) and the box portal (the restored backup)
+        pair = stack.enter_context(start_pair())
+        handles.config.update(portal=pair.cloud.base_url, box_portal=pair.box.base_url)
+        handles.toml += ["[crm_delta]", 'cloud_webhook_secret = "cloud_webhook"', 'box_webhook_secret = "box_webhook"',
+                         f'cutoff = {pair.cutoff.isoformat()}', ""]
+        handles.secrets += ['cloud_webhook = { env = "C2B_SANDBOX_CLOUD_WEBHOOK_CODE" }',
+                            'box_webhook = { env = "C2B_SANDBOX_BOX_WEBHOOK_CODE" }']
+        handles.env.update(C2B_SANDBOX_CLOUD_WEBHOOK_CODE=pair.cloud_code, C2B_SANDBOX_BOX_WEBHOOK_CODE=pair.box_code)
+        records = sum(len(t) for t in pair.cloud.portal.store.tables.values())
+        handles.addresses += [f"cloud portal {pair.cloud.base_url}/rest/1/***/ ({records} CRM records; backup cutoff "
+                              f"{pair.cutoff:%Y-%m-%d %H:%M} UTC)",
+                              f"box portal {pair.box.base_url}/rest/1/***/ (the restored backup)"]
+        handles.services["crm"] = pair
         yield handles

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 MANUAL = "manual"
 
 # Modules that register actions; imported lazily so `import flows.actions` stays cheap.
-_ACTION_MODULES: list[str] = ["flows.actions.transfer"]
+_ACTION_MODULES: list[str] = ["flows.actions.transfer", "flows.actions.crm_delta"]
 
 _REGISTRY: dict[str, Callable[["ActionContext"], "ActionResult"]] = {}
 _REQUIRES: dict[str, tuple[str, ...]] = {}
@@ -79,11 +79,27 @@ def missing_requirements(runbook, config) -> list[str]:
     problems = []
     for step in runbook.steps:
         for section in _REQUIRES.get(step.action, ()):
-            if getattr(config, section, None) is None:
+            value = getattr(config, section, None)
+            if value is None:
                 problems.append(f"[{section}] is missing, but step {step.id} runs the automated action "
                                 f"{step.action!r}; add the section (see config.example.toml) or do the step by hand "
                                 f"with [runbook] manual_steps = [\"{step.id}\"]")
+                continue
+            for where, name in _secret_references(value, section):
+                if name not in config.secrets and f"[{where}]" not in " ".join(problems):
+                    problems.append(f"[{where}] names the secret {name!r}, but [secrets] has no {name} entry; "
+                                    f"add {name} = {{ env = \"VAR\" }} (or a Prefect Secret block) to [secrets]")
     return problems
+
+
+def _secret_references(model, prefix: str):
+    """(dotted key, secret name) for every ``*_secret`` field in a config section, nested ones too."""
+    for field_name in type(model).model_fields:
+        value = getattr(model, field_name)
+        if field_name.endswith("_secret") and isinstance(value, str) and value:
+            yield f"{prefix}.{field_name}", value
+        elif hasattr(type(value), "model_fields"):
+            yield from _secret_references(value, f"{prefix}.{field_name}")
 
 
 def _load() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,10 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
     assert list(df["step"]) == [f"{p}.{i}" for p, n in ((1, 6), (2, 12), (3, 3)) for i in range(1, n + 1)]
     md = (out / "journal.md").read_text()
     assert md.count("| approve |") == 3 and "User downtime:" in md
-    assert "21 steps done, 3 gates signed" in res.stdout
+    for mode in ("rehearsal", "cutover"):
+        assert re.search(rf"{mode} run \w+: completed; 21 steps done \(\d+ automated\), 3 gates signed", res.stdout)
+    assert "journal intact" in res.stdout and "repaired: " in res.stdout
+    assert (out / "report.html").exists() and (out / "forecast-vs-actual.md").exists()
 
 
 def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(tmp_path):
@@ -84,5 +88,6 @@ def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(
         check_setup(str(cfg))
     assert "[vault] is missing, but step 1.1 runs the automated action 'needs_vault'" in str(err.value)
     assert 'manual_steps = ["1.1"]' in str(err.value)
-    cfg.write_text(cfg.read_text() + 'manual_steps = ["1.1"]\n')
+    automated = [p.split("step ")[1].split(" ")[0] for p in err.value.problems]  # 1.1 and the shipped automated steps
+    cfg.write_text(cfg.read_text() + f"manual_steps = {automated!r}\n".replace("'", '"'))
     check_setup(str(cfg))  # done by hand: accepted

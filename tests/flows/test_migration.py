@@ -84,7 +84,7 @@ def test_step_tasks_carry_owner_phase_urgency_tags(prefect_server, make_config):
     assert state.is_completed()
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs()
-    tagged = {tr.name: set(tr.tags) for tr in task_runs if tr.name.startswith("2.2 ")}
+    tagged = {tr.name: set(tr.tags) for tr in task_runs if tr.name == "2.2 Start sales on the box"}
     assert tagged and all({"owner:customer-sales", "phase:2", "urgency:high", "manual"} <= t for t in tagged.values())
 
 

@@ -1,0 +1,128 @@
+"""Action ``transfer_crm_delta``: step 2.11 — move the CRM records created or changed in the cloud
+since the backup into the box, then prove that nothing was lost (reconciliation)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from connectors.bitrix24.configuration import CrmDeltaSection
+from connectors.bitrix24.delta import export_delta, write_csvs
+from connectors.bitrix24.importer import import_delta, map_users
+from connectors.bitrix24.reconcile import reconcile
+from connectors.bitrix24.rest import Bitrix24Client
+from connectors.errors import ConfigError, IntegrityError
+from journal.idmap import IdMap
+
+from . import ActionContext, ActionResult, register
+
+
+def _section(ctx: ActionContext) -> CrmDeltaSection:
+    section = getattr(ctx.config, "crm_delta", None)
+    if section is None:
+        return CrmDeltaSection()
+    return section if isinstance(section, CrmDeltaSection) else CrmDeltaSection.model_validate(section)
+
+
+def _cutoff(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
+    if section.cutoff is not None:
+        return section.cutoff
+    try:
+        cutoff = ctx.journal.get_run(ctx.run_id).cutoff
+    except Exception:  # a journal without the run: the config must say it
+        cutoff = None
+    if cutoff is None and ctx.services.get("crm_cutoff") is not None:
+        cutoff = ctx.services["crm_cutoff"]
+    if cutoff is None:
+        raise ConfigError(getattr(ctx.config, "source", "<config>"),
+                          ["[crm_delta].cutoff is not set and the journal has no backup cutoff for this run: "
+                           "record the backup's date at step 2.1 or set cutoff = 2026-11-20T09:00:00+03:00"])
+    return cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=dt.timezone.utc)
+
+
+def _webhook(ctx: ActionContext, section: CrmDeltaSection, secret: str, portal: str, key: str) -> str:
+    """The webhook URL: the secret is either the whole URL or the code alone (then the URL is
+    built from ``[migration].portal``/``box_portal``)."""
+    value = ctx.secrets[secret].get_secret_value().strip()
+    if value.startswith(("http://", "https://")):
+        return value
+    if not portal:
+        raise ConfigError(getattr(ctx.config, "source", "<config>"),
+                          [f"[migration].{key} is empty: the webhook code in [secrets.{secret}] needs the "
+                           "portal's address (or put the whole webhook URL into the secret)"])
+    return f"{portal.rstrip('/')}/rest/{section.webhook_user_id}/{value}/"
+
+
+@register("transfer_crm_delta", requires=("crm_delta",))
+def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
+    """Export the delta (CSVs for review under work_dir), import it idempotently, reconcile."""
+    section = _section(ctx)
+    problems = [f"[secrets.{name}] is not defined ({what})"
+                for name, what in ((section.cloud_webhook_secret, "the cloud's webhook URL"),
+                                   (section.box_webhook_secret, "the box's webhook URL")) if name not in ctx.secrets]
+    if problems:
+        raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
+    cutoff = _cutoff(ctx, section)
+    migration = getattr(ctx.config, "migration", None)
+    cloud_url = _webhook(ctx, section, section.cloud_webhook_secret, getattr(migration, "portal", ""), "portal")
+    box_url = _webhook(ctx, section, section.box_webhook_secret, getattr(migration, "box_portal", ""), "box_portal")
+    common = dict(timeout=section.timeout_s, max_attempts=section.max_attempts, max_wait_s=section.max_wait_s)
+    cloud = Bitrix24Client(cloud_url, rate=section.rate,
+                           burst=section.burst, name="the cloud portal", **common)
+    box = Bitrix24Client(box_url, rate=section.box_rate,
+                         burst=section.box_burst, name="the box portal", **common)
+    # The map belongs to the box as restored for this run: a new run restores a new box. Within a run
+    # (re-runs, phase 3 sweeps) it is reused; a lost map is rebuilt from the box by ORIGIN_ID.
+    key = section.migration_key or ctx.run_id
+    idmap = IdMap(ctx.journal, key, run_id=ctx.run_id)
+
+    t0 = time.monotonic()
+    ctx.progress(0, None, "listing the cloud's records changed since the backup")
+    delta = export_delta(cloud, box, cutoff, entities=section.entities, detect_deleted=section.detect_deleted,
+                         progress=lambda n, msg: ctx.progress(n, None, f"export: {msg}"))
+    out_dir = ctx.work_dir / "crm-delta"
+    files = write_csvs(delta, out_dir)
+    ctx.journal.add_event(ctx.run_id, "crm_delta_export",
+                          f"delta since {cutoff.isoformat()}: {delta.records} records in {delta.seconds:.1f} s",
+                          data={"cutoff": cutoff.isoformat(), "entities": delta.summary(),
+                                "csv": [str(f) for f in files], "requests": delta.requests}, step_id=ctx.step_id)
+    deleted = {e: d.deleted_in_cloud for e, d in delta.entities.items() if d.deleted_in_cloud}
+    if deleted:
+        ctx.journal.add_event(ctx.run_id, "crm_deleted_in_cloud",
+                              "records of the backup deleted in the cloud since: the customer decides "
+                              "(nothing was deleted on the box)", data={"ids": deleted}, step_id=ctx.step_id)
+
+    user_map = map_users(cloud, box)
+    t_import = time.monotonic()
+    report = import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
+                          use_batch_import=section.use_batch_import,
+                          progress=lambda d, t, msg: ctx.progress(d, t, f"import: {msg}"))
+    import_s = time.monotonic() - t_import
+    if report.fallback_users:
+        ctx.journal.add_event(ctx.run_id, "crm_fallback_users",
+                              f"{len(report.fallback_users)} cloud user(s) missing in the box: their records "
+                              f"were given to box user {section.fallback_user_id}",
+                              data={"cloud_users": report.fallback_users}, step_id=ctx.step_id)
+    rec = reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id)
+    elapsed = time.monotonic() - t0
+    evidence = {"cutoff": cutoff.isoformat(), "export": delta.summary(), "import": report.summary(),
+                "import_method": report.method, "reconciliation": rec.evidence(), "reconciliation_ok": rec.ok,
+                "deleted_in_cloud": deleted, "fallback_users": report.fallback_users,
+                "failures": report.failures[:50], "csv_dir": str(out_dir), "cloud": cloud.display_url,
+                "box": box.display_url}
+    ctx.journal.add_event(ctx.run_id, "crm_reconciliation",
+                          f"reconciliation: {'OK' if rec.ok else f'{rec.mismatches} problem(s)'}",
+                          data=rec.evidence(), step_id=ctx.step_id)
+    if not rec.ok or report.failures:
+        raise IntegrityError(f"CRM delta: reconciliation found {rec.mismatches} problem(s), "
+                             f"{len(report.failures)} write failure(s); see the journal event crm_reconciliation",
+                             fix="fix the listed records' cause and run step 2.11 again: it only writes what is missing")
+    records = delta.records
+    counters = {"records": float(records), "records_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
+                "import_records_per_s": round(report.written / import_s, 1) if import_s > 0 else 0.0,
+                "created": float(sum(e.created for e in report.entities.values())),
+                "updated": float(sum(e.updated for e in report.entities.values())),
+                "deleted_in_cloud": float(sum(len(v) for v in deleted.values())),
+                "requests": float(delta.requests + report.requests), "seconds": round(elapsed, 2)}
+    return ActionResult(summary=f"{records} CRM records moved since the backup; reconciliation OK "
+                                f"({counters['records_per_s']:.0f} records/s)", evidence=evidence, counters=counters)

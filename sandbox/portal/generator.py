@@ -1,0 +1,247 @@
+"""Realistic CRM data for the sandbox portal, and the cloud/box pair the demo and tests use.
+
+The generated history spans a year before the backup cutoff (creation times spread over it,
+modifications after creation), then a few days of post-cutoff work in the cloud: new companies,
+contacts, leads and deals (with relations to old and new records), changes to pre-cutoff records,
+records created by a user hired after the backup, and one record deleted in the cloud.
+
+:func:`start_pair` seeds the *box* with the backup state (the cloud as of the cutoff, as restored
+from the backup; IDs kept) and the *cloud* with the backup state plus the post-cutoff changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .server import Portal, PortalLimits, PortalServer
+from .store import CrmStore
+
+FIRST = ["Anna", "Ivan", "Maria", "Dmitri", "Olga", "Peter", "Elena", "Sergei", "Irina", "Nikolai", "Jana", "Budi",
+         "Siti", "Georgi", "Lena", "Klaus"]
+LAST = ["Petrova", "Ivanov", "Schmidt", "Santoso", "Dimitrov", "Müller", "Smirnova", "Kuznetsov", "Wijaya", "Popova"]
+KINDS = ["LLC", "GmbH", "PT", "OOD", "AG", "Ltd"]
+WORDS = ["Nord", "Alpha", "Sun", "Baltic", "Green", "Delta", "River", "Stone", "Blue", "Prime"]
+STATUSES = ["NEW", "IN_PROCESS", "PROCESSED", "JUNK", "CONVERTED"]
+STAGES = ["NEW", "PREPARATION", "PREPAYMENT_INVOICE", "EXECUTING", "WON", "LOSE"]
+SOURCES = ["CALL", "EMAIL", "WEB", "ADVERTISING", "PARTNER", "OTHER"]
+# Values that would be formulas in a spreadsheet: exported CSVs must neutralise them.
+TRICKY = ["=HYPERLINK(\"http://x\",\"y\")", "+7 495 000", "-1+2", "@SUM(A1)"]
+
+
+@dataclass
+class Change:
+    """One post-cutoff event in the cloud."""
+
+    at: dt.datetime
+    kind: str  # add | update | delete
+    entity: str
+    record_id: int
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class CrmDataset:
+    """Backup-state records (per entity: ID → fields) plus the ordered post-cutoff changes."""
+
+    cutoff: dt.datetime
+    backup: dict[str, dict[int, dict]]
+    changes: list[Change]
+    users: list[dict]
+    new_users: list[dict]
+
+
+def _phone(rng) -> list[dict]:
+    return [{"VALUE": f"+7 9{rng.randint(10, 99)} {rng.randint(100, 999)}-{rng.randint(10, 99)}-"
+                      f"{rng.randint(10, 99)}", "VALUE_TYPE": rng.choice(["WORK", "MOBILE"])}
+            for _ in range(rng.choice([1, 1, 2]))]
+
+
+def _email(rng, name: str) -> list[dict]:
+    return [{"VALUE": f"{name.lower()}{rng.randint(1, 999)}@example.com", "VALUE_TYPE": "WORK"}]
+
+
+def generate(*, companies: int = 60, contacts: int = 150, leads: int = 400, deals: int = 200,
+             cutoff: dt.datetime | None = None, post_days: float = 3.0, post_fraction: float = 0.1,
+             modify_fraction: float = 0.05, seed: int = 7, users: int = 8) -> CrmDataset:
+    """A year of CRM history before ``cutoff`` and ``post_days`` of changes after it.
+
+    ``post_fraction`` of each entity's records are created after the cutoff; ``modify_fraction``
+    of the pre-cutoff records are changed after it; one pre-cutoff lead is deleted in the cloud.
+    """
+    rng = random.Random(seed)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    cutoff = cutoff or (now - dt.timedelta(days=post_days, hours=1))
+    post_end = min(now - dt.timedelta(minutes=5), cutoff + dt.timedelta(days=post_days))
+    year = dt.timedelta(days=365)
+    user_list = [{"ID": str(i), "NAME": rng.choice(FIRST), "LAST_NAME": rng.choice(LAST), "ACTIVE": True,
+                  "EMAIL": f"user{i}@corp.example"} for i in range(1, users + 1)]
+    new_user = {"ID": str(users + 1), "NAME": "Newhire", "LAST_NAME": "Afterbackup", "ACTIVE": True,
+                "EMAIL": f"user{users + 1}@corp.example"}
+
+    def times(n_pre: int, n_post: int) -> list[tuple[dt.datetime, bool]]:
+        pre = sorted(cutoff - year + dt.timedelta(seconds=rng.uniform(0, year.total_seconds())) for _ in range(n_pre))
+        span = (post_end - cutoff).total_seconds()
+        post = sorted(cutoff + dt.timedelta(seconds=rng.uniform(1, span)) for _ in range(n_post))
+        return [(t.replace(microsecond=0), False) for t in pre] + [(t.replace(microsecond=0), True) for t in post]
+
+    backup: dict[str, dict[int, dict]] = {e: {} for e in ("company", "contact", "lead", "deal")}
+    changes: list[Change] = []
+    created_at: dict[str, dict[int, dt.datetime]] = {e: {} for e in backup}
+
+    def split(n: int) -> tuple[int, int]:
+        post = max(1, int(n * post_fraction))
+        return n - post, post
+
+    def assignee(post: bool) -> str:
+        if post and rng.random() < 0.1:
+            return new_user["ID"]
+        return rng.choice(user_list)["ID"]
+
+    def make(entity: str, n: int, build) -> list[int]:
+        ids = []
+        for i, (t, post) in enumerate(times(*split(n)), start=1):
+            fields = build(i, t, post)
+            fields.update({"DATE_CREATE": t, "ASSIGNED_BY_ID": assignee(post),
+                           "CREATED_BY_ID": rng.choice(user_list)["ID"]})
+            if post:
+                fields["DATE_MODIFY"] = t
+                changes.append(Change(t, "add", entity, i, fields))
+            else:
+                fields["DATE_MODIFY"] = min(cutoff, t + dt.timedelta(seconds=rng.uniform(0, 30 * 86400)))
+                backup[entity][i] = fields
+            created_at[entity][i] = t
+            ids.append(i)
+        return ids
+
+    def related(entity: str, t: dt.datetime) -> int | None:
+        """A record of ``entity`` that existed at ``t`` (old or new)."""
+        candidates = [i for i, c in created_at[entity].items() if c < t]
+        return rng.choice(candidates[-200:] if rng.random() < 0.5 else candidates) if candidates else None
+
+    make("company", companies, lambda i, t, post: {
+        "TITLE": f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.choice(KINDS)}" if i % 37 else TRICKY[i % 4],
+        "COMPANY_TYPE": rng.choice(["CUSTOMER", "PARTNER", "SUPPLIER"]), "INDUSTRY": rng.choice(["IT", "MANUFACTURING"]),
+        "PHONE": _phone(rng), "EMAIL": _email(rng, "office")})
+    make("contact", contacts, lambda i, t, post: {
+        "NAME": rng.choice(FIRST), "LAST_NAME": rng.choice(LAST), "POST": rng.choice(["CEO", "buyer", "CTO", ""]),
+        "COMPANY_ID": related("company", t), "SOURCE_ID": rng.choice(SOURCES),
+        "PHONE": _phone(rng), "EMAIL": _email(rng, rng.choice(FIRST))})
+    make("lead", leads, lambda i, t, post: {
+        "TITLE": f"Lead #{i}: {rng.choice(WORDS)} request" if i % 53 else TRICKY[i % 4],
+        "NAME": rng.choice(FIRST), "LAST_NAME": rng.choice(LAST), "STATUS_ID": rng.choice(STATUSES),
+        "SOURCE_ID": rng.choice(SOURCES), "OPPORTUNITY": f"{rng.randint(1, 500) * 100}.00", "CURRENCY_ID": "EUR",
+        "CONTACT_ID": related("contact", t) if rng.random() < 0.6 else None,
+        "COMPANY_ID": related("company", t) if rng.random() < 0.4 else None,
+        "PHONE": _phone(rng), "EMAIL": _email(rng, "lead")})
+    make("deal", deals, lambda i, t, post: {
+        "TITLE": f"Deal #{i}", "STAGE_ID": rng.choice(STAGES), "CATEGORY_ID": "0",
+        "OPPORTUNITY": f"{rng.randint(1, 900) * 100}.00", "CURRENCY_ID": "EUR",
+        "CONTACT_ID": related("contact", t), "COMPANY_ID": related("company", t),
+        "LEAD_ID": related("lead", t) if rng.random() < 0.5 else None})
+    for d in list(backup["deal"].values()) + [c.fields for c in changes if c.entity == "deal"]:
+        d["CONTACT_IDS"] = [d["CONTACT_ID"]] if d.get("CONTACT_ID") else []
+
+    # Post-cutoff changes of pre-cutoff records, some pointing at post-cutoff records.
+    span = (post_end - cutoff).total_seconds()
+    for entity in ("company", "contact", "lead", "deal"):
+        pre_ids = sorted(backup[entity])
+        for rid in rng.sample(pre_ids, max(1, int(len(pre_ids) * modify_fraction))):
+            t = (cutoff + dt.timedelta(seconds=rng.uniform(1, span))).replace(microsecond=0)
+            if entity == "company":
+                fields = {"TITLE": backup[entity][rid]["TITLE"] + " (renamed)", "INDUSTRY": "IT"}
+            elif entity == "contact":
+                fields = {"POST": "head of sales", "COMPANY_ID": related("company", t)}
+            elif entity == "lead":
+                fields = {"STATUS_ID": "IN_PROCESS", "CONTACT_ID": related("contact", t)}
+            else:
+                fields = {"STAGE_ID": "WON", "COMPANY_ID": related("company", t)}
+            changes.append(Change(t, "update", entity, rid, fields))
+    victim = sorted(set(backup["lead"]) - {c.record_id for c in changes if c.entity == "lead"})[0]
+    changes.append(Change(post_end, "delete", "lead", victim))
+    changes.sort(key=lambda c: c.at)
+    return CrmDataset(cutoff=cutoff, backup=backup, changes=changes, users=user_list, new_users=[new_user])
+
+
+def seed_backup(store: CrmStore, data: CrmDataset) -> None:
+    """Load the backup state (IDs and times kept) and the users that existed at the cutoff."""
+    for entity in ("company", "contact", "lead", "deal"):
+        for rid, fields in sorted(data.backup[entity].items()):
+            store.add(entity, fields, keep_times=True, record_id=rid)
+    for u in data.users:
+        store.users[int(u["ID"])] = dict(u)
+
+
+def seed_cloud(store: CrmStore, data: CrmDataset) -> None:
+    """The backup state plus every post-cutoff change, at its time."""
+    seed_backup(store, data)
+    for u in data.new_users:
+        store.users[int(u["ID"])] = dict(u)
+    for c in data.changes:
+        if c.kind == "add":
+            store.add(c.entity, c.fields, keep_times=True, record_id=c.record_id)
+        elif c.kind == "update":
+            store.update(c.entity, c.record_id, c.fields, now=c.at)
+        else:
+            store.delete(c.entity, c.record_id)
+
+
+@dataclass
+class PortalPair:
+    """A running cloud portal and box portal, seeded consistently.
+
+    ``cloud_webhook`` / ``box_webhook`` are base URLs with the secret code in them; ``*_code`` the
+    codes alone (for the config's secrets); ``cutoff`` the backup's cutoff (aware, UTC)."""
+
+    cloud: PortalServer
+    box: PortalServer
+    cutoff: dt.datetime
+    dataset: CrmDataset
+
+    @property
+    def cloud_webhook(self) -> str:
+        return self.cloud.webhook
+
+    @property
+    def box_webhook(self) -> str:
+        return self.box.webhook
+
+    @property
+    def cloud_code(self) -> str:
+        return self.cloud.portal.code
+
+    @property
+    def box_code(self) -> str:
+        return self.box.portal.code
+
+    def close(self) -> None:
+        self.cloud.close()
+        self.box.close()
+
+    def __enter__(self) -> "PortalPair":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_pair(*, limits: PortalLimits | None = None, box_limits: PortalLimits | None = None,
+               box_extra: int = 2, batch_import: bool = True, **generate_kw: Any) -> PortalPair:
+    """Start a cloud + box portal pair on loopback: cloud = backup + post-cutoff changes, box =
+    the restored backup whose ID sequences moved on by ``box_extra`` test records per entity,
+    created and deleted on the box after the restore (steps 2.8/2.9): box IDs of new records
+    differ from the cloud's post-cutoff IDs, as on a real box."""
+    data = generate(**generate_kw)
+    cloud_store, box_store = CrmStore(), CrmStore()
+    seed_cloud(cloud_store, data)
+    seed_backup(box_store, data)
+    for entity in ("company", "contact", "lead", "deal"):
+        for i in range(box_extra):
+            rid = box_store.add(entity, {"TITLE": f"box test record {i}", "NAME": "Box", "LAST_NAME": "Test",
+                                         "ASSIGNED_BY_ID": "1"}, now=data.cutoff)
+            box_store.delete(entity, rid)
+    cloud = PortalServer(Portal(cloud_store, limits=limits)).start()
+    box = PortalServer(Portal(box_store, limits=box_limits or limits, batch_import=batch_import)).start()
+    return PortalPair(cloud=cloud, box=box, cutoff=data.cutoff, dataset=data)
