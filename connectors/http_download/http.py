@@ -13,13 +13,12 @@
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import time
 from typing import Iterator
 
 import requests
 
-from connectors.errors import AuthError, FatalError, RateLimitedError, TransientError
+from connectors.errors import AuthError, FatalError, TransientError
+from connectors.http_errors import classify
 from connectors.secrets import redact
 
 
@@ -37,22 +36,6 @@ class ShortReadError(TransientError):
 
 class PartChangedError(FatalError):
     """The part on the server is not the one we started: other size or ETag."""
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None when absent/garbled."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 @contextlib.contextmanager
@@ -78,25 +61,21 @@ def looks_like_html(content_type: str | None, first_bytes: bytes = b"") -> bool:
 def classify_response(resp: requests.Response, *, what: str) -> None:
     """Raise the right error for a non-2xx response (the body is closed); return on 2xx.
 
-    The one place that decides what is retryable for the downloader and its sources.
+    The project's one classifier (:func:`connectors.http_errors.classify`) decides what is
+    retryable; only what is particular to downloading parts is added here.
     """
     status = resp.status_code
     if 200 <= status < 300:
         return
     resp.close()
-    if status in (429, 503):
-        after = retry_after_seconds(resp.headers.get("Retry-After"))
-        raise RateLimitedError(f"{what}: the server is busy (HTTP {status})", retry_after=after,
-                               fix="nothing: cloud2box waits as the server asks")
-    if status in (500, 502, 504, 408):
-        raise TransientError(f"{what}: server error HTTP {status}", fix="retried automatically; re-run if it persists")
-    if status in (401, 403):
-        raise AuthError(f"{what}: access denied (HTTP {status})",
-                        fix="check the licence key and backup password secrets, or ask the vendor for a new link")
-    if status == 404:
-        raise FatalError(f"{what}: not found on the server (HTTP 404)",
-                         fix="check the part list / URLs; ask the vendor's support whether the backup still exists")
     if status == 416:
         raise PartChangedError(f"{what}: range not satisfiable (HTTP 416): the part is shorter than before",
                                fix="the part is restarted from zero")
-    raise FatalError(f"{what}: unexpected HTTP {status}", fix="check the URL and the server")
+    error = classify(status, retry_after=resp.headers.get("Retry-After"), what=what)
+    if isinstance(error, AuthError):
+        raise AuthError(error.message, fix="check the licence key and backup password secrets, or ask the vendor "
+                                           "for a new link")
+    if status == 404:
+        raise FatalError(f"{what}: not found on the server (HTTP 404)",
+                         fix="check the part list / URLs; ask the vendor's support whether the backup still exists")
+    raise error

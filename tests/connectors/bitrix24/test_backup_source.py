@@ -32,7 +32,7 @@ def test_lists_parts_in_order_with_signed_locations(server):
 def test_wrong_licence_or_password_is_an_auth_error(server):
     with pytest.raises(AuthError):
         Bitrix24BackupSource(server.info_url, "WRONG-KEY-000", server.password).list_parts()
-    with pytest.raises(AuthError, match="access denied"):
+    with pytest.raises(AuthError, match="refused the credentials"):
         Bitrix24BackupSource(server.info_url, server.licence_key, "wrong-password").list_parts()
 
 
