@@ -207,6 +207,34 @@ def _journal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--journal-url", help="SQLAlchemy URL of the journal")
 
 
+def cmd_sandbox(args) -> int:
+    """Start the sandbox on loopback, write a matching config, and keep it up until Ctrl-C."""
+    import time
+
+    from flows.demo import write_demo_config
+    from flows.sandbox_services import start_sandbox
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with start_sandbox(out) as sandbox:
+        config_path = write_demo_config(out, sandbox)
+        env_file = out / "sandbox.env"
+        env_file.write_text("".join(f"export {k}={v}\n" for k, v in sandbox.env.items()), encoding="utf-8")
+        env_file.chmod(0o600)
+        print("cloud2box sandbox is up:")
+        for line in sandbox.describe():
+            print(f"  {line}")
+        print(f"config: {config_path}\nsecrets (sandbox values): source {env_file}\n"
+              f"then: cloud2box run --config {config_path} --mode rehearsal   (Ctrl-C here stops the sandbox)")
+        try:
+            deadline = time.monotonic() + args.hours * 3600
+            while time.monotonic() < deadline:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud2box", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep what an earlier demo left in --out")
     d.add_argument("--prefect-api", help="use this Prefect server instead of an ephemeral one (watch it in the UI)")
     d.set_defaults(fn=cmd_demo)
+
+    sb = sub.add_parser("sandbox", help="start the sandbox (cloud portal, box portal, backup delivery, SSH mirror)")
+    sb.add_argument("action", choices=["up"])
+    sb.add_argument("--out", default="cloud2box-sandbox", help="where the sandbox's files and config go")
+    sb.add_argument("--hours", type=float, default=8, help="stop by itself after this long")
+    sb.set_defaults(fn=cmd_sandbox)
 
     r = sub.add_parser("run", help="run a migration with a config file")
     r.add_argument("--config", required=True)

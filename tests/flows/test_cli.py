@@ -91,3 +91,33 @@ def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(
     automated = [p.split("step ")[1].split(" ")[0] for p in err.value.problems]  # 1.1 and the shipped automated steps
     cfg.write_text(cfg.read_text() + f"manual_steps = {automated!r}\n".replace("'", '"'))
     check_setup(str(cfg))  # done by hand: accepted
+
+
+def test_sandbox_up_serves_the_vendor_formats_and_writes_a_config_that_loads(tmp_path):
+    import time
+
+    import requests
+
+    from flows.config import load_config
+
+    proc = subprocess.Popen([*CLI, "sandbox", "up", "--out", str(tmp_path), "--hours", "0.02"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(line.startswith("then:") for line in lines):
+            lines.append(proc.stdout.readline())
+        config = load_config(tmp_path / "config.toml")
+        env = dict(line.removeprefix("export ").strip().split("=", 1)
+                   for line in (tmp_path / "sandbox.env").read_text().splitlines())
+        code = env["C2B_SANDBOX_CLOUD_WEBHOOK_CODE"]
+        assert code not in "".join(lines)  # printed addresses mask the webhook code
+        answer = requests.get(f"{config.migration.portal}/rest/1/{code}/crm.lead.list.json",
+                              params={"start": -1, "order[ID]": "ASC"}, timeout=10).json()
+        assert len(answer["result"]) == 50 and "total" not in answer  # start=-1: no count
+        wrong = requests.get(f"{config.migration.portal}/rest/1/wrong/crm.lead.list.json", timeout=10)
+        assert wrong.status_code == 401 and wrong.json()["error"] == "NO_AUTH_FOUND"
+        assert config.backup.info_url.startswith("http://127.0.0.1:")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
