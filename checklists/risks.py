@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
-
-from connectors.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from .runbook import Owner
+from .toml_model import load_model
 
 Level = Literal["low", "medium", "high"]
 
@@ -61,13 +59,4 @@ class RiskRegister(BaseModel):
 
 
 def load_risks(path: str | Path = RISKS_PATH) -> RiskRegister:
-    source = str(path)
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        return RiskRegister.model_validate(raw)
-    except FileNotFoundError:
-        raise ConfigError(source, ["risk register not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
-    except ValidationError as exc:
-        raise ConfigError(source, [f"[{'.'.join(map(str, e['loc']))}] {e['msg']}" for e in exc.errors()]) from None
+    return load_model(path, RiskRegister, missing="risk register not found; the shipped one is checklists/risks.toml")

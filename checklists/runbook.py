@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.errors import ConfigError
+
+from .toml_model import load_model
 
 Owner = Literal["contractor", "customer", "customer-sales"]
 Urgency = Literal["medium", "high", "low"]
@@ -117,17 +118,7 @@ class Runbook(BaseModel):
 def load_runbook(path: str | Path, *, known_actions: set[str] | None = None) -> Runbook:
     """Load a runbook; raise ConfigError listing every problem (unknown actions included)."""
     source = str(path)
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(source, ["runbook file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
-    try:
-        runbook = Runbook.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(source, [f"[{'.'.join(map(str, e['loc']))}] {e['msg'].removeprefix('Value error, ')}"
-                                   for e in exc.errors()]) from None
+    runbook = load_model(path, Runbook, missing="runbook file not found; the shipped one is checklists/runbook.toml")
     if known_actions is not None:
         unknown = [f"[step {s.id}] unknown action {s.action!r}; known: manual, {', '.join(sorted(known_actions)) or '(none)'}"
                    for s in runbook.steps if not s.is_manual and s.action not in known_actions]

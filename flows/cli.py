@@ -17,7 +17,7 @@ from connectors.errors import MigrationError
 DEMO_DIR = Path("cloud2box-demo")
 
 
-def _journal_from(args) -> "Journal":  # noqa: F821
+def _journal_from(args):
     from journal.store import Journal
 
     if args.journal_url:
@@ -35,7 +35,7 @@ def _journal_from(args) -> "Journal":  # noqa: F821
 def _latest_run_id(journal) -> str:
     runs = journal.runs()
     if not runs:
-        raise MigrationError(f"the journal has no runs yet", fix="run a migration or the demo first")
+        raise MigrationError("the journal has no runs yet", fix="run a migration or the demo first")
     return runs[-1].id
 
 

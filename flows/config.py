@@ -8,13 +8,13 @@ into ``SecretStr`` by :func:`resolve_secrets` and registered for redaction.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from checklists.toml_model import read_toml, validation_problems
 from connectors.errors import ConfigError
 from connectors.secrets import SecretRef, register_secret
 from connectors.bitrix24.configuration import CrmDeltaSection
@@ -102,20 +102,10 @@ class Config(_Model):
         return self.model_dump(mode="json")
 
 
-def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "<top level>"
-
-
 def load_config(path: str | os.PathLike, *, overrides: dict | None = None) -> Config:
     """Load and validate ``path``; raise :class:`ConfigError` listing every problem."""
-    source = str(path)
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(source, ["file not found; copy config.example.toml and edit it"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
-    return config_from_dict(raw, source=source, overrides=overrides)
+    raw = read_toml(path, missing="file not found; copy config.example.toml and edit it")
+    return config_from_dict(raw, source=str(path), overrides=overrides)
 
 
 def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | None = None) -> Config:
@@ -124,11 +114,7 @@ def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | Non
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"[{_loc(err['loc'])}] {msg}")
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, validation_problems(exc)) from None
     problems = [f"[runbook.{key}] file {path} not found" for key, path in
                 (("path", config.runbook.path), ("risks", config.runbook.risks)) if not Path(path).exists()]
     if problems:

@@ -38,6 +38,9 @@ def write_demo_config(out: Path, sandbox) -> Path:
         f"poll_interval_s = {DEMO_POLL_S}",
         "pause_timeout_s = 900",
         "",
+        "[notices]",
+        "dry_run = true  # the demo has no real users: notices are written to files",
+        "",
     ]
     lines += sandbox.toml
     if sandbox.secrets:
@@ -90,6 +93,10 @@ def run_demo(out: Path) -> int:
         _print_run(journal, run, out)
     if "cutover" in runs:
         _print_forecast_vs_actual(journal, runs["cutover"].id, out)
+        summaries = sorted((out / "notices" / runs["cutover"].id).glob("*-summary.md"))
+        if summaries:
+            print(f"final summary for the users: {summaries[-1]}")
+        print(f"auditor's report of the cutover: {out / 'report.html'}")
     print(f"\n{len(customer.answered)} prompts answered by the scripted customer; demo took "
           f"{time.monotonic() - started:.0f} s; files in {out}")
     failed = [m for m, st in states.items() if not st.is_completed()]

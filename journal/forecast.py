@@ -293,7 +293,7 @@ def forecast_from(journal, rehearsal_run_id: str, backup_size: float | None = No
             new_amount = amount * scale[unit]
             variable = new_amount / rate_p50
             basis = (f"{human_amount(new_amount, unit)} at {human_rate(rate_p50, unit)}"
-                     + (f" (live)" if sid in (rates or {}) else "")
+                     + (" (live)" if sid in (rates or {}) else "")
                      + (f", spread from {len(samples)} samples" if len(samples) >= 3 else ", default spread")
                      + (f", +{overhead:.0f} s fixed" if overhead >= 1 else ""))
             rows.append(StepForecast(**common, kind="automated", unit=unit, amount=new_amount,

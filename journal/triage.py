@@ -12,15 +12,15 @@ issues (:func:`gate_issues_markdown`) and cannot be approved while a fire is ope
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from checklists.toml_model import load_model
 from connectors.errors import ConfigError, FatalError
 from connectors.secrets import redact
 
@@ -91,16 +91,7 @@ class TriageRules(BaseModel):
 def load_rules(path: str | Path | None = None) -> TriageRules:
     """Load the triage rules (default ``checklists/triage.toml``); ConfigError lists every problem."""
     path = Path(path or DEFAULT_RULES_PATH)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["triage rules file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    try:
-        rules = TriageRules.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(str(path), [f"[{'.'.join(map(str, e['loc']))}] {e['msg']}" for e in exc.errors()]) from None
+    rules = load_model(path, TriageRules, missing="triage rules file not found; the shipped one is checklists/triage.toml")
     missing = sorted(set(SEVERITY_ORDER) - set(rules.severities))
     if missing:
         raise ConfigError(str(path), [f"[severities] {m} is not described" for m in missing])

@@ -116,7 +116,7 @@ class Bitrix24Client:
         url = f"{self._base}{method}.json"
         try:
             resp = self.session.post(url, json=params, timeout=self.timeout)
-        except requests.Timeout as e:
+        except requests.Timeout:
             cls = TransientError if idempotent else AmbiguousWriteError
             raise cls(f"{self.name}: {method} timed out after {self.timeout:.0f} s") from None
         except requests.ConnectionError as e:
