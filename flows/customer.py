@@ -17,7 +17,7 @@ from typing import Callable
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import NotPausedError, ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
 
@@ -126,7 +126,10 @@ class ScriptedCustomer:
                     reply = self.answer(prompt)
                     if reply is None:
                         continue
-                    resume_flow_run(prompt.flow_run_id, run_input=reply)
+                    try:
+                        resume_flow_run(prompt.flow_run_id, run_input=reply)
+                    except NotPausedError:
+                        continue  # answered or retired meanwhile (a resumed run retires its predecessor's prompts)
                     seen.add((prompt.flow_run_id, prompt.key))
                     self.answered.append((prompt, reply))
                     log.info("answered %s %s (%s)", prompt.kind, prompt.target, prompt.who)
