@@ -18,6 +18,7 @@ from checklists.toml_model import read_toml, validation_problems
 from connectors.errors import ConfigError
 from connectors.secrets import SecretRef, register_secret
 from connectors.bitrix24.configuration import CrmDeltaSection
+from connectors.box_host.configuration import BoxHostSection, PostRestoreSection
 from connectors.http_download.configuration import BackupSection
 from journal.configuration import ForecastSection, LadderSection, NoticesSection, TriageSection
 
@@ -87,6 +88,8 @@ class Config(_Model):
     prefect: PrefectSection = PrefectSection()
     runbook: RunbookSection = RunbookSection()
     backup: BackupSection | None = Field(default=None, description="step 2.3: where the backup comes from")
+    box_host: BoxHostSection | None = Field(default=None, description="steps 1.1, 1.2, 1.5, 2.3, 2.4: the box host over SSH")
+    post_restore: PostRestoreSection = PostRestoreSection()
     crm_delta: CrmDeltaSection | None = Field(default=None, description="step 2.11: the CRM records since the backup")
     notices: NoticesSection = NoticesSection()
     ladder: LadderSection = LadderSection()

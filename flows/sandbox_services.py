@@ -29,6 +29,7 @@ class SandboxHandles:
 def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
     """Start every sandbox piece on loopback; stop them all on exit."""
     from sandbox.backup_server import start_backup_sandbox
+    from sandbox.box_host import start_box_host
     from sandbox.portal import start_pair
 
     handles = SandboxHandles()
@@ -40,6 +41,13 @@ def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
         handles.env.update(backup.env)
         handles.addresses += backup.describe()
         handles.services["backup"] = backup
+        # the box host: SSH with exec + SFTP under a local root, and a fresh database on the local MariaDB
+        box = stack.enter_context(start_box_host(out / "sandbox-box"))
+        handles.toml += box.toml_lines()
+        handles.secrets += box.secrets_toml_lines()
+        handles.env.update(box.env)
+        handles.addresses += box.describe()
+        handles.services["box_host"] = box
         # the cloud portal (backup + what users did after it) and the box portal (the restored backup)
         pair = stack.enter_context(start_pair())
         handles.config.update(portal=pair.cloud.base_url, box_portal=pair.box.base_url)

@@ -3,7 +3,13 @@
 The content is deterministic for a seed: the same call writes the same bytes, so tests, the demo
 and the restore issue can compare against known hashes. The tar holds a small portal: site
 settings, uploaded files (random, incompressible), a GNU long-name file and the database dump
-``bitrix/backup/NAME.sql`` + ``NAME_after_connect.sql``.
+``bitrix/backup/NAME.sql`` (optionally split into ``.sql.1`` …) + ``NAME_after_connect.sql``.
+
+The dump carries the Bitrix tables the post-restore step fixes, with the faults of the case: no
+portal domain (``b_option`` main/server_name, ``b_lang``), push & pull switched off (``b_option``
+pull/nginx, push), empty search tables, and Bitrix24.Network users (``b_user.EXTERNAL_AUTH_ID``).
+With ``encrypt_password`` the tar is encrypted like the vendor's archiver does (Blowfish-ECB,
+key md5(password), a signature block first).
 
 Usage: ``python -m sandbox.backup_maker OUT_DIR --size 8M --part-size 2M --seed 1``
 """
@@ -54,9 +60,32 @@ class BackupSet:
         return {p.name: {"size": p.size, "sha256": p.sha256, "md5": p.md5} for p in self.parts}
 
 
+_PORTAL_TABLES = [
+    "CREATE TABLE `b_option` (`MODULE_ID` varchar(50) NOT NULL, `NAME` varchar(100) NOT NULL, `VALUE` mediumtext,"
+    " `DESCRIPTION` varchar(255), `SITE_ID` char(2), UNIQUE KEY `ix_option` (`MODULE_ID`,`NAME`,`SITE_ID`));",
+    "INSERT INTO `b_option` (`MODULE_ID`,`NAME`,`VALUE`) VALUES ('main','server_name',''),"
+    "('main','site_name','Sandbox portal'),('pull','nginx','N'),('pull','push','N'),('search','use_stemming','Y');",
+    "CREATE TABLE `b_lang` (`LID` char(2) NOT NULL, `SORT` int NOT NULL DEFAULT 100, `DEF` char(1) NOT NULL DEFAULT 'N',"
+    " `ACTIVE` char(1) NOT NULL DEFAULT 'Y', `NAME` varchar(50) NOT NULL, `DIR` varchar(50) NOT NULL,"
+    " `SERVER_NAME` varchar(255), PRIMARY KEY (`LID`));",
+    "INSERT INTO `b_lang` VALUES ('s1',1,'Y','Y','Sandbox portal','/','');",
+    "CREATE TABLE `b_lang_domain` (`LID` char(2) NOT NULL, `DOMAIN` varchar(255) NOT NULL,"
+    " PRIMARY KEY (`LID`,`DOMAIN`));",
+    "CREATE TABLE `b_search_content` (`ID` int NOT NULL AUTO_INCREMENT, `MODULE_ID` varchar(50) NOT NULL,"
+    " `ITEM_ID` varchar(255) NOT NULL, `TITLE` text, PRIMARY KEY (`ID`));",
+    "CREATE TABLE `b_user` (`ID` int NOT NULL AUTO_INCREMENT, `LOGIN` varchar(50) NOT NULL, `EMAIL` varchar(255),"
+    " `ACTIVE` char(1) NOT NULL DEFAULT 'Y', `EXTERNAL_AUTH_ID` varchar(255), PRIMARY KEY (`ID`));",
+    "INSERT INTO `b_user` VALUES (1,'admin','admin@example.com','Y',NULL),"
+    "(2,'anna.network','anna@example.com','Y','bitrix24'),(3,'boris.network','boris@example.com','Y','bitrix24'),"
+    "(4,'sales.local','sales@example.com','Y',NULL),(5,'gone.network','gone@example.com','N','bitrix24'),"
+    "(6,'imconnector','','Y','imconnector');",
+]
+
+
 def _sql_dump(rnd: random.Random, name: str, size: int) -> bytes:
     lines = [
         "-- Bitrix24 backup dump (sandbox)",
+        *_PORTAL_TABLES,
         "CREATE TABLE `b_crm_lead` (`ID` int NOT NULL, `TITLE` varchar(255), `DATE_CREATE` datetime,"
         " `ORIGINATOR_ID` varchar(255), PRIMARY KEY (`ID`));",
     ]
@@ -73,7 +102,20 @@ def _sql_dump(rnd: random.Random, name: str, size: int) -> bytes:
     return "".join(chunks).encode()
 
 
-def _entries(rnd: random.Random, name: str, total: int) -> Iterator[tuple[str, bytes, bool]]:
+def _split_sql(dump: bytes, part_bytes: int) -> list[bytes]:
+    """Cut a dump into pieces of about ``part_bytes`` at line ends (the vendor's .sql, .sql.1 …)."""
+    if part_bytes <= 0:
+        return [dump]
+    pieces, start = [], 0
+    while start < len(dump):
+        end = dump.find(b"\n", min(start + part_bytes, len(dump)) - 1)
+        end = len(dump) if end < 0 else end + 1
+        pieces.append(dump[start:end])
+        start = end
+    return pieces
+
+
+def _entries(rnd: random.Random, name: str, total: int, sql_part_bytes: int = 0) -> Iterator[tuple[str, bytes, bool]]:
     """(path, content, is_directory) of the portal's files, about ``total`` bytes in all."""
     yield "bitrix/", b"", True
     yield ("bitrix/.settings.php", b"<?php\nreturn array('connections' => array('value' => array('default' => array("
@@ -83,7 +125,8 @@ def _entries(rnd: random.Random, name: str, total: int) -> Iterator[tuple[str, b
     yield "bitrix/php_interface/dbconn.php", b"<?php\n$DBHost = 'localhost';\n$DBLogin = '******';\n$DBPassword = '******';\n", False
     sql_size = max(4096, total // 5)
     yield "bitrix/backup/", b"", True
-    yield f"bitrix/backup/{name}.sql", _sql_dump(rnd, name, sql_size), False
+    for i, piece in enumerate(_split_sql(_sql_dump(rnd, name, sql_size), sql_part_bytes)):
+        yield f"bitrix/backup/{name}.sql" + (f".{i}" if i else ""), piece, False
     yield f"bitrix/backup/{name}_after_connect.sql", b"SET NAMES 'utf8';\nSET collation_connection = 'utf8_unicode_ci';\n", False
     yield "upload/", b"", True
     long_dir = "upload/disk/" + "/".join(f"folder-with-a-long-name-{i}" for i in range(4))
@@ -102,8 +145,32 @@ def _gzip_member(data: bytes, level: int) -> bytes:
     return comp.compress(data) + comp.flush()
 
 
+ENCRYPTION_SIGNATURE = b"Bitrix Encrypted File"
+
+
+def _blowfish(password: str):
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    try:
+        from cryptography.hazmat.decrepit.ciphers.algorithms import Blowfish
+    except ImportError:  # cryptography < 43 kept it with the other algorithms
+        from cryptography.hazmat.primitives.ciphers.algorithms import Blowfish
+
+    return Cipher(Blowfish(hashlib.md5(password.encode()).hexdigest().encode()), modes.ECB())
+
+
+def encryption_block(password: str, rnd: random.Random) -> bytes:
+    """The vendor's first block of an encrypted archive: 256 plain bytes (random id, signature,
+    version) followed by the same 256 bytes encrypted — how a reader tells a wrong password."""
+    plain = (hashlib.md5(rnd.randbytes(16)).hexdigest().encode().ljust(100, b"\0")
+             + ENCRYPTION_SIGNATURE.ljust(90, b"\0") + b"1.0".ljust(10, b"\0") + b"\0" * 56)
+    enc = _blowfish(password).encryptor()
+    return plain + enc.update(plain) + enc.finalize()
+
+
 def make_backup(out_dir: str | Path, *, total_bytes: int = 4 * 2**20, part_size: int = 2**20, seed: int = 1,
-                name: str = DEFAULT_NAME, member_step: int = 256 * 1024, level: int = 1) -> BackupSet:
+                name: str = DEFAULT_NAME, member_step: int = 256 * 1024, level: int = 1,
+                sql_part_bytes: int = 0, encrypt_password: str | None = None) -> BackupSet:
     """Write the parts of a deterministic backup of about ``total_bytes`` tar bytes into ``out_dir``.
 
     Args:
@@ -111,6 +178,8 @@ def make_backup(out_dir: str | Path, *, total_bytes: int = 4 * 2**20, part_size:
             1 GiB, 100 MB is common).
         member_step: uncompressed bytes per gzip member (the archiver appends in steps).
         level: gzip level; 1 keeps big bench backups quick to make.
+        sql_part_bytes: split the dump into ``NAME.sql``, ``NAME.sql.1`` … of about this size (0: one file).
+        encrypt_password: encrypt the tar like the vendor (``tar_sha256`` is of the plain tar).
     """
     if part_size % BLOCK:
         raise ValueError("part_size must be a multiple of 512")
@@ -121,12 +190,25 @@ def make_backup(out_dir: str | Path, *, total_bytes: int = 4 * 2**20, part_size:
     tar_hash = hashlib.sha256()
     files: dict[str, str] = {}
 
-    def tar_stream() -> Iterator[bytes]:
-        for path, data, is_dir in _entries(rnd, name, total_bytes):
+    def plain_stream() -> Iterator[bytes]:
+        for path, data, is_dir in _entries(rnd, name, total_bytes, sql_part_bytes):
             if not is_dir:
                 files[path] = hashlib.sha256(data).hexdigest()
-            yield tar_entry(path, data, directory=is_dir, mtime=1_763_856_000)
+            entry = tar_entry(path, data, directory=is_dir, mtime=1_763_856_000)
+            tar_hash.update(entry)
+            yield entry
+        tar_hash.update(tar_end())
         yield tar_end()
+
+    def tar_stream() -> Iterator[bytes]:
+        if encrypt_password is None:
+            yield from plain_stream()
+            return
+        cipher = _blowfish(encrypt_password).encryptor()
+        first = encryption_block(encrypt_password, random.Random(seed + 1))
+        yield first
+        for block in plain_stream():
+            yield cipher.update(block)
 
     # Cut the stream into parts of exactly part_size bytes (the last one shorter).
     bodies: list[Path] = []
@@ -143,7 +225,6 @@ def make_backup(out_dir: str | Path, *, total_bytes: int = 4 * 2**20, part_size:
         sizes.append(len(data))
 
     for block in tar_stream():
-        tar_hash.update(block)
         tar_size += len(block)
         buf += block
         while len(buf) >= part_size:

@@ -1,6 +1,6 @@
-"""SSH/SFTP hosts: the backup mirror (repairs) and, later, the box host."""
+"""SSH/SFTP hosts: the backup mirror (repairs) and the box host (commands, uploads, small files)."""
 
-from .client import RemoteHost
+from .client import CommandRecord, RemoteHost
 from .configuration import SshHostSettings
 
-__all__ = ["RemoteHost", "SshHostSettings"]
+__all__ = ["CommandRecord", "RemoteHost", "SshHostSettings"]

@@ -1,8 +1,9 @@
-"""Configuration of an SSH host (the backup mirror now, the box host later)."""
+"""Configuration of an SSH host (the backup mirror, the box host)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,3 +23,6 @@ class SshHostSettings(BaseModel):
     known_hosts: Path | None = Field(default=None, description="known_hosts file (default ~/.ssh/known_hosts)")
     strict_host_key: bool = Field(default=True, description="refuse hosts whose key is not in known_hosts")
     connect_timeout_s: float = Field(default=15, gt=0)
+    sftp_client: Literal["auto", "paramiko", "openssh"] = Field(
+        default="auto", description="who uploads files: OpenSSH's sftp when the login allows it (auto; faster), "
+                                    "or always paramiko / always OpenSSH")

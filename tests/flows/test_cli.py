@@ -76,7 +76,10 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
 def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(tmp_path):
     from flows.actions import register
 
-    rb = (Path(__file__).resolve().parents[2] / "checklists" / "runbook.toml").read_text()
+    from checklists.runbook import load_runbook
+
+    RUNBOOK = Path(__file__).resolve().parents[2] / "checklists" / "runbook.toml"
+    rb = RUNBOOK.read_text()
     (tmp_path / "rb.toml").write_text(rb.replace('action = "manual"', 'action = "needs_vault"', 1))
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[migration]\nname = "x"\nportal = "https://p.example"\n[runbook]\npath = "{tmp_path / "rb.toml"}"\n')
@@ -86,9 +89,10 @@ def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(
     register("needs_vault", requires=("vault",))(lambda ctx: None)
     with pytest.raises(ConfigError) as err:
         check_setup(str(cfg))
-    assert "[vault] is missing, but step 1.1 runs the automated action 'needs_vault'" in str(err.value)
-    assert 'manual_steps = ["1.1"]' in str(err.value)
-    automated = [p.split("step ")[1].split(" ")[0] for p in err.value.problems]  # 1.1 and the shipped automated steps
+    first_manual = next(s.id for s in load_runbook(RUNBOOK).steps if s.is_manual)
+    assert f"[vault] is missing, but step {first_manual} runs the automated action 'needs_vault'" in str(err.value)
+    assert f'manual_steps = ["{first_manual}"]' in str(err.value)
+    automated = [p.split("step ")[1].split(" ")[0] for p in err.value.problems]  # it and the shipped automated steps
     cfg.write_text(cfg.read_text() + f"manual_steps = {automated!r}\n".replace("'", '"'))
     check_setup(str(cfg))  # done by hand: accepted
 

@@ -1,0 +1,296 @@
+"""The sandbox's box host: an SSH server (paramiko) on loopback that runs commands and serves
+files under one local directory, plus a database of its own on the machine's MariaDB.
+
+It behaves like the real host for everything cloud2box does there: exec channels run the
+command with ``/bin/sh -c`` (stdin, stdout, stderr and exit status passed through — the restore
+agent, ``sha256sum``, ``mkdir -p``), SFTP reads and writes files. Paths are the machine's own
+absolute paths, but only those under the sandbox's root are served over SFTP, and commands start
+in that root. Public-key login with a generated key; the generated host key is in a known_hosts
+file, so the client verifies it as against a real host. It is a trainer's sandbox on loopback,
+not a jail: commands are not confined.
+
+The database: a fresh ``c2b_box_<random>`` database and a user of the same name with a random
+password (what ``[secrets] box_db_password`` carries), both dropped by :meth:`BoxHostSandbox.close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+from sandbox.ssh_mirror import _Sftp, generate_key
+
+PASSWORD_ENV = "C2B_SANDBOX_BOX_DB_PASSWORD"
+
+
+class _HostSftp(_Sftp):
+    """SFTP on the machine's real paths, limited to the sandbox root."""
+
+    def _real(self, path: str) -> Path:
+        real = Path(path if path.startswith("/") else self.root / path).resolve()
+        if real != self.root and self.root not in real.parents:
+            raise PermissionError(path)
+        return real
+
+    def canonicalize(self, path: str) -> str:
+        return str(Path(path if path.startswith("/") else self.root / path).resolve())
+
+    def chattr(self, path, attr):
+        try:
+            if attr.st_mode is not None:
+                os.chmod(self._real(path), attr.st_mode & 0o7777)
+            return paramiko.SFTP_OK
+        except OSError as exc:
+            return self._err(exc)
+
+
+class _HostServer(paramiko.ServerInterface):
+    def __init__(self, box: "BoxHostSandbox") -> None:
+        self.box = box
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        ok = username == self.box.username and key.asbytes() == self.box.client_key.asbytes()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel, command):
+        threading.Thread(target=self._exec, args=(channel, command.decode(errors="replace")), daemon=True).start()
+        return True
+
+    def _exec(self, channel: paramiko.Channel, command: str) -> None:
+        time.sleep(0.05)  # paramiko confirms the exec request after the hook returns (see ssh_mirror)
+        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.box.root, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.box._procs.append(proc)
+
+        def feed() -> None:
+            try:
+                while True:
+                    data = channel.recv(1 << 16)
+                    if not data:
+                        break
+                    proc.stdin.write(data)
+                    proc.stdin.flush()
+            except (OSError, EOFError):
+                pass
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        def pump(stream, send) -> None:
+            for block in iter(lambda: stream.read1(1 << 16), b""):
+                send(block)
+
+        threads = [threading.Thread(target=feed, daemon=True),
+                   threading.Thread(target=pump, args=(proc.stdout, channel.sendall), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, channel.sendall_stderr), daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            status = proc.wait()
+            for t in threads[1:]:
+                t.join(timeout=30)
+            channel.send_exit_status(status)
+        except OSError:
+            pass
+        finally:
+            channel.shutdown_write()
+            time.sleep(0.05)
+            channel.close()
+
+
+@dataclass
+class BoxHostSandbox:
+    """A running sandbox box host and what a config needs to use it."""
+
+    root: Path
+    host: str
+    port: int
+    username: str
+    key_file: Path
+    known_hosts: Path
+    client_key: paramiko.PKey
+    host_key: paramiko.PKey
+    database: str
+    db_user: str
+    db_password: str
+    db_host: str = "127.0.0.1"
+    db_port: int = 3306
+    domain: str = "crm.sandbox.example"
+    secrets: dict[str, str] = field(default_factory=lambda: {"box_db_password": PASSWORD_ENV})
+    _sock: socket.socket | None = None
+    _stop: threading.Event | None = None
+    _transports: list = field(default_factory=list)
+    _procs: list = field(default_factory=list)
+    _admin: dict = field(default_factory=dict)
+
+    @property
+    def site_root(self) -> Path:
+        return self.root / "www"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {PASSWORD_ENV: self.db_password}
+
+    def toml_lines(self) -> list[str]:
+        """``[box_host]`` (+ db, preflight) and ``[post_restore]`` pointing at this host."""
+        return [
+            "[box_host]",
+            f'host = "{self.host}"',
+            f"port = {self.port}",
+            f'username = "{self.username}"',
+            f'key_file = "{self.key_file}"',
+            f'known_hosts = "{self.known_hosts}"',
+            f'site_root = "{self.site_root}"',
+            f'staging_dir = "{self.staging_dir}"',
+            f'python = "{"python3" if shutil.which("python3") else sys.executable}"',
+            "",
+            "[box_host.db]",
+            f'host = "{self.db_host}"',
+            f"port = {self.db_port}",
+            f'user = "{self.db_user}"',
+            'password_secret = "box_db_password"',
+            f'database = "{self.database}"',
+            "",
+            "[box_host.preflight]",
+            "# the sandbox host has no PHP and no web server: PHP is not checked, its SSH port stands in",
+            "min_cpus = 1",
+            "min_ram_mib = 512",
+            'php_min = ""',
+            f"ports = [{self.port}]",
+            "",
+            "[post_restore]",
+            f'domain = "{self.domain}"',
+            "",
+        ]
+
+    def secrets_toml_lines(self) -> list[str]:
+        return [f'{name} = {{ env = "{var}" }}' for name, var in self.secrets.items()]
+
+    def describe(self) -> list[str]:
+        return [f"box host ssh://{self.username}@{self.host}:{self.port} (site root {self.site_root}, "
+                f"MariaDB database {self.database} on {self.db_host}:{self.db_port})"]
+
+    def close(self) -> None:
+        if self._stop:
+            self._stop.set()
+        if self._sock:
+            self._sock.close()
+        for t in self._transports:
+            t.close()
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+        if self._admin:
+            _drop_db(self._admin, self.database, self.db_user)
+            self._admin = {}
+
+    def __enter__(self) -> "BoxHostSandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _admin_connect(admin: dict):
+    import pymysql
+
+    return pymysql.connect(host=admin["host"], port=admin["port"], user=admin["user"], password=admin["password"],
+                           connect_timeout=5, autocommit=True)
+
+
+def _drop_db(admin: dict, database: str, user: str) -> None:
+    try:
+        conn = _admin_connect(admin)
+    except Exception:  # the server went away: nothing left to clean
+        return
+    with conn:
+        cur = conn.cursor()
+        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        for host in ("localhost", "127.0.0.1"):
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+
+
+def start_box_host(work_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, username: str = "box",
+                   db_host: str = "127.0.0.1", db_port: int = 3306, db_admin_user: str = "root",
+                   db_admin_password: str = "", domain: str = "crm.sandbox.example") -> BoxHostSandbox:
+    """Start the sandbox box host: SSH on ``host:port`` (0: a free port) serving ``work_dir/host``,
+    a fresh database and user on the MariaDB at ``db_host:db_port`` (created with the admin login).
+
+    Raises RuntimeError when MariaDB cannot be reached (the demo needs it for the DB part).
+    """
+    import pymysql
+
+    work = Path(work_dir)
+    root = (work / "host").resolve()
+    (root / "www").mkdir(parents=True, exist_ok=True)
+    (root / "staging").mkdir(parents=True, exist_ok=True)
+    admin = {"host": db_host, "port": db_port, "user": db_admin_user, "password": db_admin_password}
+    name = f"c2b_box_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_urlsafe(18)
+    try:
+        conn = _admin_connect(admin)
+    except pymysql.err.MySQLError as exc:
+        raise RuntimeError(f"the sandbox box host needs MariaDB/MySQL on {db_host}:{db_port} "
+                           f"(login {db_admin_user}): {exc}") from None
+    with conn:
+        cur = conn.cursor()
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        for h in ("localhost", "127.0.0.1"):
+            cur.execute(f"CREATE USER '{name}'@'{h}' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{name}'@'{h}'")
+    host_key = generate_key(work / "box_host_key")
+    client_key = generate_key(work / "box_client_key")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    known_hosts = work / "box_known_hosts"
+    known_hosts.write_text(f"[{host}]:{port} {host_key.get_name()} {host_key.get_base64()}\n")
+    box = BoxHostSandbox(root, host, port, username, work / "box_client_key", known_hosts, client_key, host_key,
+                         name, name, password, db_host, db_port, domain, _sock=sock, _stop=threading.Event(),
+                         _admin=admin)
+
+    def serve() -> None:
+        while not box._stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            t = paramiko.Transport(conn)
+            t.set_log_channel("sandbox.box_host.transport")
+            logging.getLogger("sandbox.box_host.transport").setLevel(logging.CRITICAL)
+            t.add_server_key(host_key)
+            t.set_subsystem_handler("sftp", paramiko.SFTPServer, _HostSftp, str(box.root))
+            box._transports.append(t)
+            try:
+                t.start_server(server=_HostServer(box))
+            except (paramiko.SSHException, EOFError, OSError):
+                t.close()
+
+    threading.Thread(target=serve, name=f"box-host-{port}", daemon=True).start()
+    return box

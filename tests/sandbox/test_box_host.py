@@ -1,0 +1,109 @@
+"""The demo's host steps end to end on the sandbox: the backup is downloaded from the sandbox
+backup server, then the actions of steps 1.1, 1.2, 1.5, 2.3 and 2.4 run against the sandbox box
+host (embedded SSH server + a database on the machine's MariaDB), evidence in the journal, no
+secret anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydantic import SecretStr
+
+from connectors.box_host import BoxHostSection, PostRestoreSection
+from connectors.http_download import BackupSection
+from connectors.secrets import install_log_redaction, register_secret
+from flows.actions import ActionContext
+from flows.actions.box_host import (check_box, post_restore_fixes, preflight_host, restore_backup,
+                                    verify_host_deployed)
+from flows.actions.transfer import download_backup
+from journal.store import Journal
+from sandbox.backup_server import start_backup_sandbox
+
+pytestmark = [pytest.mark.mariadb]
+
+
+@pytest.fixture
+def box(tmp_path):
+    from sandbox.box_host import start_box_host
+
+    try:
+        host = start_box_host(tmp_path / "box")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    with host:
+        yield host
+
+
+def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
+    with start_backup_sandbox(tmp_path / "sandbox", corrupt=None, mirror=False) as backup:
+        raw = tomllib.loads("\n".join(backup.toml_lines() + box.toml_lines()))
+        secrets = {"backup_licence_key": SecretStr(backup.server.licence_key),
+                   "backup_password": SecretStr(backup.server.password),
+                   "box_db_password": SecretStr(box.db_password)}
+        for value in secrets.values():
+            register_secret(value.get_secret_value())
+        assert box.secrets_toml_lines() == ['box_db_password = { env = "C2B_SANDBOX_BOX_DB_PASSWORD" }']
+        assert box.env == {"C2B_SANDBOX_BOX_DB_PASSWORD": box.db_password}
+        config = SimpleNamespace(backup=BackupSection.model_validate(raw["backup"]),
+                                 box_host=BoxHostSection.model_validate(raw["box_host"]),
+                                 post_restore=PostRestoreSection.model_validate(raw["post_restore"]),
+                                 migration=SimpleNamespace(box_portal=""), source="test.toml")
+        journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
+        run, _ = journal.open_run(name="t", portal="http://127.0.0.1", mode="rehearsal", timezone="UTC",
+                                  config_snapshot={})
+
+        def ctx(step: str) -> ActionContext:
+            return ActionContext(config=config, secrets=secrets, journal=journal, run_id=run.id, step_id=step,
+                                 mode="rehearsal", work_dir=tmp_path / "work", logger=logging.getLogger("t"))
+
+        caplog.set_level(logging.DEBUG)
+        install_log_redaction()
+        assert verify_host_deployed(ctx("1.1")).counters["failed"] == 0
+        assert check_box(ctx("1.5")).counters["failed"] == 0
+        download_backup(ctx("2.3"))
+        assert preflight_host(ctx("1.2")).counters["failed"] == 0
+        restored = restore_backup(ctx("2.3"))
+        made = backup.backup
+    site = box.site_root
+    for rel, digest in made.files.items():
+        if not rel.endswith(("settings.php", "dbconn.php")):
+            assert hashlib.sha256((site / rel).read_bytes()).hexdigest() == digest
+    assert restored.counters["files"] == len(made.files) and restored.counters["tables"] >= 6
+    assert restored.counters["restore_mb_per_s"] > 0 and restored.evidence["tables"]["b_user"] == 6
+    assert box.db_password in (site / "bitrix/.settings.php").read_text()  # the box's credentials, for PHP
+
+    fixed = post_restore_fixes(ctx("2.4"))
+    status = {f["name"]: f["status"] for f in fixed.evidence["fixes"]}
+    assert status == {"portal domain": "fixed", "push & pull server": "fixed", "search index": "fixed",
+                      "password resets": "found"}
+    csv_text = Path(fixed.evidence["password_reset_csv"]).read_text()
+    assert "anna.network" in csv_text and "boris.network" in csv_text and "gone.network" not in csv_text
+    again = post_restore_fixes(ctx("2.4"))
+    assert {f["name"]: f["status"] for f in again.evidence["fixes"]} == {
+        "portal domain": "ok", "push & pull server": "ok", "search index": "ok", "password resets": "found"}
+    assert again.counters["fixed"] == 0
+
+    from tests.connectors.box_host.conftest import mariadb_connect
+
+    conn = mariadb_connect(box.database)
+    cur = conn.cursor()
+    cur.execute("SELECT MODULE_ID, NAME, VALUE FROM b_option WHERE MODULE_ID IN ('main','pull') "
+                "AND NAME IN ('server_name','nginx','push')")
+    assert set(cur.fetchall()) == {("main", "server_name", box.domain), ("pull", "nginx", "Y"), ("pull", "push", "Y")}
+    cur.execute("SELECT SERVER_NAME FROM b_lang")
+    assert cur.fetchall() == ((box.domain,),)
+    conn.close()
+
+    kinds = [e.kind for e in journal.events(run.id)]
+    assert {"ssh-command", "preflight", "staged", "restored-files", "restored-db", "post-restore"} <= set(kinds)
+    commands = [e for e in journal.events(run.id, "ssh-command")]
+    assert any("restore_agent.py restore" in e.message for e in commands)
+    dump = "\n".join(sqlite3.connect(tmp_path / "journal.db").iterdump())
+    for text in (dump, caplog.text, repr(restored), repr(fixed)):
+        assert box.db_password not in text
