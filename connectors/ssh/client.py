@@ -135,7 +135,7 @@ class RemoteHost:
                 log.warning("%s: strict_host_key = false: an unknown host key is trusted on first use "
                             "(and stored in %s)", self.label, self.known_hosts)
             client.set_missing_host_key_policy(
-                paramiko.RejectPolicy() if self.strict_host_key else paramiko.AutoAddPolicy())
+                paramiko.RejectPolicy() if self.strict_host_key else paramiko.AutoAddPolicy())  # trust_on_first_use: explicit, logged
             client.connect(self.host, port=self.port, username=self.username, key_filename=self.key_file,
                            password=self._password, passphrase=self._passphrase, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
