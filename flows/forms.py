@@ -69,7 +69,9 @@ def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> s
 
 
 def gate_prompt(phase: Phase, *, mode: str, portal: str, journal_table_md: str, extra_sections: list[str] = (),
-                refused_reason: str | None = None) -> str:
+                refused_reason: str | None = None, decide_first: list[str] = ()) -> str:
+    """The gate's Markdown. What the signer must decide comes first: the UI shows the prompt in a
+    small scroll box above the form, so long tables go last."""
     lines = [
         f"### Sign-off of phase {phase.number} — {phase.title}",
         f"**Who:** Customer · **Run:** {mode} of {portal}",
@@ -77,7 +79,10 @@ def gate_prompt(phase: Phase, *, mode: str, portal: str, journal_table_md: str, 
     ]
     if refused_reason:
         lines += [f"> **Your last approval was not taken:** {refused_reason}", ""]
-    lines += [phase.gate, "", "What was done in this phase:", "", journal_table_md, ""]
+    lines += [phase.gate, ""]
+    if decide_first:
+        lines += ["**Before you approve:**", "", *[f"- {item}" for item in decide_first], ""]
+    lines += ["What was done in this phase:", "", journal_table_md, ""]
     for section in extra_sections:
         lines += [section, ""]
     lines.append("Approve to start the next phase, or reject to stop the run here "

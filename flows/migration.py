@@ -398,20 +398,26 @@ def _gate_asks(journal: Journal, run_id: str, phase: int) -> int:
 
 def _ask_gate(config: str, setup: _Setup, run_id: str, mode: str, phase: Phase) -> dict:
     journal, cfg = setup.journal, setup.config
-    sections, must_accept = [], []
+    sections, must_accept, decide_first = [], [], []
     if phase.number == 1:
         register = load_risks(cfg.runbook.risks)
         statuses = {k: v.status for k, v in risk_statuses(journal, run_id).items()}
         sections.append("Risk register:\n\n" + register.to_markdown(statuses))
         must_accept = [r.id for r in register.needing_acceptance]
+        decide_first = [f"accept **{r.id}** ({r.title}: {r.impact} impact, no mitigation) — tick "
+                        f"*accept unmitigated risks* — or reject the phase" for r in register.needing_acceptance]
     refused_reason = None
     for _ in range(MAX_GATE_ASKS):
         attempt = 1 + _gate_asks(journal, run_id, phase.number)
         table = markdown_table(phase_rows(journal, run_id, phase.number), SUMMARY_COLUMNS)
         sections_now = [*sections, gate_issues_markdown(journal, run_id)]
+        fires = open_fires(journal, run_id)
+        decide_now = decide_first + ([f"{len(fires)} **fire(s)** open: approval is refused until they are resolved"]
+                                     if fires else [])
         form_cls = GateSignOffAcceptingRisks if must_accept else GateSignOff
         form = form_cls.with_initial_data(description=gate_prompt(
             phase, mode=mode, portal=cfg.migration.portal, journal_table_md=table, extra_sections=sections_now,
+            decide_first=decide_now,
             refused_reason=refused_reason))
         answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
                                 poll_interval=cfg.prefect.poll_interval_s, key=f"gate-{phase.number}-attempt-{attempt}")
