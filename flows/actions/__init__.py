@@ -46,6 +46,17 @@ class ActionContext:
     progress: ProgressSink = lambda done, total, message="": None  # noqa: E731
     services: dict[str, Any] = field(default_factory=dict)  # sandbox handles etc. for the demo
 
+    def secret_value(self, name: str | None, problems: list[str], what: str) -> str | None:
+        """The value of the ``[secrets]`` entry ``name`` (None if unnamed); a missing one is added to
+        ``problems`` so an action can report them all at once."""
+        if not name:
+            return None
+        value = self.secrets.get(name)
+        if value is None:
+            problems.append(f"[secrets.{name}] is not defined ({what})")
+            return None
+        return value.get_secret_value()
+
 
 @dataclass
 class ActionResult:

@@ -35,16 +35,6 @@ def _section(ctx: ActionContext) -> BoxHostSection:
     return section if isinstance(section, BoxHostSection) else BoxHostSection.model_validate(section)
 
 
-def _secret(ctx: ActionContext, name: str | None, problems: list[str], what: str) -> str | None:
-    if not name:
-        return None
-    value = ctx.secrets.get(name)
-    if value is None:
-        problems.append(f"[secrets.{name}] is not defined ({what})")
-        return None
-    return value.get_secret_value()
-
-
 def _journal_command(ctx: ActionContext):
     def record(rec: CommandRecord) -> None:
         ctx.journal.add_event(ctx.run_id, "ssh-command", f"{rec.host}: {rec.command} → exit {rec.exit_status} "
@@ -59,10 +49,10 @@ def open_box_host(ctx: ActionContext) -> BoxHost:
     command journaled."""
     section = _section(ctx)
     problems: list[str] = []
-    password = _secret(ctx, section.password_secret, problems, "the box host's SSH password")
-    passphrase = _secret(ctx, section.key_passphrase_secret, problems, "the SSH key's passphrase")
-    db_password = _secret(ctx, section.db.password_secret, problems, "the box's DB password")
-    archive = _secret(ctx, section.archive_password_secret, problems, "the backup's encryption password")
+    password = ctx.secret_value(section.password_secret, problems, "the box host's SSH password")
+    passphrase = ctx.secret_value(section.key_passphrase_secret, problems, "the SSH key's passphrase")
+    db_password = ctx.secret_value(section.db.password_secret, problems, "the box's DB password")
+    archive = ctx.secret_value(section.archive_password_secret, problems, "the backup's encryption password")
     if problems:
         raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
     remote = RemoteHost.from_settings(section, password=password, key_passphrase=passphrase,

@@ -31,16 +31,6 @@ def _section(ctx: ActionContext) -> BackupSection:
     return section if isinstance(section, BackupSection) else BackupSection.model_validate(section)
 
 
-def _secret(ctx: ActionContext, name: str | None, problems: list[str], what: str) -> str | None:
-    if not name:
-        return None
-    value = ctx.secrets.get(name)
-    if value is None:
-        problems.append(f"[secrets.{name}] is not defined ({what})")
-        return None
-    return value.get_secret_value()
-
-
 class _EtaReporter:
     """Turns downloader progress into ``ctx.progress`` calls and periodic ``eta`` journal events."""
 
@@ -78,13 +68,13 @@ def download_backup(ctx: ActionContext) -> ActionResult:
     section = _section(ctx)
     problems: list[str] = []
     if section.source == "bitrix24":
-        key = _secret(ctx, section.licence_key_secret, problems, "the portal's licence key")
-        password = _secret(ctx, section.password_secret, problems, "the backup password")
+        key = ctx.secret_value(section.licence_key_secret, problems, "the portal's licence key")
+        password = ctx.secret_value(section.password_secret, problems, "the backup password")
     mirror = None
     if section.mirror is not None:
         m = section.mirror
-        ssh_password = _secret(ctx, m.password_secret, problems, "the mirror's SSH password")
-        passphrase = _secret(ctx, m.key_passphrase_secret, problems, "the mirror key's passphrase")
+        ssh_password = ctx.secret_value(m.password_secret, problems, "the mirror's SSH password")
+        passphrase = ctx.secret_value(m.key_passphrase_secret, problems, "the mirror key's passphrase")
         mirror = lambda: RemoteHost.from_settings(m, password=ssh_password, key_passphrase=passphrase)  # noqa: E731
     if problems:
         raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
