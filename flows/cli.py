@@ -214,6 +214,12 @@ def cmd_sandbox(args) -> int:
     from flows.demo import write_demo_config
     from flows.sandbox_services import start_sandbox
 
+    import signal
+
+    def _stop(*_):  # `kill` (SIGTERM) stops the sandbox as Ctrl-C does: its databases are dropped on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with start_sandbox(out) as sandbox:

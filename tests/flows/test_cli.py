@@ -122,6 +122,17 @@ def test_sandbox_up_serves_the_vendor_formats_and_writes_a_config_that_loads(tmp
         wrong = requests.get(f"{config.migration.portal}/rest/1/wrong/crm.lead.list.json", timeout=10)
         assert wrong.status_code == 401 and wrong.json()["error"] == "NO_AUTH_FOUND"
         assert config.backup.info_url.startswith("http://127.0.0.1:")
+        box_db = config.box_host.db.database
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    assert proc.returncode == 0  # stopped cleanly: the sandbox box host's database is dropped
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES LIKE %s", (box_db,))
+            assert cur.fetchall() == ()
+    finally:
+        conn.close()
