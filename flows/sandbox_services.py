@@ -24,6 +24,14 @@ class SandboxHandles:
     def describe(self) -> list[str]:
         return self.addresses
 
+    def add(self, name: str, piece) -> None:
+        """Take a sandbox piece that offers toml_lines(), secrets_toml_lines(), env and describe()."""
+        self.toml += piece.toml_lines()
+        self.secrets += piece.secrets_toml_lines()
+        self.env.update(piece.env)
+        self.addresses += piece.describe()
+        self.services[name] = piece
+
 
 @contextlib.contextmanager
 def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
@@ -35,19 +43,9 @@ def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
     handles = SandboxHandles()
     with contextlib.ExitStack() as stack:
         # the cloud's backup delivery (one part corrupted on the wire) and an SSH mirror with good copies
-        backup = stack.enter_context(start_backup_sandbox(out / "sandbox-backup"))
-        handles.toml += backup.toml_lines()
-        handles.secrets += backup.secrets_toml_lines()
-        handles.env.update(backup.env)
-        handles.addresses += backup.describe()
-        handles.services["backup"] = backup
+        handles.add("backup", stack.enter_context(start_backup_sandbox(out / "sandbox-backup")))
         # the box host: SSH with exec + SFTP under a local root, and a fresh database on the local MariaDB
-        box = stack.enter_context(start_box_host(out / "sandbox-box"))
-        handles.toml += box.toml_lines()
-        handles.secrets += box.secrets_toml_lines()
-        handles.env.update(box.env)
-        handles.addresses += box.describe()
-        handles.services["box_host"] = box
+        handles.add("box_host", stack.enter_context(start_box_host(out / "sandbox-box")))
         # the cloud portal (backup + what users did after it) and the box portal (the restored backup)
         pair = stack.enter_context(start_pair())
         handles.config.update(portal=pair.cloud.base_url, box_portal=pair.box.base_url)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import paramiko
 
-from sandbox.ssh_mirror import _Sftp, generate_key
+from sandbox.ssh_mirror import _Server, _Sftp, generate_key
 
 PASSWORD_ENV = "C2B_SANDBOX_BOX_DB_PASSWORD"
 
@@ -56,29 +56,14 @@ class _HostSftp(_Sftp):
             return self._err(exc)
 
 
-class _HostServer(paramiko.ServerInterface):
-    def __init__(self, box: "BoxHostSandbox") -> None:
-        self.box = box
-
-    def get_allowed_auths(self, username):
-        return "publickey"
-
-    def check_auth_publickey(self, username, key):
-        ok = username == self.box.username and key.asbytes() == self.box.client_key.asbytes()
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
-
-    def check_channel_request(self, kind, chanid):
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-
-    def check_channel_exec_request(self, channel, command):
-        threading.Thread(target=self._exec, args=(channel, command.decode(errors="replace")), daemon=True).start()
-        return True
+class _HostServer(_Server):
+    """The mirror's login and exec hook, with commands run by ``/bin/sh`` under the sandbox root."""
 
     def _exec(self, channel: paramiko.Channel, command: str) -> None:
         time.sleep(0.05)  # paramiko confirms the exec request after the hook returns (see ssh_mirror)
-        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.box.root, stdin=subprocess.PIPE,
+        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.host.root, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.box._procs.append(proc)
+        self.host._procs.append(proc)
 
         def feed() -> None:
             try:

@@ -123,14 +123,17 @@ class _Sftp(paramiko.SFTPServerInterface):
 
 
 class _Server(paramiko.ServerInterface):
-    def __init__(self, mirror: "SshMirror") -> None:
-        self.mirror = mirror
+    """Public-key login for one user and exec requests; the box host sandbox reuses it with its own
+    ``_exec``. ``host`` is the running sandbox (``username``, ``client_key``, ``root``)."""
+
+    def __init__(self, host) -> None:
+        self.host = host
 
     def get_allowed_auths(self, username):
         return "publickey"
 
     def check_auth_publickey(self, username, key):
-        ok = username == self.mirror.username and key.asbytes() == self.mirror.client_key.asbytes()
+        ok = username == self.host.username and key.asbytes() == self.host.client_key.asbytes()
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind, chanid):
@@ -151,8 +154,8 @@ class _Server(paramiko.ServerInterface):
                 channel.send_exit_status(127)
                 return
             path = argv[-1]
-            real = (self.mirror.root / path.lstrip("/")).resolve()
-            if self.mirror.root not in real.parents or not real.is_file():
+            real = (self.host.root / path.lstrip("/")).resolve()
+            if self.host.root not in real.parents or not real.is_file():
                 channel.sendall_stderr(f"sha256sum: {path}: No such file or directory\n".encode())
                 channel.send_exit_status(1)
                 return
