@@ -28,6 +28,8 @@ class Step(BaseModel):
     downtime: Literal["start", "end"] | None = None
     notice: Literal["announcement"] | None = None  # a notice the flow sends to users when the step starts
     instructions: str = ""
+    verify: bool = False  # run the post-migration checks before asking, show their results
+    sweep: bool = False  # straggler sweeps run while the step's pause is open
     urgency: Urgency = "medium"  # filled from the phase when not given
 
     @property

@@ -10,7 +10,8 @@
           ├── AuthError            wrong/expired credentials, host key mismatch
           ├── IntegrityError       data that must not be trusted: bad hash, broken gzip, short part
           ├── GateRejected         a customer rejected a phase gate
-          └── StepNotDone          a person reported a manual step as not done
+          ├── StepNotDone          a person reported a manual step as not done
+          └── BudgetExhausted      a sync's hard request budget is spent: it stops and alerts
 
 Library errors (requests, paramiko, sqlalchemy, socket) are converted into this tree at the
 connector boundary, once; retry decisions look only at ``TransientError``.
@@ -84,3 +85,7 @@ __all__ = [
     "GateRejected",
     "StepNotDone",
 ]
+
+
+class BudgetExhausted(FatalError):
+    """A request budget (per sweep or per day) is spent; the sync stops until the budget allows."""

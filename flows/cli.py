@@ -202,6 +202,45 @@ def cmd_issues(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from journal import sweeps
+
+    journal = _journal_from(args)
+    run_id = args.run or _latest_run_id(journal)
+    if args.sweep_cmd == "release":
+        if not (args.entity and args.cloud_id and args.by):
+            raise MigrationError("sweep release needs ENTITY CLOUD_ID and --by",
+                                 fix="cloud2box sweep release lead 42 --by NAME")
+        try:
+            sweeps.release(journal, run_id, args.entity, args.cloud_id, by=args.by)
+        except KeyError as exc:
+            raise MigrationError(str(exc.args[0]), fix="cloud2box sweep list shows what is in quarantine") from None
+        print(f"{args.entity} {args.cloud_id} released: the next sweep syncs it again")
+        return 0
+    text = sweeps.sweeps_markdown(journal, run_id)
+    print(text or f"run {run_id} has no sweeps yet")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """The post-migration checks now, outside a run's steps (journaled into the latest run)."""
+    from flows.actions import ActionContext
+    from flows.actions.verify import verify
+    from flows.config import load_config, resolve_secrets
+    from journal.store import Journal
+
+    config = load_config(args.config)
+    journal = Journal(config.journal.url)
+    run_id = args.run or _latest_run_id(journal)
+    ctx = ActionContext(config=config, secrets=resolve_secrets(config), journal=journal, run_id=run_id,
+                        step_id=args.step, mode=journal.get_run(run_id).mode,
+                        work_dir=Path(config.journal.out_dir) / "runs" / run_id)
+    result, changes = verify(ctx)
+    print(result.to_markdown())
+    print(f"\nissues opened: {changes['opened'] or 'none'}; resolved: {changes['resolved'] or 'none'}")
+    return 1 if result.fires else 0
+
+
 def _journal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file naming the journal")
     p.add_argument("--journal-url", help="SQLAlchemy URL of the journal")
@@ -302,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--resolution", help="resolve: what fixed it")
     iss.add_argument("--root-cause", help="resolve: why it happened")
     iss.set_defaults(fn=cmd_issues)
+
+    v = sub.add_parser("verify", help="run the post-migration checks now (journaled into a run; exit 1 on a fire)")
+    v.add_argument("--config", required=True, help="the migration's config file")
+    v.add_argument("--run", help="run id (default: the latest)")
+    v.add_argument("--step", default="verify", help="the step to journal the checks under")
+    v.set_defaults(fn=cmd_verify)
+
+    sw = sub.add_parser("sweep", help="straggler sweeps: what they moved, who still works in the cloud, quarantine")
+    sw.add_argument("sweep_cmd", choices=["list", "release"])
+    sw.add_argument("entity", nargs="?", choices=["lead", "deal", "contact", "company"], help="release: the entity")
+    sw.add_argument("cloud_id", nargs="?", help="release: the record's ID in the cloud")
+    sw.add_argument("--run", help="run id (default: the latest)")
+    sw.add_argument("--by", help="release: who releases it (journaled)")
+    _journal_args(sw)
+    sw.set_defaults(fn=cmd_sweep)
     return p
 
 

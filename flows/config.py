@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from checklists.toml_model import read_toml, validation_problems
 from connectors.errors import ConfigError
 from connectors.secrets import SecretRef, register_secret
-from connectors.bitrix24.configuration import CrmDeltaSection
+from checklists.configuration import VerifySection
+from connectors.bitrix24.configuration import CrmDeltaSection, SweepSection
 from connectors.box_host.configuration import BoxHostSection, PostRestoreSection
 from connectors.http_download.configuration import BackupSection
 from journal.configuration import ForecastSection, LadderSection, NoticesSection, TriageSection
@@ -91,6 +92,9 @@ class Config(_Model):
     box_host: BoxHostSection | None = Field(default=None, description="steps 1.1, 1.2, 1.5, 2.3, 2.4: the box host over SSH")
     post_restore: PostRestoreSection = PostRestoreSection()
     crm_delta: CrmDeltaSection | None = Field(default=None, description="step 2.11: the CRM records since the backup")
+    sweeps: SweepSection = Field(default_factory=SweepSection, description="step 3.1: straggler sweeps (needs "
+                                                                               "[crm_delta])")
+    verify: VerifySection = Field(default_factory=VerifySection, description="checks before steps 2.8, 2.9, 3.2")
     notices: NoticesSection = NoticesSection()
     ladder: LadderSection = LadderSection()
     forecast: ForecastSection = ForecastSection()
@@ -118,8 +122,9 @@ def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | Non
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, validation_problems(exc)) from None
-    problems = [f"[runbook.{key}] file {path} not found" for key, path in
-                (("path", config.runbook.path), ("risks", config.runbook.risks)) if not Path(path).exists()]
+    problems = [f"[{key}] file {path} not found" for key, path in
+                (("runbook.path", config.runbook.path), ("runbook.risks", config.runbook.risks),
+                 ("verify.path", config.verify.path)) if not Path(path).exists()]
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -48,7 +48,7 @@ class RollbackDecision(RunInput):
     comment: str = Field(default="", description="Why")
 
 
-def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> str:
+def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int, extra_sections: list[str] = ()) -> str:
     who = OWNER_LABELS[step.owner]
     lines = [
         f"### Step {step.id} — {step.title}",
@@ -64,7 +64,12 @@ def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int) -> s
         lines += ["> **User downtime ends when you confirm this step.** The CRM users work on the box from now on.", ""]
     if attempt > 1:
         lines += [f"_This step was tried before (attempt {attempt}); see the journal for what happened._", ""]
+    if step.sweep:
+        lines += ["_While this step is open, cloud2box sweeps what people still create in the cloud into the box "
+                  "and tells them to use the box (see the journal's sweep events)._", ""]
     lines.append(f"When it is done, the **{who}** ticks *done*, names who did it, and submits.")
+    for section in extra_sections:  # results (verification, sweeps) after the instructions
+        lines += ["", section]
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from checklists.runbook import Phase, Runbook, Step, load_runbook
 from connectors.errors import ConfigError, FatalError, GateRejected, MigrationError, StepNotDone
 from connectors.secrets import install_log_redaction, redact
 from flows.actions import MANUAL, ActionContext, get_action, known_actions, missing_requirements
+from flows.actions.verify import verify as verify_checks
 from flows.config import Config, load_config, resolve_secrets
 from checklists.risks import load_risks
 from flows.downtime import DowntimeWatcher, decision_due, final_summary, notifier_for
@@ -37,6 +38,7 @@ from journal.export import downtime_window
 from journal.forecast import forecast_from, recorded_forecast
 from journal.report import report_markdown, write_report
 from journal.risks import risk_statuses, set_risk_status
+from journal.sweeps import sweeps_markdown
 from journal.triage import gate_issues_markdown, open_fires, report_issue
 from journal.export import SUMMARY_COLUMNS, export_run, markdown_table, phase_rows
 from journal.store import Journal
@@ -115,7 +117,35 @@ class _ProgressArtifact:
             logging.getLogger("cloud2box").debug("progress artifact update failed: %s", exc)
 
 
+def _action_context(setup: "_Setup", run_id: str, mode: str, step: Step, logger) -> ActionContext:
+    work_dir = Path(setup.config.journal.out_dir) / "runs" / run_id
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return ActionContext(
+        config=setup.config, secrets=setup.secrets, journal=setup.journal, run_id=run_id, step_id=step.id,
+        mode=mode, work_dir=work_dir, logger=logger,
+        progress=_ProgressArtifact(f"progress-{run_id}-step-{step.slug}", f"Step {step.id} {step.title}"),
+        services=SERVICES.get(run_id, SERVICES.get("*", {})),
+    )
+
+
 # --- tasks: one per runbook step, plus the gate ----------------------------------------------
+
+@task(cache_policy=NO_CACHE, persist_result=False, tags=["action:verify_migration"])
+def verify_before(config_path: str, run_id: str, mode: str, step_id: str) -> dict:
+    """The post-migration checks before a ``verify = true`` step: journaled, failures become issues
+    (a fire blocks the next gate), a check that passes again resolves its issue."""
+    setup = _setup(config_path)
+    step = next(s for s in setup.runbook.steps if s.id == step_id)
+    result, changes = verify_checks(_action_context(setup, run_id, mode, step, get_run_logger()))
+    try:
+        create_table_artifact([{"check": r.id, "result": r.status, "severity if failed": r.severity,
+                                "finding": r.summary} for r in result.results],
+                              key=f"verification-{run_id}-step-{step.slug}",
+                              description=f"Verification before step {step.id}: {result.summary()}")
+    except Exception as exc:  # the journal holds the results; the artifact is a view
+        get_run_logger().warning("could not publish the verification artifact: %s", exc)
+    return {"markdown": result.to_markdown(), "summary": result.summary(), **changes}
+
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def run_step(config_path: str, run_id: str, mode: str, step_id: str, execution_id: int,
@@ -142,14 +172,7 @@ def run_step(config_path: str, run_id: str, mode: str, step_id: str, execution_i
         logger.info("step %s confirmed done by %s", step.id, redact(answer.done_by))
     else:
         action = get_action(step.action)
-        work_dir = Path(setup.config.journal.out_dir) / "runs" / run_id
-        work_dir.mkdir(parents=True, exist_ok=True)
-        ctx = ActionContext(
-            config=setup.config, secrets=setup.secrets, journal=journal, run_id=run_id, step_id=step.id,
-            mode=mode, work_dir=work_dir, logger=logger,
-            progress=_ProgressArtifact(f"progress-{run_id}-step-{step.slug}", f"Step {step.id} {step.title}"),
-            services=SERVICES.get(run_id, SERVICES.get("*", {})),
-        )
+        ctx = _action_context(setup, run_id, mode, step, logger)
         try:
             result = action(ctx)
         except Exception as exc:
@@ -310,6 +333,31 @@ def _downtime_ended(run_id: str, notifier, journal: Journal) -> None:
     notifier.send("completed", started_at=start, ended_at=end, open_issues=issues(journal, run_id, status="open"))
 
 
+def _start_sweeps(setup: _Setup, run_id: str, mode: str, step: Step, notifier):
+    """The straggler sweeper for a ``sweep = true`` step, or None when sweeps cannot run here."""
+    from flows.sweeps import StragglerSweeper
+
+    cfg, logger = setup.config, get_run_logger()
+    if not cfg.sweeps.enabled:
+        logger.info("step %s: straggler sweeps are switched off ([sweeps] enabled = false)", step.id)
+        return None
+    if cfg.crm_delta is None:
+        setup.journal.add_event(run_id, "sweep-alert", f"no straggler sweeps during step {step.id}: [crm_delta] is "
+                                "not configured (records made in the cloud now are not moved)", step_id=step.id)
+        logger.warning("no straggler sweeps during step %s: [crm_delta] is missing", step.id)
+        return None
+    try:
+        sweeper = StragglerSweeper(_action_context(setup, run_id, mode, step, logger), cfg.sweeps,
+                                   users_notifier=notifier)
+    except MigrationError as exc:  # e.g. no cutoff known: say so, the customer's test period goes on
+        setup.journal.add_event(run_id, "sweep-alert", f"straggler sweeps cannot start: {exc.message}",
+                                step_id=step.id)
+        logger.warning("straggler sweeps cannot start: %s", redact(exc.message))
+        return None
+    logger.info("straggler sweeps every %g min while step %s is open", cfg.sweeps.interval_minutes, step.id)
+    return sweeper.start()
+
+
 def _ask_rollback_if_due(setup: _Setup, run_id: str, mode: str) -> None:
     """At the ladder's decision threshold, the customer decides: continue the move or roll back."""
     journal, cfg = setup.journal, setup.config
@@ -360,12 +408,26 @@ def run_phase(config: str, run_id: str, mode: str, number: int) -> dict:
             planned_start=_planned_start(run.created_at, runbook, step), downtime=step.downtime,
             flow_run_id=_flow_run_id(),
         )
+        sections = []
+        if step.verify:
+            checked = verify_before(config, run_id, mode, step.id)
+            sections.append(checked["markdown"])
+            swept = sweeps_markdown(journal, run_id)
+            if swept:
+                sections.append(swept)
         confirmation = None
         if step.is_manual:
             form = ManualStepInput.with_initial_data(
-                description=manual_step_prompt(step, mode=mode, portal=cfg.migration.portal, attempt=attempt))
-            answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
-                                    poll_interval=cfg.prefect.poll_interval_s, key=f"step-{step.slug}-attempt-{attempt}")
+                description=manual_step_prompt(step, mode=mode, portal=cfg.migration.portal, attempt=attempt,
+                                               extra_sections=sections))
+            sweeper = _start_sweeps(setup, run_id, mode, step, notifier) if step.sweep else None
+            try:
+                answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
+                                        poll_interval=cfg.prefect.poll_interval_s,
+                                        key=f"step-{step.slug}-attempt-{attempt}")
+            finally:
+                if sweeper is not None:
+                    sweeper.stop(final_sweep=True)  # what was created up to the confirmation moves too
             confirmation = answer.model_dump(include=set(ManualStepInput.model_fields))
         step_task = run_step.with_options(
             name=f"step {step.id}", task_run_name=f"{step.id} {step.title}",
@@ -410,7 +472,8 @@ def _ask_gate(config: str, setup: _Setup, run_id: str, mode: str, phase: Phase) 
     for _ in range(MAX_GATE_ASKS):
         attempt = 1 + _gate_asks(journal, run_id, phase.number)
         table = markdown_table(phase_rows(journal, run_id, phase.number), SUMMARY_COLUMNS)
-        sections_now = [*sections, gate_issues_markdown(journal, run_id)]
+        sections_now = [*sections, gate_issues_markdown(journal, run_id), sweeps_markdown(journal, run_id)]
+        sections_now = [x for x in sections_now if x]
         fires = open_fires(journal, run_id)
         decide_now = decide_first + ([f"{len(fires)} **fire(s)** open: approval is refused until they are resolved"]
                                      if fires else [])

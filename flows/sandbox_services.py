@@ -7,6 +7,7 @@ handles; the demo writes them into its config file.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,7 +37,9 @@ class SandboxHandles:
 @contextlib.contextmanager
 def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
     """Start every sandbox piece on loopback; stop them all on exit."""
+    from sandbox.backup_maker import SANDBOX_REST_APPS
     from sandbox.backup_server import start_backup_sandbox
+    from sandbox.box_web import start_box_web
     from sandbox.box_host import start_box_host
     from sandbox.portal import start_pair
 
@@ -59,4 +62,7 @@ def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
                               f"{pair.cutoff:%Y-%m-%d %H:%M} UTC)",
                               f"box portal {pair.box.base_url}/rest/1/***/ (the restored backup)"]
         handles.services["crm"] = pair
+        # the box portal's HTTPS front (a certificate valid 90 days); the cloud's apps the box must have
+        handles.add("box_web", stack.enter_context(start_box_web(out / "sandbox-box-web")))
+        handles.toml += [f"cloud_apps = {json.dumps(sorted(SANDBOX_REST_APPS))}", ""]  # still under [verify]
         yield handles

@@ -5,7 +5,9 @@ Kinds (one template each, ``journal/templates/notices/<lang>/<kind>.j2`` with a 
 ``downtime-started``, ``progress`` (what is known, the impact, when the next update comes),
 ``workaround`` (the 1-hour rung of the escalation ladder), ``completed``, and ``summary`` (the
 post-incident summary of seed 004: UTC window, who was affected, timeline, root causes,
-corrective actions). English is shipped, Russian and German too; ``[notices] templates_dir``
+corrective actions), ``stragglers`` (phase 3: to the people still working in the cloud) and
+``sync-alert`` (to the contractor: a sweep quarantined a record or spent its request budget).
+English is shipped, Russian and German too; ``[notices] templates_dir``
 overrides any of them per language, a missing one falls back to English.
 
 Every notice, sent or failed, is an event of kind ``notice`` in the journal with its text and,
@@ -33,9 +35,11 @@ from .configuration import TEMPLATES_DIR, NoticesSection
 from .forecast import Forecast, human_duration
 from .models import utcnow
 
-KINDS = ("announcement", "downtime-started", "progress", "workaround", "completed", "summary")
+KINDS = ("announcement", "downtime-started", "progress", "workaround", "completed", "summary", "stragglers",
+         "sync-alert")
 EVENT_KIND = "notice"
-_FINAL_KINDS = {"completed", "summary"}
+# Notices that promise no next update (the downtime's updates are promised by the others).
+_FINAL_KINDS = {"completed", "summary", "stragglers", "sync-alert"}
 # Values a template may test for; the required ones (e.g. ``known`` of a progress notice) have no default.
 _OPTIONAL = {"eta": None, "eta_latest": None, "latest_end": None, "open_issues": [], "resolution": "",
              "timeline": [], "root_causes": [], "immediate_actions": [], "corrective_actions": [], "downtime_s": None}

@@ -124,8 +124,27 @@ def build_context(journal, run_id: str) -> dict:
         "events": [e for e in events if e.kind not in _STREAM_KINDS],
         "stream_counts": {k: sum(1 for e in events if e.kind == k) for k in _STREAM_KINDS},
         "chain": chain,
+        "verifications": [{"step": e.step_id, "at": e.at, "summary": e.data.get("summary", ""),
+                           "results": e.data.get("results", [])} for e in events if e.kind == "verification"],
+        "sweeps": _sweeps_view(events),
         "charts": {"gantt": data_uri(gantt_png(executions)), "throughput": data_uri(throughput_png(events))},
     }
+
+
+def _sweeps_view(events) -> dict | None:
+    done = [e for e in events if e.kind == "sweep"]
+    if not done:
+        return None
+    total = {k: sum(int(e.data.get(k, 0)) for e in done) for k in ("created", "updated", "echoes_skipped", "requests")}
+    people: dict[str, dict] = {}
+    for e in done:
+        for p in e.data.get("stragglers") or []:
+            entry = people.setdefault(p["user_id"], {**p, "records": 0})
+            entry["records"] += int(p.get("records", 0))
+    return {"count": len(done), **total, "stopped": sum(1 for e in done if e.data.get("stopped")),
+            "stragglers": sorted(people.values(), key=lambda p: -p["records"]),
+            "quarantined": [e.data for e in events if e.kind == "quarantine"],
+            "released": [e.data for e in events if e.kind == "quarantine-release"]}
 
 
 # -- HTML ---------------------------------------------------------------------------------------
@@ -211,6 +230,20 @@ def render_markdown(context: dict) -> str:
                              "resolution": i.resolution or ""} for i in context["issues"]],
                            ["#", "severity", "status", "step", "issue", "reported_by", "at_utc", "resolution"])
             if context["issues"] else "- none"]
+    for v in context["verifications"]:
+        out += ["", f"## Verification before step {v['step']} ({_t(v['at'])} UTC): {v['summary']}", "",
+                markdown_table([{"check": r["id"], "result": r["status"], "severity_if_failed": r["severity"],
+                                 "finding": r["summary"]} for r in v["results"]],
+                               ["check", "result", "severity_if_failed", "finding"])]
+    sw = context["sweeps"]
+    if sw:
+        out += ["", "## Straggler sweeps", "",
+                f"- {sw['count']} sweep(s): {sw['created']} created and {sw['updated']} updated on the box, "
+                f"{sw['echoes_skipped']} echo(es) of our own writes skipped, {sw['requests']} request(s), "
+                f"{sw['stopped']} stopped by a request budget"]
+        out += [f"- still in the cloud: {p['name']} ({p.get('email', '')}), {p['records']} record(s)"
+                for p in sw["stragglers"]]
+        out += [f"- quarantined: {q['entity']} {q['cloud_id']} ({q['changes']} changes)" for q in sw["quarantined"]]
     if context["forecast_rows"]:
         out += ["", "## Forecast vs actual", "", markdown_table(
             [{"step": r["step"], "title": r["title"], "kind": r["kind"], "p50": human_duration(r["p50_s"]),

@@ -7,7 +7,9 @@ settings, uploaded files (random, incompressible), a GNU long-name file and the 
 
 The dump carries the Bitrix tables the post-restore step fixes, with the faults of the case: no
 portal domain (``b_option`` main/server_name, ``b_lang``), push & pull switched off (``b_option``
-pull/nginx, push), empty search tables, and Bitrix24.Network users (``b_user.EXTERNAL_AUTH_ID``).
+pull/nginx, push), empty search tables (``b_search_content``: the vendor dumps it empty), and
+Bitrix24.Network users (``b_user.EXTERNAL_AUTH_ID``); and the installed marketplace apps
+(``b_rest_app``, :data:`SANDBOX_REST_APPS`) a post-migration check looks for.
 With ``encrypt_password`` the tar is encrypted like the vendor's archiver does (Blowfish-ECB,
 key md5(password), a signature block first).
 
@@ -79,7 +81,25 @@ _PORTAL_TABLES = [
     "(2,'anna.network','anna@example.com','Y','bitrix24'),(3,'boris.network','boris@example.com','Y','bitrix24'),"
     "(4,'sales.local','sales@example.com','Y',NULL),(5,'gone.network','gone@example.com','N','bitrix24'),"
     "(6,'imconnector','','Y','imconnector');",
+    # the marketplace apps installed on the portal (the rest module's table): after the move each must
+    # still be there, active and installed, or the integrations built on them stop
+    "CREATE TABLE `b_rest_app` (`ID` int NOT NULL AUTO_INCREMENT, `CLIENT_ID` varchar(128) NOT NULL,"
+    " `CODE` varchar(128) NOT NULL, `ACTIVE` char(1) NOT NULL DEFAULT 'Y', `INSTALLED` char(1) NOT NULL DEFAULT 'N',"
+    " `URL` varchar(1000) NOT NULL DEFAULT '', `VERSION` varchar(4) DEFAULT '1', `SCOPE` varchar(2000) NOT NULL DEFAULT '',"
+    " `STATUS` char(1) NOT NULL DEFAULT 'F', `APP_NAME` varchar(1000), PRIMARY KEY (`ID`),"
+    " UNIQUE KEY `ux_b_rest_app1` (`CLIENT_ID`));",
+    "INSERT INTO `b_rest_app` (`ID`,`CLIENT_ID`,`CODE`,`ACTIVE`,`INSTALLED`,`URL`,`VERSION`,`SCOPE`,`STATUS`,`APP_NAME`)"
+    " VALUES (1,'app.c2b0000000001.10000001','c2b.telephony_connector','Y','Y','https://apps.example.com/telephony/',"
+    "'3','telephony,crm,user','P','Telephony connector'),"
+    "(2,'app.c2b0000000002.10000002','c2b.doc_generator','Y','Y','https://apps.example.com/docgen/',"
+    "'2','crm,documentgenerator','F','Document generator'),"
+    "(3,'app.c2b0000000003.10000003','c2b.whatsapp_channel','Y','Y','https://apps.example.com/whatsapp/',"
+    "'1','imopenlines,imconnector,crm','P','WhatsApp channel');",
 ]
+
+# what the dump's b_rest_app holds: code → name (all active and installed)
+SANDBOX_REST_APPS = {"c2b.telephony_connector": "Telephony connector", "c2b.doc_generator": "Document generator",
+                     "c2b.whatsapp_channel": "WhatsApp channel"}
 
 
 def _sql_dump(rnd: random.Random, name: str, size: int) -> bytes:
@@ -100,6 +120,14 @@ def _sql_dump(rnd: random.Random, name: str, size: int) -> bytes:
         total += len(row)
         lead_id += 1
     return "".join(chunks).encode()
+
+
+def dump_statements(*, size: int = 4096, seed: int = 1, name: str = DEFAULT_NAME) -> list[str]:
+    """The statements of the sandbox dump, one per line, as :func:`make_backup` writes them for the
+    same ``seed`` when its dump is ``size`` bytes (``max(4096, total_bytes // 5)``): a test can load
+    the portal's tables into a database without a restore."""
+    text = _sql_dump(random.Random(seed), name, size).decode()
+    return [line for line in text.splitlines() if line and not line.startswith("--")]
 
 
 def _split_sql(dump: bytes, part_bytes: int) -> list[bytes]:

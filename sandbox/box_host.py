@@ -11,6 +11,8 @@ not a jail: commands are not confined.
 
 The database: a fresh ``c2b_box_<random>`` database and a user of the same name with a random
 password (what ``[secrets] box_db_password`` carries), both dropped by :meth:`BoxHostSandbox.close`.
+The sandbox's admin login also stands in for the box admin's hands: :meth:`BoxHostSandbox.sql`
+(a fault, a look) and :meth:`BoxHostSandbox.reindex_search` (Settings → Search → Reindex).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import paramiko
 
+from connectors.box_host.post_restore import REINDEX_OPTION  # the marker step 2.4 leaves when the index is empty
 from sandbox.ssh_mirror import _Server, _Sftp, generate_key
 
 PASSWORD_ENV = "C2B_SANDBOX_BOX_DB_PASSWORD"
@@ -179,6 +182,48 @@ class BoxHostSandbox:
         return [f"box host ssh://{self.username}@{self.host}:{self.port} (site root {self.site_root}, "
                 f"MariaDB database {self.database} on {self.db_host}:{self.db_port})"]
 
+    def sql(self, statement: str) -> list[tuple]:
+        """Run one SQL statement on the box database as the MariaDB admin; the rows it returns
+        (``[]`` for statements without a result). Tests inject the box's faults with it, e.g.
+        ``UPDATE b_option SET VALUE='N' WHERE MODULE_ID='pull' AND NAME='push'``.
+
+        Raises RuntimeError once the sandbox is closed (its database is gone).
+        """
+        with self._box_db() as conn:
+            cur = conn.cursor()
+            cur.execute(statement)
+            return list(cur.fetchall()) if cur.description else []
+
+    def reindex_search(self) -> int:
+        """What the box admin's Settings → Search → Reindex does, for the sandbox's one indexed
+        module: rebuild ``b_search_content`` from the restored CRM leads (``MODULE_ID`` 'crm',
+        ``ITEM_ID`` ``L<ID>``, the lead's ``TITLE``) and drop the reindex marker that step 2.4
+        leaves (``b_option`` search/c2b_reindex_queued). Returns the number of items indexed.
+
+        Raises RuntimeError when the box database has no restored CRM table yet.
+        """
+        import pymysql
+
+        with self._box_db() as conn:
+            cur = conn.cursor()
+            try:
+                conn.begin()  # the index is rebuilt whole or not at all
+                cur.execute("DELETE FROM b_search_content")
+                indexed = cur.execute("INSERT INTO b_search_content (MODULE_ID, ITEM_ID, TITLE) "
+                                      "SELECT 'crm', CONCAT('L', ID), TITLE FROM b_crm_lead ORDER BY ID")
+                cur.execute(f"DELETE FROM b_option WHERE MODULE_ID='search' AND NAME='{REINDEX_OPTION}'")
+                conn.commit()
+            except pymysql.err.ProgrammingError as exc:
+                conn.rollback()
+                raise RuntimeError(f"cannot reindex the box database {self.database}: {exc.args[-1]} "
+                                   f"(restore the backup first)") from None
+        return indexed
+
+    def _box_db(self):
+        if not self._admin:
+            raise RuntimeError(f"the sandbox box host is closed: its database {self.database} is gone")
+        return _admin_connect(self._admin, database=self.database)
+
     def close(self) -> None:
         if self._stop:
             self._stop.set()
@@ -200,11 +245,12 @@ class BoxHostSandbox:
         self.close()
 
 
-def _admin_connect(admin: dict):
+def _admin_connect(admin: dict, database: str | None = None):
     import pymysql
 
     return pymysql.connect(host=admin["host"], port=admin["port"], user=admin["user"], password=admin["password"],
-                           connect_timeout=5, autocommit=True)
+                           database=database, connect_timeout=5, read_timeout=60, write_timeout=60,
+                           autocommit=True)
 
 
 def _drop_db(admin: dict, database: str, user: str) -> None:

@@ -48,3 +48,23 @@ class CrmDeltaSection(BaseModel):
         if bad:
             raise ValueError(f"unknown entities {bad}; known: {', '.join(ENTITIES)}")
         return [e for e in ENTITIES if e in v]  # dependency order, whatever order was written
+
+
+class SweepSection(BaseModel):
+    """Phase 3 straggler sweeps and their loop guard (seed 000): cadence, quarantine, budgets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="sweep while the sweep step (3.1) is open")
+    interval_minutes: float = Field(15.0, gt=0, description="a sweep every N minutes")
+    quarantine_changes: int = Field(5, ge=1, description="K: a record changed more than K times within the "
+                                                         "window is quarantined (not synced) and alerted")
+    quarantine_window_minutes: float = Field(60.0, gt=0, description="M: the window of the change count")
+    requests_per_sweep: int = Field(300, ge=10, description="hard cap of REST requests of one sweep")
+    requests_per_day: int = Field(5000, ge=10, description="hard cap of the sweeps' REST requests per UTC day")
+    overlap_seconds: float = Field(120.0, ge=0, description="each sweep re-lists this much before the last one")
+    max_sweeps: int = Field(1000, ge=1, description="a bound on sweeps per step (3 days at 5 min is 864)")
+    alert_urls: list[str] = Field(default_factory=list,
+                                  description="apprise URLs (or [secrets] names) of the contractor, for sync alerts; "
+                                              "empty: alerts are journaled and written next to the notices")
+    notify_stragglers: bool = Field(True, description="send the users still working in the cloud a notice")

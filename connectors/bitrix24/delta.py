@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lists import iter_rows
-from .model import ENTITIES, MULTI, SELECT, parse_date
+from .model import ENTITIES, MULTI, ORIGINATOR, SELECT, parse_date
 from .rest import Bitrix24Client
 
 log = logging.getLogger("cloud2box.bitrix24")
@@ -31,6 +31,7 @@ class EntityDelta:
     rows: dict[str, dict] = field(default_factory=dict)  # cloud ID → row
     kind: dict[str, str] = field(default_factory=dict)  # cloud ID → created | modified
     deleted_in_cloud: list[str] = field(default_factory=list)
+    echoes: list[str] = field(default_factory=list)  # cloud IDs carrying our own marker: never exported
 
     @property
     def created(self) -> int:
@@ -54,7 +55,8 @@ class DeltaExport:
 
     def summary(self) -> dict:
         return {e: {"created": d.created, "modified": d.modified, "deleted_in_cloud": len(d.deleted_in_cloud),
-                    "backup_max_id": d.backup_max_id} for e, d in self.entities.items()}
+                    "echoes_skipped": len(d.echoes), "backup_max_id": d.backup_max_id}
+                for e, d in self.entities.items()}
 
 
 def _iso(d: dt.datetime) -> str:
@@ -72,9 +74,12 @@ def backup_max_id(box: Bitrix24Client, entity: str, cutoff: dt.datetime) -> int:
 
 def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime, *,
                  entities: tuple[str, ...] | list[str] = ENTITIES, detect_deleted: bool = True,
-                 max_ids: dict[str, int] | None = None, progress=None) -> DeltaExport:
+                 max_ids: dict[str, int] | None = None, after_ids: dict[str, int] | None = None,
+                 progress=None) -> DeltaExport:
     """List the delta of every entity (see the module doc). ``max_ids`` overrides the backup's
-    highest IDs (else read from the box). ``progress(done_records, message)`` is told per page."""
+    highest IDs (else read from the box). ``after_ids`` (sweeps): list creations only above these
+    cloud IDs (seen by an earlier pass), changes since ``cutoff`` as always.
+    ``progress(done_records, message)`` is told per page."""
     if cutoff.tzinfo is None:
         raise ValueError("cutoff must be timezone-aware")
     t0 = time.monotonic()
@@ -87,10 +92,16 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
             max_id = backup_max_id(box, entity, cutoff)
         d = EntityDelta(entity, max_id)
         method = f"crm.{entity}.list"
-        for row in iter_rows(cloud, method, filter={">DATE_MODIFY": _iso(cutoff)}, select=SELECT[entity]):
-            d.rows[str(row["ID"])] = row
-        for row in iter_rows(cloud, method, select=SELECT[entity], after_id=max_id):
-            d.rows[str(row["ID"])] = row
+        floor = max(max_id, (after_ids or {}).get(entity, 0))
+        for rows in (iter_rows(cloud, method, filter={">DATE_MODIFY": _iso(cutoff)}, select=SELECT[entity]),
+                     iter_rows(cloud, method, select=SELECT[entity], after_id=floor)):
+            for row in rows:
+                rid = str(row["ID"])
+                if str(row.get("ORIGINATOR_ID") or "") == ORIGINATOR:
+                    if rid not in d.echoes:
+                        d.echoes.append(rid)
+                    continue
+                d.rows[rid] = row
         for rid, row in d.rows.items():
             created = parse_date(row.get("DATE_CREATE"))
             d.kind[rid] = "created" if int(rid) > max_id or (created and created > cutoff) else "modified"
@@ -102,8 +113,8 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
         done += len(d.rows)
         if progress:
             progress(done, f"{entity}: {d.created} created, {d.modified} modified after the cutoff")
-        log.info("delta %s: %d created, %d modified, %d deleted in the cloud", entity, d.created, d.modified,
-                 len(d.deleted_in_cloud))
+        log.info("delta %s: %d created, %d modified, %d deleted in the cloud, %d echoes of our writes skipped",
+                 entity, d.created, d.modified, len(d.deleted_in_cloud), len(d.echoes))
     return DeltaExport(cutoff, out, time.monotonic() - t0, cloud.requests + box.requests - req0)
 
 

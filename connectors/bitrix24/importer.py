@@ -276,6 +276,8 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
     for entity in [e for e in ENTITIES if e in delta.entities]:
         d = delta.entities[entity]
         rep = report.entities[entity] = EntityImport()
+        if not d.rows:
+            continue  # nothing to write: no need to read the box (sweeps mostly find nothing)
         order = sorted(d.rows, key=lambda c: (parse_date(d.rows[c].get("DATE_CREATE")) or delta.cutoff, int(c)))
         for round_no in range(MAX_ROUNDS):
             report.rounds += 1

@@ -81,11 +81,13 @@ class Bitrix24Client:
         max_attempts: bound of the retry loop per call.
         max_wait_s: longest single wait for a limit to reset; longer → the error is raised.
         name: what messages call this portal ("the cloud portal").
+        budget: a :class:`~connectors.bitrix24.budget.RequestBudget` every HTTP request (retries
+            included) spends from; when it is spent the call raises ``BudgetExhausted``.
     """
 
     def __init__(self, webhook_url: str, *, session: requests.Session | None = None, rate: float = 2.0,
                  burst: int = 50, timeout: float = 60.0, max_attempts: int = 8, max_wait_s: float = 900.0,
-                 name: str = "the portal", sleep: Callable[[float], None] = time.sleep) -> None:
+                 name: str = "the portal", sleep: Callable[[float], None] = time.sleep, budget=None) -> None:
         if "/rest/" not in webhook_url:
             raise FatalError(f"{name}: the webhook URL {redact(webhook_url)} is not in the form "
                              "https://PORTAL/rest/USER_ID/CODE/",
@@ -101,6 +103,7 @@ class Bitrix24Client:
         self.max_wait_s = max_wait_s
         self.name = name
         self._sleep = sleep
+        self.budget = budget
         self.requests = 0
         self.waited_s = 0.0
 
@@ -111,6 +114,8 @@ class Bitrix24Client:
 
     # --- one HTTP request ---------------------------------------------------------------------
     def _once(self, method: str, params: dict, *, idempotent: bool) -> dict:
+        if self.budget is not None:
+            self.budget.spend(self.name, method)
         self.waited_s += self.bucket.acquire()
         self.requests += 1
         url = f"{self._base}{method}.json"

@@ -46,7 +46,8 @@ def domain_of(value: str) -> str:
     return host
 
 
-def _option(sql: Sql, module: str, name: str) -> str | None:
+def option(sql: Sql, module: str, name: str) -> str | None:
+    """The value of a portal-wide ``b_option`` row (None when the row is missing)."""
     rows = sql([f"SELECT VALUE FROM b_option WHERE MODULE_ID={_q(module)} AND NAME={_q(name)} AND SITE_ID IS NULL"])[0]
     return rows[0][0] if rows else None
 
@@ -57,7 +58,7 @@ def _set_option(module: str, name: str, value: str) -> str:
 
 
 def fix_domain(sql: Sql, domain: str) -> FixResult:
-    server_name = _option(sql, "main", "server_name") or ""
+    server_name = option(sql, "main", "server_name") or ""
     sites = sql(["SELECT LID, COALESCE(SERVER_NAME, '') FROM b_lang WHERE ACTIVE='Y' ORDER BY DEF DESC, SORT"])[0]
     domains = {r[0] for r in sql(["SELECT DOMAIN FROM b_lang_domain"])[0]}
     before = f"main.server_name={server_name!r}; sites " + ", ".join(f"{lid}={name!r}" for lid, name in sites)
@@ -69,18 +70,18 @@ def fix_domain(sql: Sql, domain: str) -> FixResult:
         statements.append(f"DELETE FROM b_lang_domain WHERE LID={_q(lid)} AND DOMAIN={_q(domain)}; "
                           f"INSERT INTO b_lang_domain (LID, DOMAIN) VALUES ({_q(lid)}, {_q(domain)})")
     sql(statements)
-    after = _option(sql, "main", "server_name")
+    after = option(sql, "main", "server_name")
     return FixResult("portal domain", "fixed", before, f"main.server_name={after!r}; {len(sites)} site(s) → {domain}")
 
 
 def fix_push_pull(sql: Sql, options: dict[str, str]) -> FixResult:
-    current = {name: _option(sql, "pull", name) for name in options}
+    current = {name: option(sql, "pull", name) for name in options}
     before = ", ".join(f"pull.{k}={v!r}" for k, v in current.items())
     wrong = {k: v for k, v in options.items() if current[k] != v}
     if not wrong:
         return FixResult("push & pull server", "ok", before)
     sql([_set_option("pull", k, v) for k, v in wrong.items()])
-    after = ", ".join(f"pull.{k}={_option(sql, 'pull', k)!r}" for k in options)
+    after = ", ".join(f"pull.{k}={option(sql, 'pull', k)!r}" for k in options)
     return FixResult("push & pull server", "fixed", before, after)
 
 
@@ -88,7 +89,7 @@ def queue_reindex(sql: Sql) -> FixResult:
     count = int(sql(["SELECT COUNT(*) FROM b_search_content"])[0][0][0])
     if count:
         return FixResult("search index", "ok", f"{count} indexed item(s)")
-    if _option(sql, "search", REINDEX_OPTION) == "Y":
+    if option(sql, "search", REINDEX_OPTION) == "Y":
         return FixResult("search index", "ok", "b_search_content is empty; a reindex is already queued",
                          "run Settings → Search → Reindex on the box")
     # the box rebuilds the index from its admin page (Settings → Search → Reindex) or an agent; we

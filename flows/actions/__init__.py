@@ -21,7 +21,8 @@ from pydantic import SecretStr
 MANUAL = "manual"
 
 # Modules that register actions; imported lazily so `import flows.actions` stays cheap.
-_ACTION_MODULES: list[str] = ["flows.actions.transfer", "flows.actions.box_host", "flows.actions.crm_delta"]
+_ACTION_MODULES: list[str] = ["flows.actions.transfer", "flows.actions.box_host", "flows.actions.crm_delta",
+                              "flows.actions.verify"]
 
 _REGISTRY: dict[str, Callable[["ActionContext"], "ActionResult"]] = {}
 _REQUIRES: dict[str, tuple[str, ...]] = {}

@@ -17,14 +17,15 @@ from journal.idmap import IdMap
 from . import ActionContext, ActionResult, register
 
 
-def _section(ctx: ActionContext) -> CrmDeltaSection:
+def crm_section(ctx: ActionContext) -> CrmDeltaSection:
     section = getattr(ctx.config, "crm_delta", None)
     if section is None:
         return CrmDeltaSection()
     return section if isinstance(section, CrmDeltaSection) else CrmDeltaSection.model_validate(section)
 
 
-def _cutoff(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
+def cutoff_of(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
+    """The backup's cutoff: from ``[crm_delta] cutoff``, else the journal of this run."""
     if section.cutoff is not None:
         return section.cutoff
     try:
@@ -53,24 +54,32 @@ def _webhook(ctx: ActionContext, section: CrmDeltaSection, secret: str, portal: 
     return f"{portal.rstrip('/')}/rest/{section.webhook_user_id}/{value}/"
 
 
-@register("transfer_crm_delta", requires=("crm_delta",))
-def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
-    """Export the delta (CSVs for review under work_dir), import it idempotently, reconcile."""
-    section = _section(ctx)
+def crm_clients(ctx: ActionContext, section: CrmDeltaSection | None = None, *,
+                budget=None) -> tuple[Bitrix24Client, Bitrix24Client]:
+    """The cloud's and the box's REST clients from ``[crm_delta]`` and its secrets.
+    ``budget``: a :class:`connectors.bitrix24.budget.RequestBudget` both clients spend from."""
+    section = section or crm_section(ctx)
     problems = [f"[secrets.{name}] is not defined ({what})"
                 for name, what in ((section.cloud_webhook_secret, "the cloud's webhook URL"),
                                    (section.box_webhook_secret, "the box's webhook URL")) if name not in ctx.secrets]
     if problems:
         raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
-    cutoff = _cutoff(ctx, section)
     migration = getattr(ctx.config, "migration", None)
     cloud_url = _webhook(ctx, section, section.cloud_webhook_secret, getattr(migration, "portal", ""), "portal")
     box_url = _webhook(ctx, section, section.box_webhook_secret, getattr(migration, "box_portal", ""), "box_portal")
-    common = dict(timeout=section.timeout_s, max_attempts=section.max_attempts, max_wait_s=section.max_wait_s)
-    cloud = Bitrix24Client(cloud_url, rate=section.rate,
-                           burst=section.burst, name="the cloud portal", **common)
-    box = Bitrix24Client(box_url, rate=section.box_rate,
-                         burst=section.box_burst, name="the box portal", **common)
+    common = dict(timeout=section.timeout_s, max_attempts=section.max_attempts, max_wait_s=section.max_wait_s,
+                  budget=budget)
+    cloud = Bitrix24Client(cloud_url, rate=section.rate, burst=section.burst, name="the cloud portal", **common)
+    box = Bitrix24Client(box_url, rate=section.box_rate, burst=section.box_burst, name="the box portal", **common)
+    return cloud, box
+
+
+@register("transfer_crm_delta", requires=("crm_delta",))
+def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
+    """Export the delta (CSVs for review under work_dir), import it idempotently, reconcile."""
+    section = crm_section(ctx)
+    cloud, box = crm_clients(ctx, section)
+    cutoff = cutoff_of(ctx, section)
     # The map belongs to the box as restored for this run: a new run restores a new box. Within a run
     # (re-runs, phase 3 sweeps) it is reused; a lost map is rebuilt from the box by ORIGIN_ID.
     key = section.migration_key or ctx.run_id

@@ -26,10 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-batch-import", action="store_true", help="box without crm.item.batchImport")
     ap.add_argument("--fault", action="append", default=[], metavar="KIND[:TIMES[:METHOD]]",
                     help="inject a fault on the cloud portal (repeatable)")
+    ap.add_argument("--box-missing-comments", type=int, default=0, metavar="N",
+                    help="the box shows N fewer task comments than the backup had (one per task)")
     args = ap.parse_args(argv)
     limits = PortalLimits(rate=args.rate, burst=args.burst, count_cost_s=args.count_cost_us / 1e6)
     pair = start_pair(limits=limits, companies=args.companies, contacts=args.contacts, leads=args.leads,
                       deals=args.deals, batch_import=not args.no_batch_import)
+    with_comments = [t for t in pair.dataset.tasks if t["comments"]]
+    for task in with_comments[:args.box_missing_comments]:
+        pair.box.store.delete_comment(task["ID"], task["comments"][0][0])
     for spec in args.fault:
         kind, times, method = Faults.parse(spec)
         pair.cloud.faults.inject(kind, times=times, method=method)

@@ -9,6 +9,9 @@ None for any), then switches itself off:
 - ``DROP_AFTER_WRITE`` → the request is executed, then the connection is closed without an
   answer (the client cannot know whether its write happened)
 - ``HTML_200`` → a 200 HTML page instead of JSON (a proxy's error page)
+
+Data faults are made in the store instead, e.g. ``CrmStore.delete_comment`` for "the box shows
+fewer task comments than the cloud" (``--box-missing-comments N`` on the command line).
 """
 
 from __future__ import annotations

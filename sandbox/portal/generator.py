@@ -3,7 +3,9 @@
 The generated history spans a year before the backup cutoff (creation times spread over it,
 modifications after creation), then a few days of post-cutoff work in the cloud: new companies,
 contacts, leads and deals (with relations to old and new records), changes to pre-cutoff records,
-records created by a user hired after the backup, and one record deleted in the cloud.
+records created by a user hired after the backup, and one record deleted in the cloud. Tasks with
+comments exist before the cutoff (in the backup, IDs kept); some get further comments in the
+cloud after it.
 
 :func:`start_pair` seeds the *box* with the backup state (the cloud as of the cutoff, as restored
 from the backup; IDs kept) and the *cloud* with the backup state plus the post-cutoff changes.
@@ -51,6 +53,11 @@ class CrmDataset:
     changes: list[Change]
     users: list[dict]
     new_users: list[dict]
+    # Tasks of the backup: {"ID", "TITLE", "CREATED_DATE", "CREATED_BY",
+    # "comments": [(comment_id, author_id, post_date, text), ...]} (all before the cutoff).
+    tasks: list[dict] = field(default_factory=list)
+    # Comments posted in the cloud after the cutoff: (task_id, comment_id, author_id, post_date, text).
+    post_comments: list[tuple] = field(default_factory=list)
 
 
 def _phone(rng) -> list[dict]:
@@ -65,11 +72,12 @@ def _email(rng, name: str) -> list[dict]:
 
 def generate(*, companies: int = 60, contacts: int = 150, leads: int = 400, deals: int = 200,
              cutoff: dt.datetime | None = None, post_days: float = 3.0, post_fraction: float = 0.1,
-             modify_fraction: float = 0.05, seed: int = 7, users: int = 8) -> CrmDataset:
+             modify_fraction: float = 0.05, seed: int = 7, users: int = 8, tasks: int = 30) -> CrmDataset:
     """A year of CRM history before ``cutoff`` and ``post_days`` of changes after it.
 
     ``post_fraction`` of each entity's records are created after the cutoff; ``modify_fraction``
     of the pre-cutoff records are changed after it; one pre-cutoff lead is deleted in the cloud.
+    ``tasks`` tasks (0–6 comments each) exist before the cutoff; some get comments after it.
     """
     rng = random.Random(seed)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -162,7 +170,46 @@ def generate(*, companies: int = 60, contacts: int = 150, leads: int = 400, deal
     victim = sorted(set(backup["lead"]) - {c.record_id for c in changes if c.entity == "lead"})[0]
     changes.append(Change(post_end, "delete", "lead", victim))
     changes.sort(key=lambda c: c.at)
-    return CrmDataset(cutoff=cutoff, backup=backup, changes=changes, users=user_list, new_users=[new_user])
+    task_list, post_comments = _tasks(random.Random(seed * 7919 + 1), tasks, cutoff, post_end, user_list)
+    return CrmDataset(cutoff=cutoff, backup=backup, changes=changes, users=user_list, new_users=[new_user],
+                      tasks=task_list, post_comments=post_comments)
+
+
+COMMENT_TEXTS = ["Called the customer, waiting for an answer", "Sent the offer", "Photos attached",
+                 "Postponed to next week", "Done, please check", "The customer asked for a discount",
+                 "Reminder: contract draft", "Отправил КП", "Bitte Rückruf morgen"]
+
+
+def _tasks(rng: random.Random, n: int, cutoff: dt.datetime, post_end: dt.datetime,
+           users: list[dict]) -> tuple[list[dict], list[tuple]]:
+    """Tasks with comments before the cutoff, and comments posted after it in the cloud.
+
+    A separate rng so that adding tasks leaves every other generated record unchanged."""
+    year = dt.timedelta(days=365)
+    task_list: list[dict] = []
+    comment_id = 0
+    created = sorted((cutoff - year + dt.timedelta(seconds=rng.uniform(0, year.total_seconds() - 86400)))
+                     .replace(microsecond=0) for _ in range(n))
+    for task_id, t in enumerate(created, start=1):
+        posts = sorted((t + dt.timedelta(seconds=rng.uniform(60, (cutoff - t).total_seconds())))
+                       .replace(microsecond=0) for _ in range(rng.randint(0, 6)))
+        comments = []
+        for at in posts:
+            comment_id += 1
+            comments.append((comment_id, int(rng.choice(users)["ID"]), at, rng.choice(COMMENT_TEXTS)))
+        task_list.append({"ID": task_id, "TITLE": f"Task #{task_id}: {rng.choice(COMMENT_TEXTS).lower()}",
+                          "CREATED_DATE": t, "CREATED_BY": int(rng.choice(users)["ID"]), "comments": comments})
+    later = []
+    span = max(60.0, (post_end - cutoff).total_seconds())
+    for task in rng.sample(task_list, min(len(task_list), max(1, n // 5))) if task_list else []:
+        for _ in range(rng.randint(1, 3)):
+            at = (cutoff + dt.timedelta(seconds=rng.uniform(1, span))).replace(microsecond=0)
+            text = rng.choice(COMMENT_TEXTS) + " (after the backup)"
+            later.append((at, task["ID"], int(rng.choice(users)["ID"]), text))
+    later.sort(key=lambda c: (c[0], c[1]))  # comment IDs grow with time, as the portal's sequence does
+    post_comments = [(task_id, comment_id + i, author, at, text)
+                     for i, (at, task_id, author, text) in enumerate(later, start=1)]
+    return task_list, post_comments
 
 
 def seed_backup(store: CrmStore, data: CrmDataset) -> None:
@@ -172,6 +219,9 @@ def seed_backup(store: CrmStore, data: CrmDataset) -> None:
             store.add(entity, fields, keep_times=True, record_id=rid)
     for u in data.users:
         store.users[int(u["ID"])] = dict(u)
+    for task in data.tasks:
+        store.add_task(task["TITLE"], task["CREATED_DATE"], task["CREATED_BY"], comments=task["comments"],
+                       task_id=task["ID"])
 
 
 def seed_cloud(store: CrmStore, data: CrmDataset) -> None:
@@ -186,6 +236,8 @@ def seed_cloud(store: CrmStore, data: CrmDataset) -> None:
             store.update(c.entity, c.record_id, c.fields, now=c.at)
         else:
             store.delete(c.entity, c.record_id)
+    for task_id, comment_id, author_id, at, text in data.post_comments:
+        store.add_comment(task_id, author_id, at, text, comment_id=comment_id)
 
 
 @dataclass

@@ -14,7 +14,19 @@ Faithful to the vendor's docs where the connector depends on it:
 - the leaky bucket per portal (``rate``/s drain, ``burst``; 503 ``QUERY_LIMIT_EXCEEDED``) and the
   per-method operating-time limit (429 ``OPERATION_TIME_LIMIT`` until ``operating_reset_at``);
 - ``crm.<entity>.list/get/add/update/delete`` (``params[IMPORT]`` keeps the given dates),
-  ``crm.item.list``, ``crm.item.batchImport`` (≤ 20 items, ascending ``createdTime``), ``user.get``.
+  ``crm.item.list``, ``crm.item.batchImport`` (≤ 20 items, ascending ``createdTime``);
+- ``user.get`` (filter by any field, prefixes, ``ACTIVE``), ``user.add`` (result = the new ID;
+  a bad or used e-mail → 400 ``ERROR_ARGUMENT``);
+- ``tasks.task.list`` (camelCase tasks in ``result.tasks``, default order ``ID`` desc) and
+  ``task.commentitem.getlist`` (positional parameters TASKID, ORDER, FILTER, as the vendor's docs
+  warn: a FILTER passed where ORDER belongs is refused);
+- ``telephony.externalLine.get/add/delete``: these work only in an application's context, so an
+  incoming webhook gets 403 ``WRONG_AUTH_TYPE``; call them as a local application does,
+  ``POST /rest/{method}.json`` with ``auth`` = :attr:`Portal.app_token`
+  (:attr:`PortalServer.app_endpoint`);
+- outgoing webhooks (:meth:`Portal.add_outbound_webhook`): CRM changes made through REST are POSTed
+  form-encoded to the handler (``event``, ``event_handler_id``, ``data[FIELDS][ID]``, ``ts``,
+  ``auth[…]``) from a queue, once, without retries, as the vendor's queue server does.
 
 An unresolved ``$result`` reference (a page shorter than the index) fails that command in
 ``result_error`` instead of running it with an empty value.
@@ -23,6 +35,9 @@ An unresolved ``$result`` reference (a page shorter than the index) fails that c
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import logging
+import queue
 import re
 import secrets
 import threading
@@ -33,19 +48,30 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+import requests
 
 from .faults import Faults
 from .store import (ENTITY_TYPE_IDS, CrmStore, StoreError, from_item_name, parse_date,
-                    to_item_name)
+                    _sort_key, to_item_name)
 
 _PATH_RE = re.compile(r"^/rest/(\d+)/([^/]+)/([A-Za-z0-9_.]+?)(?:\.json)?/?$")
+_APP_PATH_RE = re.compile(r"^/rest/([A-Za-z0-9_.]+?)(?:\.json)?/?$")  # application (OAuth) calls
 _REF_RE = re.compile(r"\$result\[([^\]]+)\]((?:\[[^\]]*\])*)")
 _ENTITY_METHOD_RE = re.compile(r"^crm\.(lead|deal|contact|company)\.(list|get|add|update|delete)$")
 
 STATUS = {"QUERY_LIMIT_EXCEEDED": 503, "OPERATION_TIME_LIMIT": 429, "NO_AUTH_FOUND": 401,
           "INVALID_CREDENTIALS": 401, "ACCESS_DENIED": 403, "ERROR_METHOD_NOT_FOUND": 404,
           "INTERNAL_SERVER_ERROR": 500, "INVALID_REQUEST": 400, "INVALID_ARG_VALUE": 400, "NOT_FOUND": 400,
-          "ERROR_CORE": 400, "ERROR_BATCH_LENGTH_EXCEEDED": 400}
+          "ERROR_CORE": 400, "ERROR_BATCH_LENGTH_EXCEEDED": 400, "ERROR_ARGUMENT": 400,
+          "WRONG_AUTH_TYPE": 403, "invalid_token": 401}
+
+log = logging.getLogger(__name__)
+
+# Methods the vendor serves only in an application's context (an incoming webhook is refused).
+APP_ONLY_METHODS = {"telephony.externalline.get", "telephony.externalline.add", "telephony.externalline.delete"}
+CRM_EVENT_ENTITIES = {"lead": "LEAD", "deal": "DEAL", "contact": "CONTACT", "company": "COMPANY"}
+CRM_EVENTS = frozenset(f"ONCRM{e}{a}" for e in CRM_EVENT_ENTITIES.values() for a in ("ADD", "UPDATE", "DELETE"))
+OAUTH_SERVER_ENDPOINT = "https://oauth.bitrix.info/rest/"  # where a real portal's events point for tokens
 
 
 class ApiError(Exception):
@@ -127,6 +153,69 @@ class Portal:
         self._operating: dict[str, list[tuple[float, float]]] = {}
         self.requests = 0
         self.rejected = 0
+        # A local application installed on the portal: its access token opens the app-only methods.
+        self.app_token = secrets.token_hex(16)
+        self.member_id = secrets.token_hex(16)
+        self.domain = "127.0.0.1"  # host:port once served (PortalServer.start sets it)
+        self._webhooks: list[_OutboundWebhook] = []
+        self._webhook_seq = 0
+        self._events = _EventQueue()
+
+    # --- outgoing webhooks ----------------------------------------------------------------------
+    @property
+    def events_sent(self) -> int:
+        """Events the handlers accepted (2xx)."""
+        return self._events.sent
+
+    @property
+    def events_failed(self) -> int:
+        """Events lost: the handler failed, timed out, answered non-2xx, or the queue was full."""
+        return self._events.failed
+
+    def add_outbound_webhook(self, handler_url: str, events: list[str]) -> str:
+        """Configure an outgoing webhook (what an admin sets up in the UI): POST ``events`` (e.g.
+        ``ONCRMLEADADD``) to ``handler_url``; returns the generated ``application_token`` the
+        handler must check. Only loopback handlers are accepted (ValueError otherwise)."""
+        url = urlsplit(handler_url)
+        try:
+            loopback = url.hostname == "localhost" or ipaddress.ip_address(url.hostname or "").is_loopback
+        except ValueError:
+            loopback = False
+        if url.scheme not in ("http", "https") or not loopback:
+            raise ValueError("the sandbox portal posts events only to loopback handlers "
+                             "(http://127.0.0.1:PORT/…)")
+        wanted = {str(e).upper() for e in events}
+        unknown = sorted(wanted - CRM_EVENTS)
+        if not wanted or unknown:
+            raise ValueError(f"unknown or no events {unknown}; known: {', '.join(sorted(CRM_EVENTS))}")
+        with self._bucket_lock:
+            self._webhook_seq += 1
+            hook = _OutboundWebhook(self._webhook_seq, handler_url, frozenset(wanted), secrets.token_hex(16))
+            self._webhooks.append(hook)
+        self._events.start()
+        return hook.application_token
+
+    def remove_outbound_webhooks(self) -> None:
+        """Delete every outgoing webhook (events already queued are still delivered)."""
+        with self._bucket_lock:
+            self._webhooks.clear()
+
+    def close_events(self, timeout: float = 5.0) -> None:
+        """Stop the event worker (queued events not yet sent are dropped and counted failed)."""
+        self._events.stop(timeout)
+
+    def _emit(self, entity: str, action: str, record_id: int) -> None:
+        """Queue ``ONCRM{ENTITY}{ACTION}`` for every outgoing webhook subscribed to it."""
+        event = f"ONCRM{CRM_EVENT_ENTITIES[entity]}{action}"
+        with self._bucket_lock:
+            hooks = [h for h in self._webhooks if event in h.events]
+        for hook in hooks:
+            self._events.put(hook.handler_url, [
+                ("event", event), ("event_handler_id", str(hook.handler_id)),
+                ("data[FIELDS][ID]", str(record_id)), ("ts", None),
+                ("auth[domain]", self.domain), ("auth[client_endpoint]", f"http://{self.domain}/rest/"),
+                ("auth[server_endpoint]", OAUTH_SERVER_ENDPOINT), ("auth[member_id]", self.member_id),
+                ("auth[application_token]", hook.application_token)])
 
     # --- limits -------------------------------------------------------------------------------
     def _admit(self) -> None:
@@ -162,14 +251,25 @@ class Portal:
             self._operating.setdefault(method, []).append((time.time(), cost))
 
     # --- entry point --------------------------------------------------------------------------
-    def handle(self, user_id: str, code: str, method: str, params: dict) -> tuple[int, dict, str | None]:
-        """→ (status, body, fault kind to apply after the write or None)."""
+    def handle(self, user_id: str | None, code: str | None, method: str,
+               params: dict) -> tuple[int, dict, str | None]:
+        """→ (status, body, fault kind to apply after the write or None).
+
+        ``user_id``/``code`` of an incoming webhook; both None for an application's call, whose
+        access token is the ``auth`` parameter."""
         start = time.time()
         method = method.lower()
         post_fault = None
         try:
-            if int(user_id) != self.user_id or not secrets.compare_digest(code, self.code):
-                raise ApiError("NO_AUTH_FOUND", "Wrong authorization data")
+            if user_id is None:
+                token = str(params.pop("auth", "") or "")
+                if not token or not secrets.compare_digest(token, self.app_token):
+                    raise ApiError("invalid_token", "The access token provided is invalid.")
+                self._tl.app = True
+            else:
+                if int(user_id) != self.user_id or not secrets.compare_digest(code or "", self.code):
+                    raise ApiError("NO_AUTH_FOUND", "Wrong authorization data")
+                self._tl.app = False
             fault = self.faults.take(method)
             if fault is not None:
                 if fault.kind == "OPERATION_TIME_LIMIT":
@@ -220,6 +320,19 @@ class Portal:
             return self._item_batch_import(p), 0.0
         if method == "user.get":
             return self._user_get(p), 0.0
+        if method == "user.add":
+            return {"result": self.store.add_user(_user_fields(p))}, 0.0
+        if method == "tasks.task.list":
+            return self._task_list(p), 0.0
+        if method == "task.commentitem.getlist":
+            return self._comment_list(p), 0.0
+        if method in APP_ONLY_METHODS:
+            if not getattr(self._tl, "app", False):
+                raise ApiError("WRONG_AUTH_TYPE", "Current authorization type is denied for this method")
+            return self._external_line(method.rsplit(".", 1)[1], p), 0.0
+        if method == "voximplant.line.get":
+            # {line id: title}; PHP sends an empty array (not an object) when there is none
+            return {"result": {lid: line["TITLE"] for lid, line in sorted(self.store.sip_lines.items())} or []}, 0.0
         if method == "profile":
             return {"result": {"ID": str(self.user_id), "ADMIN": True}}, 0.0
         raise ApiError("ERROR_METHOD_NOT_FOUND", "Method not found!")
@@ -264,14 +377,20 @@ class Portal:
         keep = bool(isinstance(params, dict) and params.get("IMPORT"))  # PHP truthiness
         if keep and params.get("IMPORT") in ("0", 0, False, "false"):
             keep = params.get("IMPORT") == "false"  # "false" is a non-empty string: truthy in PHP
-        return {"result": self.store.add(entity, fields, keep_times=keep)}
+        new_id = self.store.add(entity, fields, keep_times=keep)
+        self._emit(entity, "ADD", new_id)
+        return {"result": new_id}
 
     def _entity_update(self, entity: str, p: dict) -> dict:
-        self.store.update(entity, int(p.get("id") or p.get("ID") or 0), _fix_multi(p.get("fields") or {}))
+        record_id = int(p.get("id") or p.get("ID") or 0)
+        self.store.update(entity, record_id, _fix_multi(p.get("fields") or {}))
+        self._emit(entity, "UPDATE", record_id)
         return {"result": True}
 
     def _entity_delete(self, entity: str, p: dict) -> dict:
-        self.store.delete(entity, int(p.get("id") or p.get("ID") or 0))
+        record_id = int(p.get("id") or p.get("ID") or 0)
+        self.store.delete(entity, record_id)
+        self._emit(entity, "DELETE", record_id)
         return {"result": True}
 
     def _entity_of(self, p: dict) -> str:
@@ -329,6 +448,7 @@ class Portal:
                         raise StoreError("INVALID_ARG_VALUE",
                                          "createdTime must increase monotonically: a newer record exists")
                     new_id = self.store.add(entity, fields, keep_times=True)
+                self._emit(entity, "ADD", new_id)
                 items.append({"item": {"id": new_id}})
             except StoreError as e:
                 items.append({"error": e.code, "error_description": e.description})
@@ -337,16 +457,167 @@ class Portal:
         return {"result": {"items": items}}
 
     def _user_get(self, p: dict) -> dict:
-        users = sorted(self.store.users.values(), key=lambda u: int(u["ID"]))
-        flt = p.get("filter") or p.get("FILTER") or {}
-        if isinstance(flt, dict) and flt.get("ID"):
-            users = [u for u in users if str(u["ID"]) == str(flt["ID"])]
-        start = int(p.get("start", 0) or 0)
-        page = users[start:start + 50]
-        body: dict = {"result": page, "total": len(users)}
-        if start + 50 < len(users):
-            body["next"] = start + 50
+        """``user.get``: ``FILTER`` (or ``filter``, or user fields given at the top level, as the
+        docs' examples do) with the documented prefixes; ``ACTIVE`` true keeps only active users;
+        ``SORT``/``ORDER``; page size 50; ``start=-1`` skips the count."""
+        flt = p.get("FILTER") or p.get("filter") or {}
+        if not isinstance(flt, dict):
+            raise ApiError("INVALID_ARG_VALUE", "FILTER must be an object")
+        flt = dict(flt)
+        for key, value in p.items():  # top-level field filters, e.g. {"UF_DEPARTMENT": 1}
+            if key.lstrip("><=!@%").upper() in _USER_FILTER_FIELDS and key not in flt:
+                flt[key] = value
+        with self.store.lock:
+            users = [dict(u) for u in self.store.users.values()]
+        users = [u for u in users if _user_matches(u, flt)]
+        sort = str(p.get("SORT") or p.get("sort") or "ID").upper()
+        desc = str(p.get("ORDER") or p.get("order") or "ASC").upper() == "DESC"
+        users.sort(key=lambda u: (int(u["ID"]),) if sort == "ID" else (_sort_key(u.get(sort)), int(u["ID"])),
+                   reverse=desc)
+        try:
+            start = int(p.get("start", 0) or 0)
+        except ValueError:
+            raise ApiError("INVALID_ARG_VALUE", "start must be an integer") from None
+        page = users[max(start, 0):max(start, 0) + 50]
+        body: dict = {"result": page}
+        if start >= 0:
+            body["total"] = len(users)
+            if start + 50 < len(users):
+                body["next"] = start + 50
         return body
+
+    # --- tasks ----------------------------------------------------------------------------------
+    def _task_list(self, p: dict) -> dict:
+        """``tasks.task.list``: ``order`` (default ``ID`` desc), ``filter`` with ``!``/``<``/``<=``/
+        ``>``/``>=`` prefixes, ``select`` (UPPER_CASE names; the answer speaks camelCase), page 50.
+        Filter keys the portal does not know are ignored, as the portal does."""
+        flt = p.get("filter") or {}
+        order = p.get("order") or {}
+        if not isinstance(flt, dict) or not isinstance(order, dict):
+            raise ApiError("INVALID_ARG_VALUE", "filter and order must be objects")
+        try:
+            start = int(p.get("start", 0) or 0)
+        except ValueError:
+            raise ApiError("INVALID_ARG_VALUE", "start must be an integer") from None
+        predicates = []
+        for raw_key, value in flt.items():
+            key = str(raw_key)
+            op = next((x for x in ("!=", ">=", "<=", "!", ">", "<", "=") if key.startswith(x)), "")
+            name = key[len(op):].upper()
+            name = {"REAL_STATUS": "STATUS"}.get(name, name)
+            if name not in _TASK_FIELDS:
+                continue
+            conv = self._task_value(name)
+            try:
+                wanted = {conv(v) for v in _as_list(value)} if isinstance(value, (list, dict)) else {conv(value)}
+            except (ValueError, TypeError):
+                raise ApiError("INVALID_ARG_VALUE", f"bad filter value for {key}") from None
+            predicates.append(lambda t, n=name, o=op, w=wanted: _compare(t.get(n), o, w))
+        with self.store.lock:
+            tasks = [dict(t, COMMENTS_COUNT=len(t["comments"])) for t in self.store.tasks.values()]
+        tasks = [t for t in tasks if all(pr(t) for pr in predicates)]
+        tasks.sort(key=lambda t: t["ID"], reverse=True)
+        for key, direction in reversed(list({str(k).upper(): str(v).upper() for k, v in order.items()}.items())):
+            if key in _TASK_FIELDS:
+                tasks.sort(key=lambda t, k=key: _sort_key(t.get(k)), reverse=direction == "DESC")
+        select = [str(x).upper() for x in _as_list(p.get("select"))]
+        fields = [f for f in _TASK_FIELDS if not select or "*" in select or f in select or f == "ID"]
+        page = tasks[max(start, 0):max(start, 0) + 50]
+        body: dict = {"result": {"tasks": [self._render_task(t, fields) for t in page]}}
+        if start >= 0:
+            body["total"] = len(tasks)
+            if start + 50 < len(tasks):
+                body["next"] = start + 50
+        return body
+
+    def _task_value(self, name: str):
+        if name in ("CREATED_DATE", "CHANGED_DATE"):
+            return self._portal_date
+        return lambda v: int(v) if name != "TITLE" else str(v)
+
+    def _portal_date(self, value) -> dt.datetime:
+        """A date as the portal reads it: ISO 8601; without an offset, in the portal's time zone."""
+        d = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        return d if d.tzinfo else d.replace(tzinfo=self.store.tz)
+
+    def _render_task(self, task: dict, fields: list[str]) -> dict:
+        out = {}
+        for f in fields:
+            v = task.get(f)
+            if isinstance(v, dt.datetime):
+                v = v.astimezone(self.store.tz).isoformat(timespec="seconds")
+            elif v is not None:
+                v = str(v)
+            out[_TASK_FIELDS[f]] = v
+        return out
+
+    def _comment_list(self, p: dict) -> dict:
+        """``task.commentitem.getlist``: the parameters are positional (TASKID, ORDER, FILTER) —
+        the portal reads them in the order given, whatever their names, as the docs warn."""
+        args = list(p.values())
+        task_id, order, flt = (args + [None, None, None])[:3]
+        try:
+            task_id = int(task_id)
+        except (TypeError, ValueError):
+            raise ApiError("ERROR_CORE", "TASKS_ERROR_EXCEPTION_#256; Param #0 (taskId) for method "
+                           "ctaskcommentitem::getlist() expected to be of type \"integer\", but given "
+                           "something else.; 256/TE/WRONG_ARGUMENTS") from None
+        order = order or {}
+        flt = flt or {}
+        if not isinstance(order, dict) or not isinstance(flt, dict):
+            raise ApiError("ERROR_CORE", "TASKS_ERROR_EXCEPTION_#256; Param #1 (arOrder) for method "
+                           "ctaskcommentitem::getlist() expected to be of type \"array\"; 256/TE/WRONG_ARGUMENTS")
+        for key in order:
+            if str(key).upper() not in _COMMENT_ORDER_FIELDS:
+                raise ApiError("ERROR_CORE", f"TASKS_ERROR_EXCEPTION_#256; Param #1 (arOrder) for method "
+                               f"ctaskcommentitem::getlist() must not contain key \"{key}\".; 256/TE/WRONG_ARGUMENTS")
+        predicates = []
+        for raw_key, value in flt.items():
+            key = str(raw_key)
+            op = next((x for x in (">=", "<=", "!", ">", "<") if key.startswith(x)), "")
+            name = key[len(op):].upper()
+            if name not in _COMMENT_FILTER_FIELDS:
+                raise ApiError("ERROR_CORE", f"TASKS_ERROR_EXCEPTION_#256; Param #2 (arFilter) for method "
+                               f"ctaskcommentitem::getlist() must not contain key \"{key}\".; 256/TE/WRONG_ARGUMENTS")
+            conv = self._portal_date if name == "POST_DATE" else (str if name == "AUTHOR_NAME" else int)
+            try:
+                wanted = {conv(v) for v in _as_list(value)}
+            except (ValueError, TypeError):
+                raise ApiError("ERROR_CORE", "TASKS_ERROR_EXCEPTION_#8; Action failed; "
+                               "8/TE/ACTION_FAILED_TO_BE_PROCESSED") from None
+            predicates.append(lambda c, n=name, o=op, w=wanted: _compare(c.get(n), o, w))
+        with self.store.lock:
+            task = self.store.tasks.get(task_id)
+            if task is None:
+                raise ApiError("ERROR_CORE", "TASKS_ERROR_EXCEPTION_#8; Action failed; "
+                               "8/TE/ACTION_FAILED_TO_BE_PROCESSED")
+            comments = [dict(c, **self._author(c["AUTHOR_ID"])) for c in task["comments"]]
+        comments = [c for c in comments if all(pr(c) for pr in predicates)]
+        comments.sort(key=lambda c: c["ID"], reverse=True)
+        for key, direction in reversed(list(order.items())):
+            comments.sort(key=lambda c, k=str(key).upper(): _sort_key(c.get(k)),
+                          reverse=str(direction).upper() == "DESC")
+        return {"result": [{"POST_MESSAGE_HTML": None, "ID": str(c["ID"]), "AUTHOR_ID": str(c["AUTHOR_ID"]),
+                            "AUTHOR_NAME": c["AUTHOR_NAME"], "AUTHOR_EMAIL": c["AUTHOR_EMAIL"],
+                            "POST_DATE": c["POST_DATE"].astimezone(self.store.tz).isoformat(timespec="seconds"),
+                            "POST_MESSAGE": c["POST_MESSAGE"], "ATTACHED_OBJECTS": {}} for c in comments]}
+
+    def _author(self, user_id: int) -> dict:
+        user = self.store.users.get(int(user_id)) or {}
+        name = " ".join(x for x in (user.get("NAME"), user.get("LAST_NAME")) if x)
+        return {"AUTHOR_NAME": name, "AUTHOR_EMAIL": ""}
+
+    # --- telephony ------------------------------------------------------------------------------
+    def _external_line(self, verb: str, p: dict) -> dict:
+        if verb == "get":
+            with self.store.lock:
+                lines = sorted(self.store.external_lines.values(), key=lambda x: x["ID"])
+            return {"result": [{k: line[k] for k in ("NUMBER", "NAME", "CRM_AUTO_CREATE")} for line in lines]}
+        if verb == "add":
+            return {"result": {"ID": self.store.add_external_line(p.get("NUMBER"), p.get("NAME") or "",
+                                                                  p.get("CRM_AUTO_CREATE") or "Y")}}
+        self.store.delete_external_line(p.get("NUMBER"))
+        return {"result": []}
 
     def _batch(self, p: dict) -> dict:
         cmd = p.get("cmd") or {}
@@ -375,6 +646,159 @@ class Portal:
                     break
         return {"result": result, "result_error": errors, "result_total": totals, "result_next": nexts,
                 "result_time": times}
+
+
+# tasks.task.list: UPPER_CASE name (filter, order, select) → camelCase key of the answer
+_TASK_FIELDS = {"ID": "id", "TITLE": "title", "CREATED_BY": "createdBy", "CREATED_DATE": "createdDate",
+                "RESPONSIBLE_ID": "responsibleId", "CHANGED_DATE": "changedDate", "STATUS": "status",
+                "COMMENTS_COUNT": "commentsCount"}
+_COMMENT_ORDER_FIELDS = {"ID", "AUTHOR_ID", "AUTHOR_NAME", "AUTHOR_EMAIL", "POST_DATE"}
+_COMMENT_FILTER_FIELDS = {"ID", "AUTHOR_ID", "AUTHOR_NAME", "POST_DATE"}
+_USER_FILTER_FIELDS = {"ID", "ACTIVE", "EMAIL", "NAME", "LAST_NAME", "SECOND_NAME", "UF_DEPARTMENT",
+                       "USER_TYPE", "WORK_POSITION", "PERSONAL_MOBILE", "WORK_PHONE", "UF_PHONE_INNER"}
+_USER_ADD_FIELDS = {"EMAIL", "NAME", "LAST_NAME", "SECOND_NAME", "PERSONAL_GENDER", "PERSONAL_PROFESSION",
+                    "PERSONAL_WWW", "PERSONAL_BIRTHDAY", "PERSONAL_PHONE", "PERSONAL_MOBILE", "PERSONAL_CITY",
+                    "WORK_PHONE", "WORK_COMPANY", "WORK_POSITION", "WORK_DEPARTMENT", "UF_DEPARTMENT",
+                    "UF_PHONE_INNER", "EXTRANET", "SONET_GROUP_ID"}
+
+
+def _user_fields(p: dict) -> dict:
+    """``user.add`` takes the fields at the top level (``{"EMAIL": …, "UF_DEPARTMENT": [1]}``)."""
+    return {k.upper(): v for k, v in p.items() if k.upper() in _USER_ADD_FIELDS}
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() not in ("", "0", "n", "false", "none")
+
+
+def _user_matches(user: dict, flt: dict) -> bool:
+    for raw_key, value in flt.items():
+        key = str(raw_key)
+        op = next((x for x in ("!@", "!=", ">=", "<=", "!", ">", "<", "@", "%", "=") if key.startswith(x)), "")
+        name = key[len(op):].upper()
+        have = user.get(name)
+        if name == "ACTIVE":
+            if _truthy(value) and not user.get("ACTIVE", True):
+                return False
+            if not _truthy(value) and user.get("ACTIVE", True):
+                return False
+            continue
+        wanted = [str(v).lower() for v in _as_list(value)]
+        if name == "UF_DEPARTMENT":
+            values = [str(x) for x in (have or [])]
+            if (op in ("!", "!=", "!@")) == any(v in values for v in wanted):
+                return False
+            continue
+        text = "" if have is None else str(have).lower()
+        if op == "%":
+            ok = any(w.strip("%") in text for w in wanted)
+        elif op in (">", ">=", "<", "<="):
+            ok = _compare(int(have) if name == "ID" else text, op,
+                          {int(w) if name == "ID" else w for w in wanted})
+        elif name == "NAME" and any("%" in w for w in wanted):  # "Iva%": a LIKE pattern
+            ok = any(re.fullmatch(re.escape(w).replace("%", ".*"), text) for w in wanted)
+        else:
+            ok = text in wanted
+        if ok == (op in ("!", "!=", "!@")):
+            return False
+    return True
+
+
+def _compare(have, op: str, wanted: set) -> bool:
+    """One filter condition; ``wanted`` holds one value, or several (IN) for ``=``/``!``."""
+    if op in ("", "="):
+        return have in wanted
+    if op in ("!", "!="):
+        return have not in wanted
+    if have is None:
+        return False
+    target = next(iter(wanted))
+    return {">": have > target, ">=": have >= target, "<": have < target, "<=": have <= target}[op]
+
+
+@dataclass(frozen=True)
+class _OutboundWebhook:
+    handler_id: int
+    handler_url: str
+    events: frozenset
+    application_token: str
+
+
+class _EventQueue:
+    """Delivers events as the vendor's queue server does: asynchronously, one POST each
+    (form-encoded, a few seconds' timeout), no retries; a full queue drops the event."""
+
+    def __init__(self, maxsize: int = 1000, timeout: tuple[float, float] = (2.0, 5.0)) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.sent = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping.clear()
+                self._thread = threading.Thread(target=self._run, name="sandbox-portal-events", daemon=True)
+                self._thread.start()
+
+    def put(self, url: str, form: list[tuple[str, str | None]]) -> None:
+        try:
+            self._queue.put_nowait((url, form))
+        except queue.Full:
+            with self._lock:
+                self.failed += 1
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass  # the worker sees _stopping after its current POST
+        thread.join(timeout)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    item = self._queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                url, form = item
+                # ts: the time the event leaves the queue, as the docs define it
+                body = [(k, str(int(time.time())) if k == "ts" else v) for k, v in form]
+                try:
+                    resp = session.post(url, data=body, timeout=self._timeout, allow_redirects=False)
+                    ok = 200 <= resp.status_code < 300
+                except requests.RequestException:
+                    ok = False
+                with self._lock:
+                    if ok:
+                        self.sent += 1
+                    else:
+                        self.failed += 1
+                if not ok:
+                    log.info("outgoing webhook event %s to a local handler failed", dict(form).get("event"))
+        finally:
+            session.close()
+            dropped = 0
+            while True:  # what was still queued is lost, as on a portal whose queue stops
+                try:
+                    if self._queue.get_nowait() is not None:
+                        dropped += 1
+                except queue.Empty:
+                    break
+            with self._lock:
+                self.failed += dropped
 
 
 def _resolve(results: dict, m: re.Match) -> str:
@@ -435,6 +859,8 @@ class _Handler(BaseHTTPRequestHandler):
                     body = orjson.loads(raw) if raw.strip() else {}
                 except orjson.JSONDecodeError:
                     raise ApiError("INVALID_REQUEST", "Invalid JSON") from None
+                if isinstance(body, list):  # PHP decodes a JSON array to keys 0, 1, … (positional params)
+                    body = {str(i): v for i, v in enumerate(body)}
                 if isinstance(body, dict):
                     params.update(body)
             else:
@@ -443,8 +869,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         portal = self.server.portal
-        m = _PATH_RE.match(urlsplit(self.path).path)
-        if not m:
+        path = urlsplit(self.path).path
+        m = _PATH_RE.match(path)
+        app = None if m else _APP_PATH_RE.match(path)
+        if not m and not app:
             self._send(404, {"error": "ERROR_METHOD_NOT_FOUND", "error_description": "Method not found!"})
             return
         try:
@@ -452,7 +880,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             self._send(400, {"error": e.code, "error_description": e.description})
             return
-        status, body, post_fault = portal.handle(m.group(1), m.group(2), m.group(3), params)
+        if m:
+            status, body, post_fault = portal.handle(m.group(1), m.group(2), m.group(3), params)
+        else:
+            status, body, post_fault = portal.handle(None, None, app.group(1), params)
         if post_fault == "DROP_AFTER_WRITE":
             self.close_connection = True
             try:
@@ -510,6 +941,7 @@ class PortalServer:
         self._server = _Server((self.host, self.port), _Handler)
         self._server.portal = self.portal
         self.port = self._server.server_address[1]
+        self.portal.domain = f"{self.host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"sandbox-portal-{self.port}", daemon=True)
         self._thread.start()
@@ -525,6 +957,12 @@ class PortalServer:
         return f"{self.base_url}/rest/{self.portal.user_id}/{self.portal.code}/"
 
     @property
+    def app_endpoint(self) -> str:
+        """``http://127.0.0.1:PORT/rest/``: a local application's calls go to ``{this}{method}.json``
+        with ``auth`` = ``portal.app_token`` (the only way to the app-only methods)."""
+        return f"{self.base_url}/rest/"
+
+    @property
     def store(self) -> CrmStore:
         return self.portal.store
 
@@ -533,6 +971,7 @@ class PortalServer:
         return self.portal.faults
 
     def close(self) -> None:
+        self.portal.close_events()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

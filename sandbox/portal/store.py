@@ -1,4 +1,5 @@
-"""In-memory CRM store of the sandbox portal: leads, deals, contacts, companies and users.
+"""In-memory CRM store of the sandbox portal: leads, deals, contacts, companies, users, tasks with
+their comments, and telephony external lines.
 
 Records are kept in the classic ``crm.<entity>.*`` shape (UPPER_CASE fields, IDs as strings on the
 wire) with their dates as aware datetimes; :func:`render` turns one into what the REST API returns.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import re
 import threading
 from typing import Any, Iterable
 
@@ -68,6 +70,9 @@ def parse_date(value: Any) -> dt.datetime:
     return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
 class StoreError(Exception):
     """A request the portal would refuse (wire error code + description)."""
 
@@ -86,6 +91,15 @@ class CrmStore:
         self.ids: dict[str, list[int]] = {e: [] for e in ENTITIES}
         self.next_id: dict[str, int] = {e: 1 for e in ENTITIES}
         self.users: dict[int, dict] = {}
+        # telephony.externalLine.*: NUMBER → {"ID", "NUMBER", "NAME", "CRM_AUTO_CREATE"}; a fresh box has none
+        self.external_lines: dict[str, dict] = {}
+        self.sip_lines: dict[str, dict] = {}  # the telephony module's SIP PBX connections, "sip<N>" → line
+        self.next_line_id = 1
+        # tasks.task.* / task.commentitem.*: ID → task; each task's "comments" is a list of comment dicts
+        # {"ID", "AUTHOR_ID", "POST_DATE", "POST_MESSAGE"} (IDs come from one portal-wide sequence)
+        self.tasks: dict[int, dict] = {}
+        self.next_task_id = 1
+        self.next_comment_id = 1
         self.multi_seq = 1
         self.newest: dict[str, dt.datetime | None] = {e: None for e in ENTITIES}  # max DATE_CREATE ever
         self.rows_listed = 0  # rows returned by list calls: benchmarks measure any client with it
@@ -183,6 +197,106 @@ class CrmStore:
 
     def get(self, entity: str, record_id: int) -> dict | None:
         return self.tables[entity].get(int(record_id))
+
+    # --- users, tasks, telephony --------------------------------------------------------------
+    def add_user(self, fields: dict) -> int:
+        """Invite a user (``user.add``); returns the new ID. The e-mail must be valid and unused
+        (compared case-insensitively, as the portal's database collation does)."""
+        email = str(fields.get("EMAIL") or "").strip()
+        if not _EMAIL_RE.match(email):
+            raise StoreError("ERROR_ARGUMENT", "wrong_email")
+        with self.lock:
+            if any(str(u.get("EMAIL") or "").lower() == email.lower() for u in self.users.values()):
+                raise StoreError("ERROR_ARGUMENT", "Пользователь с таким email уже существует")
+            user_id = max(self.users, default=0) + 1
+            user = {k: v for k, v in fields.items() if k not in ("ID", "ACTIVE")}
+            departments = fields.get("UF_DEPARTMENT")
+            if departments is not None and not isinstance(departments, list):
+                departments = list(departments.values()) if isinstance(departments, dict) else [departments]
+            user.update({"ID": str(user_id), "ACTIVE": True, "EMAIL": email,
+                         "NAME": str(fields.get("NAME") or ""), "LAST_NAME": str(fields.get("LAST_NAME") or ""),
+                         "UF_DEPARTMENT": [int(d) for d in departments or []],
+                         "USER_TYPE": "extranet" if str(fields.get("EXTRANET", "")).upper() == "Y" else "employee"})
+            self.users[user_id] = user
+        return user_id
+
+    def add_task(self, title: str, created: dt.datetime, created_by: int,
+                 comments: Iterable[tuple] = (), task_id: int | None = None, *,
+                 responsible_id: int | None = None) -> int:
+        """Add a task with its comments; returns its ID. Each comment is ``(author_id, post_date,
+        text)`` or, to keep IDs when seeding a restored backup, ``(comment_id, author_id, post_date,
+        text)``."""
+        created = parse_date(created)
+        with self.lock:
+            if task_id is None:
+                task_id = self.next_task_id
+            if task_id in self.tasks:
+                raise StoreError("ERROR_CORE", f"task {task_id} exists")
+            self.next_task_id = max(self.next_task_id, task_id + 1)
+            self.tasks[task_id] = {"ID": task_id, "TITLE": str(title), "CREATED_BY": int(created_by),
+                                   "RESPONSIBLE_ID": int(responsible_id or created_by), "CREATED_DATE": created,
+                                   "CHANGED_DATE": created, "STATUS": 2, "comments": []}
+            for c in comments:
+                if len(c) == 4:
+                    self.add_comment(task_id, c[1], c[2], c[3], comment_id=c[0])
+                else:
+                    self.add_comment(task_id, *c)
+        return task_id
+
+    def add_comment(self, task_id: int, author_id: int, post_date: dt.datetime, text: str, *,
+                    comment_id: int | None = None) -> int:
+        """Add a comment to a task; returns the comment's ID."""
+        post_date = parse_date(post_date)
+        with self.lock:
+            task = self.tasks.get(int(task_id))
+            if task is None:
+                raise StoreError("NOT_FOUND", f"task {task_id} not found")
+            if comment_id is None:
+                comment_id = self.next_comment_id
+            self.next_comment_id = max(self.next_comment_id, comment_id + 1)
+            task["comments"].append({"ID": int(comment_id), "AUTHOR_ID": int(author_id), "POST_DATE": post_date,
+                                     "POST_MESSAGE": str(text)})
+            task["CHANGED_DATE"] = max(task["CHANGED_DATE"], post_date)
+        return comment_id
+
+    def delete_comment(self, task_id: int, comment_id: int) -> None:
+        """Remove one comment (tests inject "the box shows fewer comments" with it)."""
+        with self.lock:
+            task = self.tasks.get(int(task_id))
+            kept = [c for c in (task or {}).get("comments", []) if c["ID"] != int(comment_id)]
+            if task is None or len(kept) == len(task["comments"]):
+                raise StoreError("NOT_FOUND", f"comment {comment_id} of task {task_id} not found")
+            task["comments"] = kept
+
+    def add_sip_line(self, title: str, server: str = "127.0.0.1") -> str:
+        """Connect a SIP PBX (what the admin does in Telephony → Connect → Office PBX); returns the
+        line's id as ``voximplant.line.get`` lists it (``sip<N>``)."""
+        with self.lock:
+            line_id = f"sip{len(self.sip_lines) + 1}"
+            self.sip_lines[line_id] = {"TITLE": str(title), "SERVER": str(server)}
+        return line_id
+
+    def add_external_line(self, number: str, name: str = "", crm_auto_create: str = "Y") -> int:
+        """Add a telephony external line; returns its ID (``telephony.externalLine.add``)."""
+        number = str(number or "").strip()
+        if not number:
+            raise StoreError("ERROR_CORE", "NUMBER should not be empty")
+        with self.lock:
+            if number in self.external_lines:
+                raise StoreError("ERROR_CORE", "Line already exists")
+            line_id = self.next_line_id
+            self.next_line_id += 1
+            self.external_lines[number] = {"ID": line_id, "NUMBER": number, "NAME": str(name or ""),
+                                           "CRM_AUTO_CREATE": "N" if str(crm_auto_create).upper() == "N" else "Y"}
+        return line_id
+
+    def delete_external_line(self, number: str) -> None:
+        number = str(number or "").strip()
+        if not number:
+            raise StoreError("ERROR_CORE", "NUMBER should not be empty")
+        with self.lock:
+            if self.external_lines.pop(number, None) is None:
+                raise StoreError("ERROR_CORE", f"Could not find line with number {number}")
 
     # --- reading ------------------------------------------------------------------------------
     def render(self, entity: str, rec: dict, select: Iterable[str] | None) -> dict:

@@ -151,6 +151,10 @@ def test_every_kind_renders_in_every_shipped_language(journal, run_id, language)
         "completed": {"started_at": T0, "ended_at": T0 + dt.timedelta(minutes=25), "open_issues": []},
         "summary": {**summary_values(journal, run_id, corrective_actions=["reset passwords before the cutover"]),
                     "window_start": T0, "window_end": T0 + dt.timedelta(minutes=25)},
+        "stragglers": {"since": T0, "stragglers": [{"name": "Ivan Petrov", "email": "ivan@corp.example", "records": 3,
+                                                    "last_at": "2026-03-20T19:30:00+00:00"}]},
+        "sync-alert": {"headline": "lead 7 quarantined", "detail": "changed 6 times", "action": "not synced",
+                       "fix": "stop the loop"},
     }
     for kind in KINDS:
         notice = notifier.render(kind, **values[kind])

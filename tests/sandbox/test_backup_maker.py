@@ -8,7 +8,7 @@ import struct
 import tarfile
 
 from connectors.bitrix24.backup_format import check_part_count, check_part_names, parse_header
-from sandbox.backup_maker import make_backup
+from sandbox.backup_maker import SANDBOX_REST_APPS, dump_statements, make_backup
 
 
 def test_vendor_layout(tmp_path):
@@ -42,3 +42,20 @@ def test_deterministic(tmp_path):
     c = make_backup(tmp_path / "c", total_bytes=600_000, part_size=256 * 1024, seed=6)
     assert a.manifest() == b.manifest() and a.tar_sha256 == b.tar_sha256
     assert a.tar_sha256 != c.tar_sha256
+
+
+def test_dump_has_installed_apps_and_an_empty_search_index(tmp_path):
+    made = make_backup(tmp_path, total_bytes=600_000, part_size=256 * 1024, seed=5)
+    whole = b"".join(p.path.read_bytes() for p in made.parts)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(whole))) as tar:
+        dump = tar.extractfile(f"bitrix/backup/{made.base.removesuffix('.tar.gz')}.sql").read().decode()
+    lines = dump.splitlines()
+    assert any(line.startswith("CREATE TABLE `b_rest_app`") for line in lines)
+    apps = next(line for line in lines if line.startswith("INSERT INTO `b_rest_app`"))
+    for code, app_name in SANDBOX_REST_APPS.items():
+        assert f"'{code}','Y','Y'" in apps and f"'{app_name}')" in apps
+    # the vendor dumps the search index empty: its table is created, never filled
+    assert any(line.startswith("CREATE TABLE `b_search_content`") for line in lines)
+    assert not any(line.startswith("INSERT INTO `b_search_content`") for line in lines)
+    # the statements a test loads without a restore are the dump's own
+    assert dump_statements(size=max(4096, 600_000 // 5), seed=5) == [s for s in lines if s and not s.startswith("--")]

@@ -23,6 +23,7 @@ from flows.actions.box_host import (check_box, post_restore_fixes, preflight_hos
                                     verify_host_deployed)
 from flows.actions.transfer import download_backup
 from journal.store import Journal
+from sandbox.backup_maker import SANDBOX_REST_APPS, dump_statements
 from sandbox.backup_server import start_backup_sandbox
 
 pytestmark = [pytest.mark.mariadb]
@@ -88,6 +89,14 @@ def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
     assert {f["name"]: f["status"] for f in again.evidence["fixes"]} == {
         "portal domain": "ok", "push & pull server": "ok", "search index": "ok", "password resets": "found"}
     assert again.counters["fixed"] == 0
+    assert restored.evidence["tables"]["b_rest_app"] == 3
+
+    # the box admin runs Settings → Search → Reindex: the index is filled, the queued marker gone
+    leads = box.sql("SELECT COUNT(*) FROM b_crm_lead")[0][0]
+    assert box.reindex_search() == leads > 0
+    after_reindex = {f["name"]: f for f in post_restore_fixes(ctx("2.4")).evidence["fixes"]}
+    assert after_reindex["search index"]["status"] == "ok"
+    assert after_reindex["search index"]["before"] == f"{leads} indexed item(s)"
 
     from tests.connectors.box_host.conftest import mariadb_connect
 
@@ -107,3 +116,54 @@ def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
     dump = "\n".join(sqlite3.connect(tmp_path / "journal.db").iterdump())
     for text in (dump, caplog.text, repr(restored), repr(fixed)):
         assert box.db_password not in text
+
+
+def _load_dump(box) -> None:
+    """The portal's tables as the restore leaves them, loaded through the admin connection."""
+    for statement in dump_statements():
+        box.sql(statement)
+
+
+def test_sql_injects_faults(box):
+    _load_dump(box)
+    push = "SELECT VALUE FROM b_option WHERE MODULE_ID='pull' AND NAME='push'"
+    assert box.sql("UPDATE b_option SET VALUE='Y' WHERE MODULE_ID='pull' AND NAME='push'") == []
+    assert box.sql(push) == [("Y",)]
+    box.sql("UPDATE b_option SET VALUE='N' WHERE MODULE_ID='pull' AND NAME='push'")
+    assert box.sql(push) == [("N",)]
+    apps = "SELECT CODE, APP_NAME FROM b_rest_app WHERE ACTIVE='Y' AND INSTALLED='Y' ORDER BY ID"
+    assert dict(box.sql(apps)) == SANDBOX_REST_APPS
+    box.sql("UPDATE b_rest_app SET ACTIVE='N' WHERE CODE='c2b.whatsapp_channel'")
+    assert [code for code, _ in box.sql(apps)] == ["c2b.telephony_connector", "c2b.doc_generator"]
+    # statements run in the box's database, not the server's default
+    assert box.sql("SELECT DATABASE()") == [(box.database,)]
+
+
+def test_reindex_search_fills_the_index_from_the_leads(box):
+    with pytest.raises(RuntimeError, match="restore the backup first"):
+        box.reindex_search()
+    _load_dump(box)
+    assert box.sql("SELECT COUNT(*) FROM b_search_content") == [(0,)]  # dumped empty
+    box.sql("INSERT INTO b_option (MODULE_ID, NAME, VALUE) VALUES ('search', 'c2b_reindex_queued', 'Y')")
+    leads = box.sql("SELECT ID, TITLE FROM b_crm_lead ORDER BY ID")
+    assert box.reindex_search() == len(leads) > 0
+    indexed = box.sql("SELECT MODULE_ID, ITEM_ID, TITLE FROM b_search_content ORDER BY ID")
+    assert indexed == [("crm", f"L{lead_id}", title) for lead_id, title in leads]
+    assert box.sql("SELECT COUNT(*) FROM b_option WHERE MODULE_ID='search' AND NAME='c2b_reindex_queued'") == [(0,)]
+    assert box.sql("SELECT VALUE FROM b_option WHERE MODULE_ID='search' AND NAME='use_stemming'") == [("Y",)]
+    # a second reindex rebuilds, it does not pile up
+    box.sql("DELETE FROM b_crm_lead WHERE ID = 1")
+    assert box.reindex_search() == len(leads) - 1
+    assert box.sql("SELECT COUNT(*) FROM b_search_content") == [(len(leads) - 1,)]
+
+
+def test_closed_box_refuses_sql(tmp_path):
+    from sandbox.box_host import start_box_host
+
+    try:
+        box = start_box_host(tmp_path / "box")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    box.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        box.sql("SELECT 1")

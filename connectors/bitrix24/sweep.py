@@ -1,0 +1,190 @@
+"""Straggler sweeps (phase 3): move what people still create or change in the cloud into the box,
+with the loop guards seed 000 asks for.
+
+One :func:`run_sweep` lists the cloud's records changed since the last sweep (minus an overlap)
+and created above the highest cloud ID seen, imports them with the idempotent importer of step
+2.11, and lists who is still working in the cloud. Its loop guards:
+
+1. echoes of our own writes (``ORIGINATOR_ID = cloud2box`` in the cloud) are never exported
+   (:mod:`.delta`);
+2. a record the importer finds equal on the box is not written (no write → no outbound event on
+   the box → nothing to echo);
+3. a record that changed more than ``quarantine_changes`` times within ``quarantine_window_s`` is
+   quarantined: not synced again until a person releases it, and the caller alerts;
+4. every request spends from a :class:`~.budget.RequestBudget` (per sweep, per day); when it is
+   spent the sweep stops where it is and says so, the migration goes on.
+
+The change history and the quarantine list are kept by the caller (the journal, in the flows):
+this module gets them through :class:`SweepHistory` and returns what it saw.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from connectors.errors import BudgetExhausted
+
+from .delta import DeltaExport, export_delta
+from .importer import import_delta
+from .model import ENTITIES, parse_date
+from .rest import Bitrix24Client
+
+log = logging.getLogger("cloud2box.sweep")
+
+
+class SweepHistory(Protocol):
+    """What earlier sweeps saw: the modification times observed per record, and the quarantine."""
+
+    def observed(self, since: dt.datetime) -> dict[tuple[str, str], set[str]]:
+        """(entity, cloud ID) → the distinct DATE_MODIFY values seen at or after ``since``."""
+
+    def quarantined(self) -> dict[str, set[str]]:
+        """entity → cloud IDs in quarantine (not synced until released)."""
+
+
+@dataclass
+class SweepPolicy:
+    quarantine_changes: int = 5  # K: more changes than this within the window → quarantine
+    quarantine_window_s: float = 3600.0  # M
+    overlap_s: float = 120.0  # re-list this much before the last sweep: clocks and commits lag
+    fallback_user_id: int = 1
+    use_batch_import: bool = True
+
+
+@dataclass
+class SweepOutcome:
+    started_at: dt.datetime
+    since: dt.datetime
+    seconds: float = 0.0
+    requests: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    echoes_skipped: int = 0
+    observed: dict[str, dict[str, str]] = field(default_factory=dict)  # entity → cloud ID → DATE_MODIFY
+    newly_quarantined: list[dict] = field(default_factory=list)  # {entity, cloud_id, changes, title}
+    held_back: list[dict] = field(default_factory=list)  # already quarantined, changed again, not synced
+    stragglers: list[dict] = field(default_factory=list)  # {user_id, name, email, records, last_at}
+    high_water: dict[str, int] = field(default_factory=dict)  # entity → highest cloud ID seen
+    failures: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the sweep stopped early (budget), None when it finished
+
+    @property
+    def moved(self) -> int:
+        return self.created + self.updated
+
+    def summary(self) -> str:
+        text = (f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged on the box; "
+                f"{self.echoes_skipped} echo(es) of our writes skipped; {len(self.stragglers)} user(s) still in "
+                f"the cloud; {self.requests} request(s)")
+        if self.newly_quarantined:
+            text += f"; {len(self.newly_quarantined)} record(s) QUARANTINED"
+        if self.stopped:
+            text += f"; STOPPED: {self.stopped}"
+        return text
+
+    def as_data(self) -> dict:
+        return {"started_at": self.started_at.isoformat(), "since": self.since.isoformat(), "seconds": round(self.seconds, 3), "requests": self.requests,
+                "created": self.created, "updated": self.updated, "unchanged": self.unchanged,
+                "echoes_skipped": self.echoes_skipped, "observed": self.observed,
+                "quarantined": self.newly_quarantined, "held_back": self.held_back, "stragglers": self.stragglers,
+                "high_water": self.high_water, "failures": self.failures[:50], "stopped": self.stopped}
+
+
+def _user_names(cloud: Bitrix24Client, ids: set[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for uid in sorted(ids, key=lambda x: int(x) if x.isdigit() else 0)[:50]:  # a bound: the list is for people
+        body = cloud.call("user.get", {"filter": {"ID": uid}})
+        for u in body.get("result") or []:
+            out[str(u["ID"])] = {"name": f"{u.get('NAME', '')} {u.get('LAST_NAME', '')}".strip(),
+                                 "email": u.get("EMAIL", "")}
+    return out
+
+
+def stragglers_of(cloud: Bitrix24Client, delta: DeltaExport, *, since: dt.datetime,
+                  integration_user_ids: set[str] = frozenset()) -> list[dict]:
+    """Who created or changed records in the cloud after ``since`` (by creator / last modifier,
+    else the responsible user), most active first. Our own integration users are left out."""
+    per_user: dict[str, dict] = {}
+    for entity, d in delta.entities.items():
+        for rid, row in d.rows.items():
+            changed = parse_date(row.get("DATE_MODIFY")) or parse_date(row.get("DATE_CREATE"))
+            if changed is None or changed <= since:
+                continue
+            who = str(row.get("MODIFY_BY_ID") or row.get("CREATED_BY_ID") or row.get("ASSIGNED_BY_ID") or "")
+            if not who or who == "0" or who in integration_user_ids:
+                continue
+            entry = per_user.setdefault(who, {"user_id": who, "records": 0, "last_at": changed, "examples": []})
+            entry["records"] += 1
+            entry["last_at"] = max(entry["last_at"], changed)
+            if len(entry["examples"]) < 3:
+                entry["examples"].append(f"{entity} {rid}")
+    if not per_user:
+        return []
+    names = _user_names(cloud, set(per_user))
+    out = []
+    for uid, entry in per_user.items():
+        out.append({**entry, **names.get(uid, {"name": f"user {uid}", "email": ""}),
+                    "last_at": entry["last_at"].isoformat()})
+    return sorted(out, key=lambda e: (-e["records"], e["user_id"]))
+
+
+def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepHistory, *,
+              since: dt.datetime, backup_max_ids: dict[str, int], after_ids: dict[str, int],
+              user_map: dict[str, str], policy: SweepPolicy, entities=ENTITIES,
+              now: dt.datetime | None = None, integration_user_ids: set[str] = frozenset()) -> SweepOutcome:
+    """One sweep (see the module doc). Never raises ``BudgetExhausted``: a spent budget ends the
+    sweep with ``stopped`` set, keeping what was already imported."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    t0 = time.monotonic()
+    req0 = cloud.requests + box.requests
+    listed_since = since - dt.timedelta(seconds=policy.overlap_s)
+    out = SweepOutcome(started_at=now, since=listed_since)
+    try:
+        delta = export_delta(cloud, box, listed_since, entities=list(entities), detect_deleted=False,
+                             max_ids=backup_max_ids, after_ids=after_ids)
+        out.echoes_skipped = sum(len(d.echoes) for d in delta.entities.values())
+        _guard(delta, history, policy, now, out)
+        out.stragglers = stragglers_of(cloud, delta, since=listed_since, integration_user_ids=integration_user_ids)
+        report = import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=policy.fallback_user_id,
+                              use_batch_import=policy.use_batch_import)
+        out.created = sum(e.created for e in report.entities.values())
+        out.updated = sum(e.updated for e in report.entities.values())
+        out.unchanged = sum(e.unchanged for e in report.entities.values())
+        out.failures = report.failures
+    except BudgetExhausted as exc:
+        out.stopped = exc.message
+        log.warning("sweep stopped: %s", exc.message)
+    out.seconds = time.monotonic() - t0
+    out.requests = cloud.requests + box.requests - req0
+    return out
+
+
+def _guard(delta: DeltaExport, history: SweepHistory, policy: SweepPolicy, now: dt.datetime,
+           out: SweepOutcome) -> None:
+    """Record what changed, quarantine records that bounce, drop quarantined ones from the delta."""
+    seen = history.observed(now - dt.timedelta(seconds=policy.quarantine_window_s))
+    quarantined = history.quarantined()
+    for entity, d in delta.entities.items():
+        out.observed[entity] = {}
+        for rid in list(d.rows):
+            row = d.rows[rid]
+            modified = str(row.get("DATE_MODIFY") or row.get("DATE_CREATE") or "")
+            out.observed[entity][rid] = modified
+            out.high_water[entity] = max(out.high_water.get(entity, 0), int(rid))
+            if rid in quarantined.get(entity, set()):
+                out.held_back.append({"entity": entity, "cloud_id": rid, "modified": modified})
+                del d.rows[rid]
+                d.kind.pop(rid, None)
+                continue
+            changes = len(seen.get((entity, rid), set()) | {modified})
+            if changes > policy.quarantine_changes:
+                out.newly_quarantined.append({"entity": entity, "cloud_id": rid, "changes": changes,
+                                              "window_s": policy.quarantine_window_s,
+                                              "title": str(row.get("TITLE") or row.get("NAME") or "")[:100]})
+                del d.rows[rid]
+                d.kind.pop(rid, None)

@@ -1,0 +1,184 @@
+"""Straggler sweeps while a step's pause is open (runbook ``sweep = true``: step 3.1).
+
+A :class:`StragglerSweeper` thread runs :func:`connectors.bitrix24.sweep.run_sweep` every
+``[sweeps] interval_minutes`` (or at once when :meth:`trigger` is called), journals each sweep,
+alerts the contractor when the loop guard quarantines a record or a request budget is spent, and
+tells the people who still work in the cloud. When the step is confirmed the flow stops it, and
+one last sweep moves what was created up to that moment. A sweep's failure is journaled and
+alerted; it never stops the migration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+
+from connectors.bitrix24.budget import RequestBudget
+from connectors.bitrix24.configuration import SweepSection
+from connectors.bitrix24.delta import backup_max_id
+from connectors.bitrix24.importer import map_users
+from connectors.bitrix24.sweep import SweepOutcome, SweepPolicy, run_sweep
+from connectors.errors import BudgetExhausted, MigrationError
+from connectors.secrets import redact
+from journal.configuration import resolve_notice_urls
+from journal.idmap import IdMap
+from journal.models import utcnow
+from journal.notices import Notifier
+from journal.sweeps import (SWEEP_ALERT, JournalSweepHistory, record_sweep, requests_today, sweeps)
+
+from .actions import ActionContext
+from .actions.crm_delta import crm_clients, crm_section, cutoff_of
+
+log = logging.getLogger("cloud2box.sweeps")
+
+
+def alert_notifier(ctx: ActionContext, section: SweepSection) -> Notifier:
+    """The contractor's channel for sync alerts (``[sweeps] alert_urls``); a rehearsal writes files."""
+    notices = ctx.config.notices
+    dry = notices.dry_run or ctx.mode == "rehearsal" or not section.alert_urls
+    notices = notices.model_copy(update={"dry_run": dry, "language": "en"})
+    out_dir = Path(ctx.config.journal.out_dir) / "alerts" / ctx.run_id
+    urls = resolve_notice_urls(notices.model_copy(update={"urls": section.alert_urls}), ctx.secrets,
+                               ctx.config.source)
+    m = ctx.config.migration
+    return Notifier(ctx.journal, ctx.run_id, notices, urls, out_dir=out_dir,
+                    context={"name": m.name, "portal": m.portal, "box_portal": m.box_portal, "contact": m.contact,
+                             "timezone": m.timezone})
+
+
+class StragglerSweeper:
+    """Sweeps for one run and step, in a thread (see the module doc)."""
+
+    def __init__(self, ctx: ActionContext, section: SweepSection, *, users_notifier: Notifier | None = None,
+                 alerts: Notifier | None = None, clock=utcnow) -> None:
+        self.ctx, self.section, self.clock = ctx, section, clock
+        self.users_notifier = users_notifier
+        self.alerts = alerts or alert_notifier(ctx, section)
+        crm = crm_section(ctx)
+        self.cutoff = cutoff_of(ctx, crm)
+        self.cloud, self.box = crm_clients(ctx, crm)
+        self.idmap = IdMap(ctx.journal, crm.migration_key or ctx.run_id, run_id=ctx.run_id)
+        self.policy = SweepPolicy(quarantine_changes=section.quarantine_changes,
+                                  quarantine_window_s=section.quarantine_window_minutes * 60,
+                                  overlap_s=section.overlap_seconds, fallback_user_id=crm.fallback_user_id,
+                                  use_batch_import=crm.use_batch_import)
+        self.entities = list(crm.entities)
+        self.history = JournalSweepHistory(ctx.journal, ctx.run_id)
+        self.backup_max_ids: dict[str, int] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one sweep at a time (the thread, the final sweep)
+        self._thread = threading.Thread(target=self._loop, name=f"sweeps-{ctx.run_id}", daemon=True)
+
+    # -- control ---------------------------------------------------------------------------------
+    def start(self) -> "StragglerSweeper":
+        self._thread.start()
+        return self
+
+    def trigger(self) -> None:
+        """Sweep now (e.g. the cloud sent an event), not at the next interval."""
+        self._wake.set()
+
+    def stop(self, *, final_sweep: bool = True) -> SweepOutcome | None:
+        """Stop the thread; then one last sweep (what was created up to now moves too)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=self.cloud.timeout * 4 + 30)
+        return self.sweep_once() if final_sweep else None
+
+    def _loop(self) -> None:
+        for _ in range(self.section.max_sweeps):
+            if self._stop.is_set():
+                return
+            self.sweep_once()
+            self._wake.wait(self.section.interval_minutes * 60)
+            self._wake.clear()
+        self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweeps stopped after {self.section.max_sweeps} "
+                                   "sweeps ([sweeps] max_sweeps)", step_id=self.ctx.step_id)
+
+    # -- one sweep -------------------------------------------------------------------------------
+    def _since(self) -> dt.datetime:
+        """The start of the last sweep; before the first one, the start of the delta transfer."""
+        done = sweeps(self.ctx.journal, self.ctx.run_id)
+        if done:
+            return dt.datetime.fromisoformat(done[-1].data["started_at"])
+        moved = [e for e in self.ctx.journal.steps(self.ctx.run_id)
+                 if e.action == "transfer_crm_delta" and e.outcome == "done" and e.actual_start]
+        if moved:
+            start = moved[-1].actual_start
+            return start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+        return self.cutoff
+
+    def _after_ids(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in sweeps(self.ctx.journal, self.ctx.run_id):
+            for entity, high in (e.data.get("high_water") or {}).items():
+                out[entity] = max(out.get(entity, 0), int(high))
+        return out
+
+    def sweep_once(self) -> SweepOutcome | None:
+        """Run, journal and announce one sweep; errors are journaled and alerted, never raised."""
+        with self._lock:
+            number = len(sweeps(self.ctx.journal, self.ctx.run_id)) + 1
+            now = self.clock()
+            budget = RequestBudget(per_sweep=self.section.requests_per_sweep, per_day=self.section.requests_per_day,
+                                   used_today=requests_today(self.ctx.journal, self.ctx.run_id, now))
+            self.cloud.budget = self.box.budget = budget
+            since = self._since()
+            req0 = self.cloud.requests + self.box.requests
+            try:
+                if self.backup_max_ids is None:
+                    self.backup_max_ids = {e: backup_max_id(self.box, e, self.cutoff) for e in self.entities}
+                user_map = map_users(self.cloud, self.box)  # again each time: users are invited meanwhile
+                outcome = run_sweep(self.cloud, self.box, self.idmap, self.history, since=since,
+                                    backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(),
+                                    user_map=user_map, policy=self.policy, entities=self.entities, now=now)
+                outcome.requests = self.cloud.requests + self.box.requests - req0
+            except BudgetExhausted as exc:
+                outcome = SweepOutcome(started_at=now, since=since, stopped=exc.message,
+                                       requests=self.cloud.requests + self.box.requests - req0)
+            except MigrationError as exc:
+                self._alert(f"sweep {number} failed", redact(exc.message), "nothing was written by this sweep "
+                            "after the failure; the next sweep tries again", exc.fix or "check the portals")
+                self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweep {number} failed: {exc.message}",
+                                           step_id=self.ctx.step_id)
+                return None
+            finally:
+                self.cloud.budget = self.box.budget = None
+            outcome.started_at = now  # the next sweep lists from here (minus the overlap)
+            record_sweep(self.ctx.journal, self.ctx.run_id, outcome, step_id=self.ctx.step_id, number=number)
+            log.info("sweep %s: %s", number, outcome.summary())
+            self._announce(number, outcome)
+            return outcome
+
+    def _announce(self, number: int, outcome: SweepOutcome) -> None:
+        for q in outcome.newly_quarantined:
+            self._alert(f"{q['entity']} {q['cloud_id']} quarantined",
+                        f"It changed {q['changes']} times within {q['window_s'] / 60:.0f} minutes between sweeps: "
+                        f"something writes it again and again (seed 000: a two-way sync without a loop guard).",
+                        "the record is no longer synced to the box; everything else is",
+                        "find and stop what keeps writing the record in the cloud, then release it: "
+                        f"cloud2box sweep release {q['entity']} {q['cloud_id']} --run {self.ctx.run_id} --config CONFIG --by NAME")
+        if outcome.stopped:
+            self._alert(f"sweep {number} stopped by its request budget", outcome.stopped,
+                        "the sweep stopped; what it had imported stays; the migration goes on",
+                        "if the traffic is legitimate raise [sweeps] requests_per_sweep / requests_per_day, "
+                        "else look for a loop")
+        if outcome.stragglers and self.users_notifier is not None and self.section.notify_stragglers:
+            names = sorted(s["user_id"] for s in outcome.stragglers)
+            told = self.ctx.journal.events(self.ctx.run_id, "stragglers-told")
+            if not told or told[-1].data.get("users") != names:  # tell each new set of people once
+                result = self.users_notifier.send("stragglers", since=outcome.since, stragglers=outcome.stragglers)
+                self.ctx.journal.add_event(self.ctx.run_id, "stragglers-told",
+                                           f"{len(names)} user(s) still in the cloud told to use the box",
+                                           data={"users": names, "delivered": result.delivered},
+                                           step_id=self.ctx.step_id)
+
+    def _alert(self, headline: str, detail: str, action: str, fix: str) -> None:
+        try:
+            self.alerts.send("sync-alert", headline=headline, detail=detail, action=action, fix=fix)
+        except Exception as exc:  # an alert channel hiccup is journaled by the notifier; never stop here
+            log.warning("sync alert not sent: %s", redact(exc))
+

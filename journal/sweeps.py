@@ -1,0 +1,122 @@
+"""The journal's side of the straggler sweeps: each sweep, each quarantine and release, as events.
+
+Everything a sweep saw is a chained ``sweep`` event (what changed, what moved, who still works in
+the cloud, requests spent), so the loop guard's memory is the audit record itself: the change
+history of a record is read back from the sweep events of the last window, the quarantine from
+``quarantine`` / ``quarantine-release`` events, the day's spent requests from the day's sweeps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .models import utcnow
+from .triage import report_issue
+
+SWEEP, QUARANTINE, RELEASE, SWEEP_ALERT = "sweep", "quarantine", "quarantine-release", "sweep-alert"
+
+
+def _aware(d: dt.datetime) -> dt.datetime:
+    return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+
+
+class JournalSweepHistory:
+    """:class:`connectors.bitrix24.sweep.SweepHistory` read from a run's journal events."""
+
+    def __init__(self, journal, run_id: str) -> None:
+        self.journal, self.run_id = journal, run_id
+
+    def observed(self, since: dt.datetime) -> dict[tuple[str, str], set[str]]:
+        out: dict[tuple[str, str], set[str]] = {}
+        for e in self.journal.events(self.run_id, SWEEP):
+            if _aware(e.at) < since:
+                continue
+            for entity, rows in (e.data.get("observed") or {}).items():
+                for rid, modified in rows.items():
+                    out.setdefault((entity, rid), set()).add(modified)
+        return out
+
+    def quarantined(self) -> dict[str, set[str]]:
+        return quarantined(self.journal, self.run_id)
+
+
+def quarantined(journal, run_id: str) -> dict[str, set[str]]:
+    """entity → cloud IDs in quarantine now (quarantined and not released since)."""
+    state: dict[tuple[str, str], bool] = {}
+    events = journal.events(run_id, QUARANTINE) + journal.events(run_id, RELEASE)
+    for e in sorted(events, key=lambda e: (e.at, e.id)):
+        state[(e.data["entity"], str(e.data["cloud_id"]))] = e.kind == QUARANTINE
+    out: dict[str, set[str]] = {}
+    for (entity, rid), on in state.items():
+        if on:
+            out.setdefault(entity, set()).add(rid)
+    return out
+
+
+def requests_today(journal, run_id: str, now: dt.datetime | None = None) -> int:
+    """Requests the run's sweeps spent since midnight UTC (the daily budget's count)."""
+    now = now or utcnow()
+    midnight = _aware(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return sum(int(e.data.get("requests", 0)) for e in journal.events(run_id, SWEEP) if _aware(e.at) >= midnight)
+
+
+def sweeps(journal, run_id: str) -> list:
+    return journal.events(run_id, SWEEP)
+
+
+def record_sweep(journal, run_id: str, outcome, *, step_id: str | None, number: int) -> None:
+    """Journal one sweep; each newly quarantined record gets its own event and an issue."""
+    journal.add_event(run_id, SWEEP, f"sweep {number}: {outcome.summary()}", data={"number": number,
+                                                                                    **outcome.as_data()},
+                      step_id=step_id)
+    for q in outcome.newly_quarantined:
+        text = (f"{q['entity']} {q['cloud_id']} ({q['title'] or 'no title'}) changed {q['changes']} times within "
+                f"{q['window_s'] / 60:.0f} min: quarantined, not synced (a sync loop?)")
+        journal.add_event(run_id, QUARANTINE, text, data=q, step_id=step_id)
+        report_issue(journal, run_id, title=f"sync loop suspected: {text}", reported_by="cloud2box loop guard",
+                     severity="emergency", step_id=step_id, source="check",
+                     detail="Find what writes this record in the cloud again and again (a two-way integration, a "
+                            "robot); stop it, then release the record: cloud2box sweep release")
+    if outcome.stopped:
+        journal.add_event(run_id, SWEEP_ALERT, f"sweep {number} stopped: {outcome.stopped}",
+                          data={"number": number, "stopped": outcome.stopped}, step_id=step_id)
+
+
+def release(journal, run_id: str, entity: str, cloud_id: str, *, by: str) -> None:
+    """Take a record out of quarantine: the next sweep syncs it again."""
+    if str(cloud_id) not in quarantined(journal, run_id).get(entity, set()):
+        raise KeyError(f"{entity} {cloud_id} is not in quarantine in run {run_id}")
+    journal.add_event(run_id, RELEASE, f"{entity} {cloud_id} released from quarantine by {by}",
+                      data={"entity": entity, "cloud_id": str(cloud_id), "by": by})
+
+
+def sweeps_markdown(journal, run_id: str) -> str:
+    """What the sweeps did, for prompts and gates: totals, who still works in the cloud, quarantine."""
+    done = sweeps(journal, run_id)
+    if not done:
+        return ""
+    created = sum(int(e.data.get("created", 0)) for e in done)
+    updated = sum(int(e.data.get("updated", 0)) for e in done)
+    echoes = sum(int(e.data.get("echoes_skipped", 0)) for e in done)
+    requests = sum(int(e.data.get("requests", 0)) for e in done)
+    stopped = sum(1 for e in done if e.data.get("stopped"))
+    people: dict[str, dict] = {}
+    for e in done:
+        for s in e.data.get("stragglers") or []:
+            entry = people.setdefault(s["user_id"], {**s, "records": 0})
+            entry["records"] += int(s.get("records", 0))
+            entry["last_at"] = max(entry["last_at"], s["last_at"])
+    held = quarantined(journal, run_id)
+    lines = [f"**Straggler sweeps:** {len(done)} sweep(s), {created} record(s) created and {updated} updated on the "
+             f"box, {echoes} echo(es) of our own writes skipped, {requests} request(s)"
+             + (f", {stopped} stopped by the request budget" if stopped else "") + "."]
+    if people:
+        lines += ["", "Still working in the cloud (tell them to use the box):", "",
+                  "| user | e-mail | records | last change |", "|---|---|---|---|"]
+        lines += [f"| {p['name']} | {p.get('email', '')} | {p['records']} | {p['last_at']} |"
+                  for p in sorted(people.values(), key=lambda p: -p["records"])]
+    if held:
+        listed = ", ".join(f"{e} {i}" for e, ids in held.items() for i in sorted(ids, key=int))
+        lines += ["", f"> **In quarantine (changed again and again, not synced):** {listed}. Find what keeps "
+                      f"writing them in the cloud, stop it, then release them (`cloud2box sweep release`)."]
+    return "\n".join(lines)

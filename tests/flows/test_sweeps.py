@@ -1,0 +1,188 @@
+"""Straggler sweeps and their loop guard, tested the way seed 000 failed.
+
+The sandbox box sends an outgoing webhook on every CRM change to the customer's website, which
+writes the change back into the cloud (a copy of every new lead, a sync stamp on every update) —
+a two-way sync with no guard of its own. Our sweeps move cloud → box. Without a loop guard each
+sweep would bounce every record once more, for ever; with it, echoes of our writes are skipped,
+a record that keeps changing is quarantined and alerted, and the traffic stops.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from connectors.secrets import register_secret
+from flows.actions import ActionContext
+from flows.config import config_from_dict
+from flows.sweeps import StragglerSweeper
+from journal.store import Journal
+from journal.sweeps import quarantined, release, sweeps
+from journal.triage import issues
+from sandbox.portal import start_pair
+from sandbox.website import start_website
+
+SMALL = dict(companies=4, contacts=8, leads=16, deals=8, users=4, tasks=3)
+
+
+def _context(tmp_path: Path, pair, *, sweeps_cfg: dict) -> ActionContext:
+    raw = {"migration": {"name": "t", "portal": pair.cloud.base_url, "box_portal": pair.box.base_url},
+           "journal": {"url": f"sqlite:///{tmp_path / 'journal.db'}", "out_dir": str(tmp_path / "out")},
+           "crm_delta": {"cutoff": pair.cutoff.isoformat(), "max_attempts": 2, "timeout_s": 10},
+           "sweeps": sweeps_cfg,
+           "notices": {"dry_run": True, "out_dir": str(tmp_path / "notices")},
+           "secrets": {"cloud_webhook": {"env": "X_CLOUD"}, "box_webhook": {"env": "X_BOX"}}}
+    config = config_from_dict(raw, source="test.toml")
+    secrets = {"cloud_webhook": SecretStr(pair.cloud_webhook), "box_webhook": SecretStr(pair.box_webhook)}
+    for s in secrets.values():
+        register_secret(s.get_secret_value())
+    journal = Journal(config.journal.url)
+    run, _ = journal.open_run(name="t", portal=pair.cloud.base_url, mode="cutover", timezone="UTC", config_snapshot={})
+    return ActionContext(config=config, secrets=secrets, journal=journal, run_id=run.id, step_id="3.1",
+                         mode="cutover", work_dir=tmp_path / "work")
+
+
+def _settle(pair, website, timeout: float = 10.0) -> None:
+    """Wait until the box's events and the website's writes have quietened (async both)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        now = (pair.box.portal.events_sent, pair.box.portal.events_failed, website.acted, website.requests,
+               website.errors)
+        if now == last:
+            return
+        last = now
+        time.sleep(0.4)
+
+
+def _origins(store, entity="lead") -> list[str]:
+    return [str(r.get("ORIGIN_ID")) for r in store.tables[entity].values() if r.get("ORIGINATOR_ID") == "cloud2box"]
+
+
+@pytest.fixture
+def two_way(tmp_path):
+    with start_pair(**SMALL) as pair:
+        website = start_website(pair.cloud_webhook, pair.box_webhook, "")
+        website.application_token = pair.box.portal.add_outbound_webhook(
+            website.handler_url, ["ONCRMLEADADD", "ONCRMLEADUPDATE"])
+        with website:
+            yield pair, website
+
+
+def test_the_two_way_storm_is_bounded_and_alerted(tmp_path, two_way):
+    pair, website = two_way
+    ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 3, "quarantine_window_minutes": 60,
+                                              "requests_per_sweep": 200, "requests_per_day": 5000})
+    sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
+    portal_requests0 = pair.cloud.portal.requests + pair.box.portal.requests
+    per_sweep_events = []
+    for _ in range(10):
+        before = website.acted
+        sweeper.sweep_once()
+        _settle(pair, website)
+        per_sweep_events.append(website.acted - before)
+
+    done = sweeps(ctx.journal, ctx.run_id)
+    assert len(done) == 10
+    # the website bounced our updates back for a few rounds, then the loop guard cut every loop:
+    assert per_sweep_events[0] > 0 and per_sweep_events[-3:] == [0, 0, 0], per_sweep_events
+    held = quarantined(ctx.journal, ctx.run_id)
+    assert held.get("lead"), "bouncing leads are quarantined"
+    # seed 000's failure was an unbounded request count: here it is a small, fixed number
+    portal_requests = pair.cloud.portal.requests + pair.box.portal.requests - portal_requests0
+    assert portal_requests + website.requests < 600, (portal_requests, website.requests)
+    assert sum(e.data["requests"] for e in done) <= 10 * 200
+    # ...and every quarantine was alerted: a journal issue and a contractor alert
+    alerts = list((tmp_path / "out" / "alerts" / ctx.run_id).glob("*-sync-alert.md"))
+    assert len(alerts) == sum(len(v) for v in held.values())
+    assert "quarantined" in alerts[0].read_text() and "cloud2box sweep release" in alerts[0].read_text()
+    loop_issues = [i for i in issues(ctx.journal, ctx.run_id) if i.title.startswith("sync loop suspected")]
+    assert len(loop_issues) == len(alerts) and {i.severity for i in loop_issues} == {"emergency"}
+
+    # echoes of our own writes (the website's copies carry ORIGINATOR_ID = cloud2box) never came back
+    echoes = [rid for rid, r in pair.cloud.store.tables["lead"].items() if r.get("ORIGINATOR_ID") == "cloud2box"]
+    assert echoes, "the website copied our new leads back into the cloud"
+    assert not set(map(str, echoes)) & set(_origins(pair.box.store))
+    assert sum(e.data["echoes_skipped"] for e in done) >= len(echoes)
+    # every record moved exactly once: no cloud ID has two box twins
+    origins = _origins(pair.box.store)
+    assert len(origins) == len(set(origins))
+
+
+def test_without_quarantine_the_loop_goes_on_every_sweep(tmp_path, two_way):
+    """The control experiment: with the quarantine out of reach, every sweep bounces again
+    (only the website's own cap or our budgets would stop it)."""
+    pair, website = two_way
+    ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 10_000})
+    sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
+    bounced = []
+    for _ in range(6):
+        before = website.acted
+        sweeper.sweep_once()
+        _settle(pair, website)
+        bounced.append(website.acted - before)
+    assert all(n > 0 for n in bounced[1:]), bounced
+    assert not quarantined(ctx.journal, ctx.run_id)
+
+
+def test_stragglers_are_moved_exactly_once_and_listed(tmp_path):
+    with start_pair(**SMALL) as pair:
+        ctx = _context(tmp_path, pair, sweeps_cfg={"overlap_seconds": 3600})  # every sweep re-lists the last hour
+        users = ctx.config.notices
+        from flows.downtime import notifier_for
+
+        sweeper = StragglerSweeper(ctx, ctx.config.sweeps,
+                                   users_notifier=notifier_for(ctx.config, ctx.secrets, ctx.journal, ctx.run_id,
+                                                               "cutover"))
+        sweeper.sweep_once()  # the delta since the backup (as step 2.11 would have)
+        seller = pair.dataset.users[1]
+        new_ids = [pair.cloud.store.add("lead", {"TITLE": f"straggler {n}", "CREATED_BY_ID": seller["ID"],
+                                                 "MODIFY_BY_ID": seller["ID"], "ASSIGNED_BY_ID": seller["ID"]})
+                   for n in range(3)]
+        for _ in range(3):
+            sweeper.sweep_once()
+        origins = _origins(pair.box.store)
+        for rid in new_ids:
+            assert origins.count(str(rid)) == 1
+        done = sweeps(ctx.journal, ctx.run_id)
+        assert [e.data["created"] for e in done[1:]] == [3, 0, 0]
+        listed = {s["user_id"]: s for s in done[1].data["stragglers"]}
+        assert listed[seller["ID"]]["records"] == 3 and listed[seller["ID"]]["email"] == seller["EMAIL"]
+        told = ctx.journal.events(ctx.run_id, "stragglers-told")
+        assert len(told) >= 1 and seller["ID"] in told[-1].data["users"]
+        assert users.dry_run and list((tmp_path / "notices").glob("*-stragglers.md"))
+
+
+def test_a_spent_budget_stops_the_sweep_and_nothing_is_lost(tmp_path):
+    with start_pair(**SMALL) as pair:
+        ctx = _context(tmp_path, pair, sweeps_cfg={"requests_per_sweep": 10, "requests_per_day": 10_000})
+        sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
+        first = sweeper.sweep_once()
+        assert first.stopped and "request budget (10)" in first.stopped and first.requests <= 10
+        assert ctx.journal.events(ctx.run_id, "sweep-alert")
+        assert list((tmp_path / "out" / "alerts" / ctx.run_id).glob("*-sync-alert.md"))
+        # a bigger budget: the next sweep finishes the work; no record twice
+        sweeper.section = sweeper.section.model_copy(update={"requests_per_sweep": 500})
+        second = sweeper.sweep_once()
+        assert second.stopped is None and second.moved > 0
+        origins = _origins(pair.box.store)
+        assert len(origins) == len(set(origins))
+
+        # the day's budget counts every sweep of the day
+        sweeper.section = sweeper.section.model_copy(update={"requests_per_day": first.requests + second.requests + 3})
+        third = sweeper.sweep_once()
+        assert third.stopped and "daily request budget" in third.stopped
+
+
+def test_quarantine_release(tmp_path):
+    with start_pair(**SMALL) as pair:
+        ctx = _context(tmp_path, pair, sweeps_cfg={})
+        ctx.journal.add_event(ctx.run_id, "quarantine", "q", data={"entity": "lead", "cloud_id": "7"})
+        assert quarantined(ctx.journal, ctx.run_id) == {"lead": {"7"}}
+        release(ctx.journal, ctx.run_id, "lead", "7", by="Alex")
+        assert quarantined(ctx.journal, ctx.run_id) == {}
+        with pytest.raises(KeyError):
+            release(ctx.journal, ctx.run_id, "lead", "7", by="Alex")
