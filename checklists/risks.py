@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from .runbook import Owner
-from .toml_model import load_model
+from .toml_model import load_model, require_unique_ids
 
 Level = Literal["low", "medium", "high"]
 
@@ -39,9 +39,7 @@ class RiskRegister(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> "RiskRegister":
-        ids = [r.id for r in self.risks]
-        if len(ids) != len(set(ids)):
-            raise ValueError(f"duplicate risk ids in {ids}")
+        require_unique_ids([r.id for r in self.risks], "risk")
         return self
 
     @property

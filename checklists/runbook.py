@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.errors import ConfigError
 
-from .toml_model import load_model
+from .toml_model import load_model, require_unique_ids
 
 Owner = Literal["contractor", "customer", "customer-sales"]
 Urgency = Literal["medium", "high", "low"]
@@ -84,9 +84,7 @@ class Runbook(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "Runbook":
         ids = [s.id for s in self.steps]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate step ids {dupes}")
+        require_unique_ids(ids, "step")
         starts = [s.id for s in self.steps if s.downtime == "start"]
         ends = [s.id for s in self.steps if s.downtime == "end"]
         if len(starts) > 1 or len(ends) > 1 or len(starts) != len(ends):

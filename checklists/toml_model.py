@@ -36,3 +36,10 @@ def load_model(path: str | Path, model: type[M], *, missing: str) -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(str(path), validation_problems(exc)) from None
+
+
+def require_unique_ids(ids: list[str], what: str) -> None:
+    """Raise ValueError naming every id used more than once (``what``: "step", "risk", "check")."""
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what} ids {dupes}")

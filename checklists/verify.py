@@ -32,7 +32,7 @@ from connectors.errors import MigrationError
 from connectors.secrets import redact
 
 from .configuration import VERIFY_PATH
-from .toml_model import load_model
+from .toml_model import load_model, require_unique_ids
 
 Severity = Literal["fire", "emergency", "sla"]
 Access = Literal["cloud", "box", "box_db", "https"]
@@ -66,10 +66,7 @@ class CheckList(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> "CheckList":
-        ids = [c.id for c in self.checks]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate check ids {dupes}")
+        require_unique_ids([c.id for c in self.checks], "check")
         unknown = [f"{c.id}: {c.kind}" for c in self.checks if c.kind not in KINDS]
         if unknown:
             raise ValueError(f"unknown check kinds {unknown}; known: {', '.join(sorted(KINDS))}")

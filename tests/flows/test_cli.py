@@ -71,6 +71,20 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
         assert re.search(rf"{mode} run \w+: completed; 21 steps done \(\d+ automated\), 3 gates signed", res.stdout)
     assert "journal intact" in res.stdout and "repaired: " in res.stdout
     assert (out / "report.html").exists() and (out / "forecast-vs-actual.md").exists()
+    # issue 7: verification before 2.8 finds the undone (a fire blocks gate 2 until fixed), 2.9 passes;
+    # sweeps during 3.1 move the straggler's leads; all in the journal and the report
+    journal = Journal(f"sqlite:///{out / 'journal.db'}")
+    for run in journal.runs():
+        checks = {e.step_id: e.data for e in journal.events(run.id, "verification")}
+        assert set(checks) == {"2.8", "2.9", "3.2"}
+        assert all(r["status"] == "passed" for r in checks["2.9"]["results"] + checks["3.2"]["results"])
+        assert any(r["status"] == "failed" for r in checks["2.8"]["results"])
+        sweeps = journal.events(run.id, "sweep")
+        assert len(sweeps) >= 2 and sum(e.data["created"] for e in sweeps) >= 3
+        assert any(e.data["stragglers"] for e in sweeps)
+    report = (out / "report.md").read_text()
+    assert "## Verification before step 2.9" in report and "## Straggler sweeps" in report
+    assert re.search(r"straggler sweeps during 3.1: \d+, \d+ record\(s\) moved", res.stdout)
 
 
 def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(tmp_path):
@@ -136,3 +150,25 @@ def test_sandbox_up_serves_the_vendor_formats_and_writes_a_config_that_loads(tmp
             assert cur.fetchall() == ()
     finally:
         conn.close()
+
+
+def test_sweep_list_and_release(tmp_path):
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    journal = Journal(url)
+    run, _ = journal.open_run(name="acme", portal="https://p", mode="cutover", timezone="UTC", config_snapshot={})
+    journal.add_event(run.id, "sweep", "sweep 1", data={"created": 2, "updated": 1, "echoes_skipped": 4, "requests": 30,
+                                                         "stragglers": [{"user_id": "5", "name": "Ivan Petrov",
+                                                                         "email": "ivan@corp.example", "records": 2,
+                                                                         "last_at": "2026-11-23T10:00:00+00:00"}]})
+    journal.add_event(run.id, "quarantine", "q", data={"entity": "lead", "cloud_id": "42", "changes": 6})
+    listed = _cli("sweep", "list", "--journal-url", url)
+    assert listed.returncode == 0, listed.stderr
+    assert "1 sweep(s), 2 record(s) created" in listed.stdout and "Ivan Petrov" in listed.stdout
+    assert "lead 42" in listed.stdout
+    no_by = _cli("sweep", "release", "lead", "42", "--journal-url", url)
+    assert no_by.returncode == 2 and "--by" in no_by.stderr
+    released = _cli("sweep", "release", "lead", "42", "--by", "Alex", "--journal-url", url)
+    assert released.returncode == 0 and "released" in released.stdout
+    again = _cli("sweep", "release", "lead", "42", "--by", "Alex", "--journal-url", url)
+    assert again.returncode == 2 and "not in quarantine" in again.stderr
+    assert "lead 42" not in _cli("sweep", "list", "--journal-url", url).stdout
