@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from pathlib import Path
 
 from connectors.bitrix24.budget import RequestBudget
@@ -20,7 +21,7 @@ from connectors.bitrix24.configuration import SweepSection
 from connectors.bitrix24.delta import backup_max_id
 from connectors.bitrix24.importer import map_users
 from connectors.bitrix24.sweep import SweepOutcome, SweepPolicy, run_sweep
-from connectors.errors import BudgetExhausted, MigrationError
+from connectors.errors import BudgetExhausted, ConfigError, MigrationError
 from connectors.secrets import redact
 from journal.configuration import resolve_notice_urls
 from journal.idmap import IdMap
@@ -69,11 +70,29 @@ class StragglerSweeper:
         self.backup_max_ids: dict[str, int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._last_sweep = 0.0  # monotonic time the last sweep started
+        self.receiver = self._receiver()
         self._lock = threading.Lock()  # one sweep at a time (the thread, the final sweep)
         self._thread = threading.Thread(target=self._loop, name=f"sweeps-{ctx.run_id}", daemon=True)
 
+    def _receiver(self):
+        """The cloud's outgoing webhook events wake the sweeper early (``[sweeps] events_listen``)."""
+        if not self.section.events_listen:
+            return None
+        from connectors.bitrix24.events import EventReceiver
+
+        problems: list[str] = []
+        token = self.ctx.secret_value(self.section.events_token_secret, problems, "the events' application_token")
+        if problems:
+            raise ConfigError(self.ctx.config.source, problems)
+        host, _, port = self.section.events_listen.rpartition(":")
+        return EventReceiver(token, lambda event, record_id: self.trigger(), host=host, port=int(port))
+
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> "StragglerSweeper":
+        if self.receiver is not None:
+            self.receiver.start()
+            log.info("cloud events received at %s wake the sweeps", self.receiver.url)
         self._thread.start()
         return self
 
@@ -85,6 +104,8 @@ class StragglerSweeper:
         """Stop the thread; then one last sweep (what was created up to now moves too)."""
         self._stop.set()
         self._wake.set()
+        if self.receiver is not None:
+            self.receiver.close()
         self._thread.join(timeout=self.cloud.timeout * 4 + 30)
         return self.sweep_once() if final_sweep else None
 
@@ -92,9 +113,15 @@ class StragglerSweeper:
         for _ in range(self.section.max_sweeps):
             if self._stop.is_set():
                 return
+            self._last_sweep = time.monotonic()
             self.sweep_once()
             self._wake.wait(self.section.interval_minutes * 60)
             self._wake.clear()
+            # an event may wake us early, but never closer than min_gap_seconds to the last sweep:
+            # a flood of events (a loop elsewhere) must not become a flood of sweeps
+            gap = self.section.min_gap_seconds - (time.monotonic() - self._last_sweep)
+            if gap > 0 and not self._stop.is_set():
+                self._stop.wait(gap)
         self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweeps stopped after {self.section.max_sweeps} "
                                    "sweeps ([sweeps] max_sweeps)", step_id=self.ctx.step_id)
 

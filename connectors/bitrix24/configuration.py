@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENTITIES = ("company", "contact", "lead", "deal")
 
@@ -68,3 +68,24 @@ class SweepSection(BaseModel):
                                   description="apprise URLs (or [secrets] names) of the contractor, for sync alerts; "
                                               "empty: alerts are journaled and written next to the notices")
     notify_stragglers: bool = Field(True, description="send the users still working in the cloud a notice")
+    events_listen: str = Field("", description="host:port to receive the cloud's outgoing webhook events "
+                                               "(ONCRMLEADADD …) and sweep early; empty: interval only")
+    events_token_secret: str = Field("", description="[secrets] entry holding the outgoing webhook's "
+                                                     "application_token (events without it are refused)")
+    min_gap_seconds: float = Field(30.0, ge=0, description="events never start sweeps closer than this")
+
+    @field_validator("events_listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v:
+            host, _, port = v.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError(f"{v!r} is not host:port, e.g. 127.0.0.1:8765")
+        return v
+
+    @model_validator(mode="after")
+    def _token_with_listener(self) -> "SweepSection":
+        if self.events_listen and not self.events_token_secret:
+            raise ValueError("events_listen needs events_token_secret: the outgoing webhook's application_token "
+                             "is the only proof an event comes from the portal")
+        return self

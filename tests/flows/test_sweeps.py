@@ -22,7 +22,7 @@ from flows.sweeps import StragglerSweeper
 from journal.store import Journal
 from journal.sweeps import quarantined, release, sweeps
 from journal.triage import issues
-from sandbox.portal import start_pair
+from sandbox.portal import PortalLimits, start_pair
 from sandbox.website import start_website
 
 SMALL = dict(companies=4, contacts=8, leads=16, deals=8, users=4, tasks=3)
@@ -48,14 +48,13 @@ def _context(tmp_path: Path, pair, *, sweeps_cfg: dict) -> ActionContext:
 def _settle(pair, website, timeout: float = 10.0) -> None:
     """Wait until the box's events and the website's writes have quietened (async both)."""
     deadline = time.monotonic() + timeout
-    last = None
+    seen: list = []
     while time.monotonic() < deadline:
-        now = (pair.box.portal.events_sent, pair.box.portal.events_failed, website.acted, website.requests,
-               website.errors)
-        if now == last:
+        seen.append((pair.box.portal.events_sent, pair.box.portal.events_failed, website.events_received,
+                     website.acted, website.requests, website.errors))
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
             return
-        last = now
-        time.sleep(0.4)
+        time.sleep(0.3)
 
 
 def _origins(store, entity="lead") -> list[str]:
@@ -64,7 +63,9 @@ def _origins(store, entity="lead") -> list[str]:
 
 @pytest.fixture
 def two_way(tmp_path):
-    with start_pair(**SMALL) as pair:
+    # the website must not lose a write to the portal's rate limit: a refused write would end a
+    # bounce by luck (the real integration platform retried until its credits were gone)
+    with start_pair(**SMALL, limits=PortalLimits(rate=100.0, burst=1000)) as pair:
         website = start_website(pair.cloud_webhook, pair.box_webhook, "")
         website.application_token = pair.box.portal.add_outbound_webhook(
             website.handler_url, ["ONCRMLEADADD", "ONCRMLEADUPDATE"])
@@ -186,3 +187,60 @@ def test_quarantine_release(tmp_path):
         assert quarantined(ctx.journal, ctx.run_id) == {}
         with pytest.raises(KeyError):
             release(ctx.journal, ctx.run_id, "lead", "7", by="Alex")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cloud_events_wake_the_sweeper_early_and_forged_ones_are_refused(tmp_path):
+    import requests
+
+    with start_pair(**SMALL) as pair:
+        port = _free_port()
+        token = pair.cloud.portal.add_outbound_webhook(f"http://127.0.0.1:{port}/cloud2box/events",
+                                                       ["ONCRMLEADADD", "ONCRMLEADUPDATE"])
+        ctx = _context(tmp_path, pair, sweeps_cfg={"interval_minutes": 60, "min_gap_seconds": 1,
+                                                  "events_listen": f"127.0.0.1:{port}",
+                                                  "events_token_secret": "cloud_events"})
+        ctx.secrets["cloud_events"] = SecretStr(token)
+        register_secret(token)
+        sweeper = StragglerSweeper(ctx, ctx.config.sweeps).start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(sweeps(ctx.journal, ctx.run_id)) < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            forged = requests.post(sweeper.receiver.url, data={"event": "ONCRMLEADADD", "data[FIELDS][ID]": "1",
+                                                               "auth[application_token]": "guess"}, timeout=5)
+            assert forged.status_code == 401 and sweeper.receiver.rejected == 1
+            time.sleep(1.5)
+            assert len(sweeps(ctx.journal, ctx.run_id)) == 1  # a forged event wakes nothing
+            # a sales manager adds a lead in the cloud: the portal's event wakes a sweep long before 60 min
+            from connectors.bitrix24.rest import Bitrix24Client
+
+            cloud = Bitrix24Client(pair.cloud_webhook, name="the cloud portal", timeout=10)
+            new_id = cloud.call("crm.lead.add", {"fields": {"TITLE": "made in the cloud after the move"}})["result"]
+            deadline = time.monotonic() + 30
+            while len(sweeps(ctx.journal, ctx.run_id)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            sweeper.stop(final_sweep=False)
+        done = sweeps(ctx.journal, ctx.run_id)
+        assert len(done) == 2 and sweeper.receiver.received >= 1
+        assert _origins(pair.box.store).count(str(new_id)) == 1
+
+
+def test_an_event_listener_without_its_token_is_refused_at_start():
+    from connectors.errors import ConfigError
+
+    raw = {"migration": {"name": "t", "portal": "https://p"}, "sweeps": {"events_listen": "127.0.0.1:99999"}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert "not host:port" in str(err.value)
+    raw["sweeps"]["events_listen"] = "127.0.0.1:8765"
+    with pytest.raises(ConfigError, match="events_token_secret"):
+        config_from_dict(raw)
