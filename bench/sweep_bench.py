@@ -57,7 +57,8 @@ def run(k: int, sweeps: int, leads: int, work: Path) -> dict:
                 "migration": {"name": "bench", "portal": pair.cloud.base_url, "box_portal": pair.box.base_url},
                 "journal": {"url": f"sqlite:///{work / f'journal-{k}.db'}", "out_dir": str(work / f"out-{k}")},
                 "crm_delta": {"cutoff": pair.cutoff.isoformat()},
-                "sweeps": {"quarantine_changes": k, "requests_per_sweep": 500, "requests_per_day": 100_000},
+                "sweeps": {"quarantine_changes": k, "quarantine_window_minutes": max(120, k * 15),
+                           "requests_per_sweep": 500, "requests_per_day": 100_000},
                 "notices": {"dry_run": True, "out_dir": str(work / f"notices-{k}")},
                 "secrets": {"cloud_webhook": {"env": "X"}, "box_webhook": {"env": "Y"}}}, source="bench")
             journal = Journal(config.journal.url)
@@ -87,11 +88,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweeps", type=int, default=20)
     ap.add_argument("--leads", type=int, default=100)
-    ap.add_argument("--k", type=int, default=5, help="quarantine after more than K changes (the shipped default)")
+    ap.add_argument("--k", type=int, default=4, help="quarantine after more than K changes (the shipped default)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         guarded = run(args.k, args.sweeps, args.leads, Path(tmp))
-        unguarded = run(10**9, args.sweeps, args.leads, Path(tmp))
+        unguarded = run(10**6, args.sweeps, args.leads, Path(tmp))
     cols = list(guarded)
     print(f"# Loop guard: {args.sweeps} sweeps, two-way website sync, {args.leads} leads\n")
     print(f"Command: `python bench/sweep_bench.py --sweeps {args.sweeps} --leads {args.leads} --k {args.k}`  ")

@@ -131,17 +131,20 @@ def _action_context(setup: "_Setup", run_id: str, mode: str, step: Step, logger)
 # --- tasks: one per runbook step, plus the gate ----------------------------------------------
 
 @task(cache_policy=NO_CACHE, persist_result=False, tags=["action:verify_migration"])
-def verify_before(config_path: str, run_id: str, mode: str, step_id: str) -> dict:
-    """The post-migration checks before a ``verify = true`` step: journaled, failures become issues
-    (a fire blocks the next gate), a check that passes again resolves its issue."""
+def verify_before(config_path: str, run_id: str, mode: str, step_id: str, label: str | None = None) -> dict:
+    """The post-migration checks before a ``verify = true`` step (or, ``label`` "gate-2", before a
+    gate): journaled, failures become issues (a fire blocks the gate), a check that passes again
+    resolves its issue."""
     setup = _setup(config_path)
     step = next(s for s in setup.runbook.steps if s.id == step_id)
-    result, changes = verify_checks(_action_context(setup, run_id, mode, step, get_run_logger()))
+    ctx = _action_context(setup, run_id, mode, step, get_run_logger())
+    ctx.step_id = label or step.id
+    result, changes = verify_checks(ctx)
     try:
         create_table_artifact([{"check": r.id, "result": r.status, "severity if failed": r.severity,
                                 "finding": r.summary} for r in result.results],
-                              key=f"verification-{run_id}-step-{step.slug}",
-                              description=f"Verification before step {step.id}: {result.summary()}")
+                              key=f"verification-{run_id}-{(label or 'step-' + step.slug).replace('.', '-')}",
+                              description=f"Verification before {label or 'step ' + step.id}: {result.summary()}")
     except Exception as exc:  # the journal holds the results; the artifact is a view
         get_run_logger().warning("could not publish the verification artifact: %s", exc)
     return {"markdown": result.to_markdown(), "summary": result.summary(), **changes}
@@ -349,13 +352,23 @@ def _start_sweeps(setup: _Setup, run_id: str, mode: str, step: Step, notifier):
     try:
         sweeper = StragglerSweeper(_action_context(setup, run_id, mode, step, logger), cfg.sweeps,
                                    users_notifier=notifier)
-    except MigrationError as exc:  # e.g. no cutoff known: say so, the customer's test period goes on
-        setup.journal.add_event(run_id, "sweep-alert", f"straggler sweeps cannot start: {exc.message}",
-                                step_id=step.id)
-        logger.warning("straggler sweeps cannot start: %s", redact(exc.message))
+    except Exception as exc:  # noqa: BLE001 — no cutoff, a port taken…: say so, the test period goes on
+        text = exc.message if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+        setup.journal.add_event(run_id, "sweep-alert", f"straggler sweeps cannot start: {text}", step_id=step.id)
+        logger.warning("straggler sweeps cannot start: %s", redact(text))
         return None
     logger.info("straggler sweeps every %g min while step %s is open", cfg.sweeps.interval_minutes, step.id)
     return sweeper.start()
+
+
+def _stop_sweeps(sweeper, journal: Journal, run_id: str, step: Step) -> None:
+    """Stop the sweeper with one last sweep (what was created up to the confirmation moves too);
+    whatever happens there must not undo the customer's confirmation."""
+    try:
+        sweeper.stop(final_sweep=True)
+    except Exception as exc:  # noqa: BLE001
+        journal.add_event(run_id, "sweep-alert", f"the last sweep of step {step.id} failed: {type(exc).__name__}",
+                          step_id=step.id)
 
 
 def _ask_rollback_if_due(setup: _Setup, run_id: str, mode: str) -> None:
@@ -427,7 +440,7 @@ def run_phase(config: str, run_id: str, mode: str, number: int) -> dict:
                                         key=f"step-{step.slug}-attempt-{attempt}")
             finally:
                 if sweeper is not None:
-                    sweeper.stop(final_sweep=True)  # what was created up to the confirmation moves too
+                    _stop_sweeps(sweeper, journal, run_id, step)
             confirmation = answer.model_dump(include=set(ManualStepInput.model_fields))
         step_task = run_step.with_options(
             name=f"step {step.id}", task_run_name=f"{step.id} {step.title}",
@@ -469,10 +482,15 @@ def _ask_gate(config: str, setup: _Setup, run_id: str, mode: str, phase: Phase) 
         decide_first = [f"accept **{r.id}** ({r.title}: {r.impact} impact, no mitigation) — tick "
                         f"*accept unmitigated risks* — or reject the phase" for r in register.needing_acceptance]
     refused_reason = None
+    checked = [s for s in phase.steps if s.verify]
     for _ in range(MAX_GATE_ASKS):
         attempt = 1 + _gate_asks(journal, run_id, phase.number)
+        verification = []
+        if checked:  # checks again at every ask: a fixed fire closes here, what broke since shows here
+            verification = [verify_before(config, run_id, mode, checked[-1].id, f"gate-{phase.number}")["markdown"]]
         table = markdown_table(phase_rows(journal, run_id, phase.number), SUMMARY_COLUMNS)
-        sections_now = [*sections, gate_issues_markdown(journal, run_id), sweeps_markdown(journal, run_id)]
+        sections_now = [*sections, *verification, gate_issues_markdown(journal, run_id),
+                        sweeps_markdown(journal, run_id)]
         sections_now = [x for x in sections_now if x]
         fires = open_fires(journal, run_id)
         decide_now = decide_first + ([f"{len(fires)} **fire(s)** open: approval is refused until they are resolved"]

@@ -86,7 +86,11 @@ class StragglerSweeper:
         if problems:
             raise ConfigError(self.ctx.config.source, problems)
         host, _, port = self.section.events_listen.rpartition(":")
-        return EventReceiver(token, lambda event, record_id: self.trigger(), host=host, port=int(port))
+        try:
+            return EventReceiver(token, lambda event, record_id: self.trigger(), host=host, port=int(port))
+        except OSError as exc:  # e.g. the port is taken: say so at the start of the step
+            raise ConfigError(self.ctx.config.source, [f"[sweeps] events_listen = {self.section.events_listen!r} "
+                                                       f"cannot listen: {exc.strerror or exc}"]) from None
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> "StragglerSweeper":
@@ -107,14 +111,21 @@ class StragglerSweeper:
         if self.receiver is not None:
             self.receiver.close()
         self._thread.join(timeout=self.cloud.timeout * 4 + 30)
-        return self.sweep_once() if final_sweep else None
+        try:
+            return self.sweep_once() if final_sweep else None
+        finally:
+            self.cloud.session.close()
+            self.box.session.close()
 
     def _loop(self) -> None:
         for _ in range(self.section.max_sweeps):
             if self._stop.is_set():
                 return
             self._last_sweep = time.monotonic()
-            self.sweep_once()
+            try:
+                self.sweep_once()
+            except Exception as exc:  # noqa: BLE001 — even the journal failing must not end the watch
+                log.warning("sweep failed and could not be journaled: %s", redact(exc))
             self._wake.wait(self.section.interval_minutes * 60)
             self._wake.clear()
             # an event may wake us early, but never closer than min_gap_seconds to the last sweep:
@@ -146,39 +157,48 @@ class StragglerSweeper:
         return out
 
     def sweep_once(self) -> SweepOutcome | None:
-        """Run, journal and announce one sweep; errors are journaled and alerted, never raised."""
+        """Run, journal and announce one sweep. Never raises: a failure is journaled and alerted
+        (a sweep must not stop the migration), and the next sweep tries again from the same point."""
         with self._lock:
             number = len(sweeps(self.ctx.journal, self.ctx.run_id)) + 1
             now = self.clock()
-            budget = RequestBudget(per_sweep=self.section.requests_per_sweep, per_day=self.section.requests_per_day,
-                                   used_today=requests_today(self.ctx.journal, self.ctx.run_id, now))
-            self.cloud.budget = self.box.budget = budget
-            since = self._since()
             req0 = self.cloud.requests + self.box.requests
             try:
-                if self.backup_max_ids is None:
-                    self.backup_max_ids = {e: backup_max_id(self.box, e, self.cutoff) for e in self.entities}
-                user_map = map_users(self.cloud, self.box)  # again each time: users are invited meanwhile
-                outcome = run_sweep(self.cloud, self.box, self.idmap, self.history, since=since,
-                                    backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(),
-                                    user_map=user_map, policy=self.policy, entities=self.entities, now=now)
+                budget = RequestBudget(per_sweep=self.section.requests_per_sweep,
+                                       per_day=self.section.requests_per_day,
+                                       used_today=requests_today(self.ctx.journal, self.ctx.run_id, now))
+                self.cloud.budget = self.box.budget = budget
+                since = self._since()
+                try:
+                    if self.backup_max_ids is None:
+                        self.backup_max_ids = {e: backup_max_id(self.box, e, self.cutoff) for e in self.entities}
+                    user_map = map_users(self.cloud, self.box)  # again each time: users are invited meanwhile
+                    outcome = run_sweep(self.cloud, self.box, self.idmap, self.history, since=since,
+                                        backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(),
+                                        user_map=user_map, policy=self.policy, entities=self.entities, now=now)
+                except BudgetExhausted as exc:
+                    outcome = SweepOutcome(started_at=now, since=since, stopped=exc.message)
+                finally:
+                    self.cloud.budget = self.box.budget = None
                 outcome.requests = self.cloud.requests + self.box.requests - req0
-            except BudgetExhausted as exc:
-                outcome = SweepOutcome(started_at=now, since=since, stopped=exc.message,
-                                       requests=self.cloud.requests + self.box.requests - req0)
-            except MigrationError as exc:
-                self._alert(f"sweep {number} failed", redact(exc.message), "nothing was written by this sweep "
-                            "after the failure; the next sweep tries again", exc.fix or "check the portals")
-                self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweep {number} failed: {exc.message}",
+                if outcome.stopped or outcome.failures:
+                    # not finished: the next sweep lists from where this one started, nothing is skipped
+                    outcome.started_at, outcome.high_water = since, {}
+                else:
+                    outcome.started_at = now  # the next sweep lists from here (minus the overlap)
+                record_sweep(self.ctx.journal, self.ctx.run_id, outcome, step_id=self.ctx.step_id, number=number)
+                log.info("sweep %s: %s", number, outcome.summary())
+                self._announce(number, outcome)
+                return outcome
+            except Exception as exc:  # noqa: BLE001 — whatever broke, the customer's test period goes on
+                text = redact(exc.message if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}")
+                self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweep {number} failed: {text}",
+                                           data={"number": number,
+                                                 "requests": self.cloud.requests + self.box.requests - req0},
                                            step_id=self.ctx.step_id)
+                self._alert(f"sweep {number} failed", text, "the sweep stopped; the next one starts again from the "
+                            "same point", getattr(exc, "fix", None) or "check the portals and the journal")
                 return None
-            finally:
-                self.cloud.budget = self.box.budget = None
-            outcome.started_at = now  # the next sweep lists from here (minus the overlap)
-            record_sweep(self.ctx.journal, self.ctx.run_id, outcome, step_id=self.ctx.step_id, number=number)
-            log.info("sweep %s: %s", number, outcome.summary())
-            self._announce(number, outcome)
-            return outcome
 
     def _announce(self, number: int, outcome: SweepOutcome) -> None:
         for q in outcome.newly_quarantined:

@@ -125,6 +125,8 @@ def build_context(journal, run_id: str) -> dict:
         "stream_counts": {k: sum(1 for e in events if e.kind == k) for k in _STREAM_KINDS},
         "chain": chain,
         "verifications": [{"step": e.step_id, "at": e.at, "summary": e.data.get("summary", ""),
+                           "where": (f"the gate of phase {e.step_id.split('-', 1)[1]}"
+                                     if str(e.step_id).startswith("gate-") else f"step {e.step_id}"),
                            "results": e.data.get("results", [])} for e in events if e.kind == "verification"],
         "sweeps": _sweeps_view(events),
         "charts": {"gantt": data_uri(gantt_png(executions)), "throughput": data_uri(throughput_png(events))},
@@ -231,7 +233,7 @@ def render_markdown(context: dict) -> str:
                            ["#", "severity", "status", "step", "issue", "reported_by", "at_utc", "resolution"])
             if context["issues"] else "- none"]
     for v in context["verifications"]:
-        out += ["", f"## Verification before step {v['step']} ({_t(v['at'])} UTC): {v['summary']}", "",
+        out += ["", f"## Verification before {v['where']} ({_t(v['at'])} UTC): {v['summary']}", "",
                 markdown_table([{"check": r["id"], "result": r["status"], "severity_if_failed": r["severity"],
                                  "finding": r["summary"]} for r in v["results"]],
                                ["check", "result", "severity_if_failed", "finding"])]

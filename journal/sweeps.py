@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from .models import utcnow
-from .triage import report_issue
+from .triage import issues, report_issue, resolve_issue
 
 SWEEP, QUARANTINE, RELEASE, SWEEP_ALERT = "sweep", "quarantine", "quarantine-release", "sweep-alert"
 
@@ -27,17 +27,32 @@ class JournalSweepHistory:
         self.journal, self.run_id = journal, run_id
 
     def observed(self, since: dt.datetime) -> dict[tuple[str, str], set[str]]:
+        """Changes seen at or after ``since``; for a released record only those after its release
+        (it starts with a clean slate)."""
+        released = {(e.data["entity"], str(e.data["cloud_id"])): _aware(e.at)
+                    for e in self.journal.events(self.run_id, RELEASE)}
         out: dict[tuple[str, str], set[str]] = {}
         for e in self.journal.events(self.run_id, SWEEP):
-            if _aware(e.at) < since:
+            at = _aware(e.at)
+            if at < since:
                 continue
             for entity, rows in (e.data.get("observed") or {}).items():
                 for rid, modified in rows.items():
-                    out.setdefault((entity, rid), set()).add(modified)
+                    if at >= released.get((entity, rid), since):
+                        out.setdefault((entity, rid), set()).add(modified)
         return out
 
     def quarantined(self) -> dict[str, set[str]]:
         return quarantined(self.journal, self.run_id)
+
+    def released_since_last_sweep(self) -> dict[str, set[str]]:
+        done = self.journal.events(self.run_id, SWEEP)
+        last = _aware(done[-1].at) if done else None
+        out: dict[str, set[str]] = {}
+        for e in self.journal.events(self.run_id, RELEASE):
+            if last is None or _aware(e.at) >= last:
+                out.setdefault(e.data["entity"], set()).add(str(e.data["cloud_id"]))
+        return out
 
 
 def quarantined(journal, run_id: str) -> dict[str, set[str]]:
@@ -57,7 +72,8 @@ def requests_today(journal, run_id: str, now: dt.datetime | None = None) -> int:
     """Requests the run's sweeps spent since midnight UTC (the daily budget's count)."""
     now = now or utcnow()
     midnight = _aware(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    return sum(int(e.data.get("requests", 0)) for e in journal.events(run_id, SWEEP) if _aware(e.at) >= midnight)
+    spent = journal.events(run_id, SWEEP) + journal.events(run_id, SWEEP_ALERT)  # failed sweeps spent too
+    return sum(int(e.data.get("requests", 0)) for e in spent if _aware(e.at) >= midnight)
 
 
 def sweeps(journal, run_id: str) -> list:
@@ -88,6 +104,11 @@ def release(journal, run_id: str, entity: str, cloud_id: str, *, by: str) -> Non
         raise KeyError(f"{entity} {cloud_id} is not in quarantine in run {run_id}")
     journal.add_event(run_id, RELEASE, f"{entity} {cloud_id} released from quarantine by {by}",
                       data={"entity": entity, "cloud_id": str(cloud_id), "by": by})
+    for issue in issues(journal, run_id, status="open"):
+        if issue.title.startswith("sync loop suspected: ") and issue.title.split(": ", 1)[1].startswith(
+                f"{entity} {cloud_id} "):
+            resolve_issue(journal, issue.id, resolved_by=by, resolution=f"released from quarantine by {by}: "
+                                                                         "the loop was found and stopped")
 
 
 def sweeps_markdown(journal, run_id: str) -> str:

@@ -21,7 +21,7 @@ def _tag(check_id: str) -> str:
 def record_verification(journal, run_id: str, verification, *, step_id: str | None) -> dict:
     """Journal ``verification`` (a :class:`checklists.verify.Verification`); returns what changed:
     ``{"opened": [issue ids], "resolved": [issue ids]}``."""
-    journal.add_event(run_id, EVENT_KIND, f"verification before step {step_id}: {verification.summary()}",
+    journal.add_event(run_id, EVENT_KIND, f"verification before {step_id}: {verification.summary()}",
                       data={"summary": verification.summary(), "results": [r.as_dict() for r in verification.results]},
                       step_id=step_id)
     open_by_check = {}
@@ -37,7 +37,7 @@ def record_verification(journal, run_id: str, verification, *, step_id: str | No
             opened.append(issue.id)
         elif r.status == "passed" and existing is not None:
             resolve_issue(journal, existing.id, resolved_by=REPORTER,
-                          resolution=f"the check passed again before step {step_id}: {r.summary}")
+                          resolution=f"the check passed again before {step_id}: {r.summary}")
             resolved.append(existing.id)
     return {"opened": opened, "resolved": resolved}
 

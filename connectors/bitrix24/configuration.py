@@ -57,9 +57,9 @@ class SweepSection(BaseModel):
 
     enabled: bool = Field(True, description="sweep while the sweep step (3.1) is open")
     interval_minutes: float = Field(15.0, gt=0, description="a sweep every N minutes")
-    quarantine_changes: int = Field(5, ge=1, description="K: a record changed more than K times within the "
-                                                         "window is quarantined (not synced) and alerted")
-    quarantine_window_minutes: float = Field(60.0, gt=0, description="M: the window of the change count")
+    quarantine_changes: int = Field(4, ge=1, description="K: a record seen changed by more than K sweeps within "
+                                                         "the window is quarantined (not synced) and alerted")
+    quarantine_window_minutes: float = Field(120.0, gt=0, description="M: the window of the change count")
     requests_per_sweep: int = Field(300, ge=10, description="hard cap of REST requests of one sweep")
     requests_per_day: int = Field(5000, ge=10, description="hard cap of the sweeps' REST requests per UTC day")
     overlap_seconds: float = Field(120.0, ge=0, description="each sweep re-lists this much before the last one")
@@ -82,6 +82,16 @@ class SweepSection(BaseModel):
             if not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"{v!r} is not host:port, e.g. 127.0.0.1:8765")
         return v
+
+    @model_validator(mode="after")
+    def _quarantine_reachable(self) -> "SweepSection":
+        # a sweep sees one modification time per record: the window holds at most window/interval + 1
+        sweeps_in_window = int(self.quarantine_window_minutes / self.interval_minutes) + 1
+        if self.quarantine_changes >= sweeps_in_window:
+            raise ValueError(f"quarantine_changes = {self.quarantine_changes} can never be passed: a window of "
+                             f"{self.quarantine_window_minutes:g} min holds only {sweeps_in_window} sweeps every "
+                             f"{self.interval_minutes:g} min; lower quarantine_changes or widen the window")
+        return self
 
     @model_validator(mode="after")
     def _token_with_listener(self) -> "SweepSection":

@@ -93,12 +93,14 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
         d = EntityDelta(entity, max_id)
         method = f"crm.{entity}.list"
         floor = max(max_id, (after_ids or {}).get(entity, 0))
+        echo_ids: set[str] = set()
         for rows in (iter_rows(cloud, method, filter={">DATE_MODIFY": _iso(cutoff)}, select=SELECT[entity]),
                      iter_rows(cloud, method, select=SELECT[entity], after_id=floor)):
             for row in rows:
                 rid = str(row["ID"])
                 if str(row.get("ORIGINATOR_ID") or "") == ORIGINATOR:
-                    if rid not in d.echoes:
+                    if rid not in echo_ids:
+                        echo_ids.add(rid)
                         d.echoes.append(rid)
                     continue
                 d.rows[rid] = row

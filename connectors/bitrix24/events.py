@@ -41,7 +41,10 @@ class EventReceiver:
                 pass
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
                 if length <= 0 or length > MAX_BODY:
                     self._answer(400, b"not an event")
                     return
@@ -80,5 +83,6 @@ class EventReceiver:
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()  # waits for serve_forever: only when it runs
         self._server.server_close()

@@ -45,11 +45,15 @@ class SweepHistory(Protocol):
     def quarantined(self) -> dict[str, set[str]]:
         """entity → cloud IDs in quarantine (not synced until released)."""
 
+    def released_since_last_sweep(self) -> dict[str, set[str]]:
+        """entity → cloud IDs released from quarantine since the last sweep: fetched explicitly (their
+        last change may be older than the sweep window)."""
+
 
 @dataclass
 class SweepPolicy:
-    quarantine_changes: int = 5  # K: more changes than this within the window → quarantine
-    quarantine_window_s: float = 3600.0  # M
+    quarantine_changes: int = 4  # K: changed in more sweeps than this within the window → quarantine
+    quarantine_window_s: float = 7200.0  # M
     overlap_s: float = 120.0  # re-list this much before the last sweep: clocks and commits lag
     fallback_user_id: int = 1
     use_batch_import: bool = True
@@ -147,15 +151,17 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
     try:
         delta = export_delta(cloud, box, listed_since, entities=list(entities), detect_deleted=False,
                              max_ids=backup_max_ids, after_ids=after_ids)
+        _add_released(cloud, delta, history.released_since_last_sweep())
         out.echoes_skipped = sum(len(d.echoes) for d in delta.entities.values())
         _guard(delta, history, policy, now, out)
-        out.stragglers = stragglers_of(cloud, delta, since=listed_since, integration_user_ids=integration_user_ids)
         report = import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=policy.fallback_user_id,
                               use_batch_import=policy.use_batch_import)
         out.created = sum(e.created for e in report.entities.values())
         out.updated = sum(e.updated for e in report.entities.values())
         out.unchanged = sum(e.unchanged for e in report.entities.values())
         out.failures = report.failures
+        # who still works in the cloud: after the import, so a spent budget costs the list, not records
+        out.stragglers = stragglers_of(cloud, delta, since=listed_since, integration_user_ids=integration_user_ids)
     except BudgetExhausted as exc:
         out.stopped = exc.message
         log.warning("sweep stopped: %s", exc.message)
@@ -164,9 +170,27 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
     return out
 
 
+def _add_released(cloud: Bitrix24Client, delta: DeltaExport, released: dict[str, set[str]]) -> None:
+    """Records released from quarantine join this sweep whatever their last change's time."""
+    from .lists import iter_rows
+    from .model import SELECT
+
+    for entity, ids in released.items():
+        d = delta.entities.get(entity)
+        if d is None or not ids:
+            continue
+        for row in iter_rows(cloud, f"crm.{entity}.list", filter={"@ID": sorted(ids, key=int)}, select=SELECT[entity]):
+            rid = str(row["ID"])
+            d.rows[rid] = row
+            d.kind[rid] = "created" if int(rid) > d.backup_max_id else "modified"
+
+
 def _guard(delta: DeltaExport, history: SweepHistory, policy: SweepPolicy, now: dt.datetime,
            out: SweepOutcome) -> None:
-    """Record what changed, quarantine records that bounce, drop quarantined ones from the delta."""
+    """Record what changed, quarantine records that bounce, drop quarantined ones from the delta.
+
+    The high-water mark (the floor of the next sweep's creation list) covers what this sweep
+    handled and the echoes, never a quarantined record: once released it must still be found."""
     seen = history.observed(now - dt.timedelta(seconds=policy.quarantine_window_s))
     quarantined = history.quarantined()
     for entity, d in delta.entities.items():
@@ -175,16 +199,17 @@ def _guard(delta: DeltaExport, history: SweepHistory, policy: SweepPolicy, now: 
             row = d.rows[rid]
             modified = str(row.get("DATE_MODIFY") or row.get("DATE_CREATE") or "")
             out.observed[entity][rid] = modified
-            out.high_water[entity] = max(out.high_water.get(entity, 0), int(rid))
             if rid in quarantined.get(entity, set()):
                 out.held_back.append({"entity": entity, "cloud_id": rid, "modified": modified})
-                del d.rows[rid]
-                d.kind.pop(rid, None)
-                continue
-            changes = len(seen.get((entity, rid), set()) | {modified})
-            if changes > policy.quarantine_changes:
+            else:
+                changes = len(seen.get((entity, rid), set()) | {modified})
+                if changes <= policy.quarantine_changes:
+                    continue
                 out.newly_quarantined.append({"entity": entity, "cloud_id": rid, "changes": changes,
                                               "window_s": policy.quarantine_window_s,
                                               "title": str(row.get("TITLE") or row.get("NAME") or "")[:100]})
-                del d.rows[rid]
-                d.kind.pop(rid, None)
+            del d.rows[rid]
+            d.kind.pop(rid, None)
+        handled = [int(r) for r in d.rows] + [int(r) for r in d.echoes]
+        if handled:
+            out.high_water[entity] = max(out.high_water.get(entity, 0), *handled)

@@ -210,6 +210,6 @@ def test_failures_become_issues_that_block_the_gate_and_close_when_fixed(sandbox
     healed = record_verification(journal, run.id, run_checks(sandbox["access"]), step_id="3.2")
     assert healed["resolved"] == first["opened"] and not open_fires(journal, run.id)
     resolved = issues(journal, run.id, status="resolved")
-    assert resolved[0].resolution.startswith("the check passed again before step 3.2")
+    assert resolved[0].resolution.startswith("the check passed again before 3.2")
     events = journal.events(run.id, "verification")
     assert len(events) == 3 and events[0].data["results"][0]["id"] == "crm-counts"

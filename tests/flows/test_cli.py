@@ -76,14 +76,16 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
     journal = Journal(f"sqlite:///{out / 'journal.db'}")
     for run in journal.runs():
         checks = {e.step_id: e.data for e in journal.events(run.id, "verification")}
-        assert set(checks) == {"2.8", "2.9", "3.2"}
-        assert all(r["status"] == "passed" for r in checks["2.9"]["results"] + checks["3.2"]["results"])
+        assert set(checks) == {"2.8", "2.9", "gate-2", "3.2", "gate-3"}
+        assert all(r["status"] == "passed" for key in ("2.9", "gate-2", "3.2", "gate-3")
+                   for r in checks[key]["results"])
         assert any(r["status"] == "failed" for r in checks["2.8"]["results"])
         sweeps = journal.events(run.id, "sweep")
         assert len(sweeps) >= 2 and sum(e.data["created"] for e in sweeps) >= 3
         assert any(e.data["stragglers"] for e in sweeps)
     report = (out / "report.md").read_text()
-    assert "## Verification before step 2.9" in report and "## Straggler sweeps" in report
+    assert "## Verification before step 2.9" in report and "## Verification before the gate of phase 2" in report
+    assert "## Straggler sweeps" in report
     assert re.search(r"straggler sweeps during 3.1: \d+, \d+ record\(s\) moved", res.stdout)
 
 

@@ -117,7 +117,7 @@ def test_without_quarantine_the_loop_goes_on_every_sweep(tmp_path, two_way):
     """The control experiment: with the quarantine out of reach, every sweep bounces again
     (only the website's own cap or our budgets would stop it)."""
     pair, website = two_way
-    ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 10_000})
+    ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 10_000, "quarantine_window_minutes": 10**7})
     sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
     bounced = []
     for _ in range(6):
@@ -163,6 +163,9 @@ def test_a_spent_budget_stops_the_sweep_and_nothing_is_lost(tmp_path):
         sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
         first = sweeper.sweep_once()
         assert first.stopped and "request budget (10)" in first.stopped and first.requests <= 10
+        # a stopped sweep does not move the window: the next one lists from the same point
+        journaled = sweeps(ctx.journal, ctx.run_id)[0].data
+        assert journaled["started_at"] == pair.cutoff.isoformat() and journaled["high_water"] == {}
         assert ctx.journal.events(ctx.run_id, "sweep-alert")
         assert list((tmp_path / "out" / "alerts" / ctx.run_id).glob("*-sync-alert.md"))
         # a bigger budget: the next sweep finishes the work; no record twice
@@ -204,7 +207,7 @@ def test_cloud_events_wake_the_sweeper_early_and_forged_ones_are_refused(tmp_pat
         port = _free_port()
         token = pair.cloud.portal.add_outbound_webhook(f"http://127.0.0.1:{port}/cloud2box/events",
                                                        ["ONCRMLEADADD", "ONCRMLEADUPDATE"])
-        ctx = _context(tmp_path, pair, sweeps_cfg={"interval_minutes": 60, "min_gap_seconds": 1,
+        ctx = _context(tmp_path, pair, sweeps_cfg={"interval_minutes": 60, "quarantine_window_minutes": 600, "min_gap_seconds": 1,
                                                   "events_listen": f"127.0.0.1:{port}",
                                                   "events_token_secret": "cloud_events"})
         ctx.secrets["cloud_events"] = SecretStr(token)
@@ -244,3 +247,25 @@ def test_an_event_listener_without_its_token_is_refused_at_start():
     raw["sweeps"]["events_listen"] = "127.0.0.1:8765"
     with pytest.raises(ConfigError, match="events_token_secret"):
         config_from_dict(raw)
+
+
+def test_a_released_record_is_synced_again_and_starts_with_a_clean_slate(tmp_path, two_way):
+    pair, website = two_way
+    ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 3})
+    sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
+    for _ in range(7):
+        sweeper.sweep_once()
+        _settle(pair, website)
+    held = quarantined(ctx.journal, ctx.run_id)["lead"]
+    victim = sorted(held, key=int)[0]
+    pair.box.portal.remove_outbound_webhooks()  # the customer found the website's loop and stopped it
+    # the record changed in the cloud while it was held back: the box still has the old text
+    cloud_text = pair.cloud.store.get("lead", int(victim))["COMMENTS"]
+    release(ctx.journal, ctx.run_id, "lead", victim, by="Alex")
+    assert not [i for i in issues(ctx.journal, ctx.run_id, status="open") if f"lead {victim} " in i.title]
+    after = sweeper.sweep_once()
+    assert victim not in quarantined(ctx.journal, ctx.run_id).get("lead", set())
+    assert not after.newly_quarantined  # its old history does not count against it
+    twin = next(r for r in pair.box.store.tables["lead"].values() if str(r.get("ORIGIN_ID")) == victim
+                or (r["ID"] == int(victim) and r.get("ORIGINATOR_ID") == "cloud2box"))
+    assert twin["COMMENTS"] == cloud_text
