@@ -57,6 +57,18 @@ def _settle(pair, website, timeout: float = 10.0) -> None:
         time.sleep(0.3)
 
 
+def _sweep(sweeper, pair, website, times: int) -> list[int]:
+    """Sweep ``times`` times, letting the website's echoes land in between; the website's writes
+    caused by each sweep."""
+    caused = []
+    for _ in range(times):
+        before = website.acted
+        sweeper.sweep_once()
+        _settle(pair, website)
+        caused.append(website.acted - before)
+    return caused
+
+
 def _origins(store, entity="lead") -> list[str]:
     return [str(r.get("ORIGIN_ID")) for r in store.tables[entity].values() if r.get("ORIGINATOR_ID") == "cloud2box"]
 
@@ -79,12 +91,7 @@ def test_the_two_way_storm_is_bounded_and_alerted(tmp_path, two_way):
                                               "requests_per_sweep": 200, "requests_per_day": 5000})
     sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
     portal_requests0 = pair.cloud.portal.requests + pair.box.portal.requests
-    per_sweep_events = []
-    for _ in range(10):
-        before = website.acted
-        sweeper.sweep_once()
-        _settle(pair, website)
-        per_sweep_events.append(website.acted - before)
+    per_sweep_events = _sweep(sweeper, pair, website, 10)
 
     done = sweeps(ctx.journal, ctx.run_id)
     assert len(done) == 10
@@ -119,12 +126,7 @@ def test_without_quarantine_the_loop_goes_on_every_sweep(tmp_path, two_way):
     pair, website = two_way
     ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 10_000, "quarantine_window_minutes": 10**7})
     sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
-    bounced = []
-    for _ in range(6):
-        before = website.acted
-        sweeper.sweep_once()
-        _settle(pair, website)
-        bounced.append(website.acted - before)
+    bounced = _sweep(sweeper, pair, website, 6)
     assert all(n > 0 for n in bounced[1:]), bounced
     assert not quarantined(ctx.journal, ctx.run_id)
 
@@ -253,9 +255,7 @@ def test_a_released_record_is_synced_again_and_starts_with_a_clean_slate(tmp_pat
     pair, website = two_way
     ctx = _context(tmp_path, pair, sweeps_cfg={"quarantine_changes": 3})
     sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
-    for _ in range(7):
-        sweeper.sweep_once()
-        _settle(pair, website)
+    _sweep(sweeper, pair, website, 7)
     held = quarantined(ctx.journal, ctx.run_id)["lead"]
     victim = sorted(held, key=int)[0]
     pair.box.portal.remove_outbound_webhooks()  # the customer found the website's loop and stopped it
