@@ -137,9 +137,8 @@ class StragglerSweeper:
                                    "sweeps ([sweeps] max_sweeps)", step_id=self.ctx.step_id)
 
     # -- one sweep -------------------------------------------------------------------------------
-    def _since(self) -> dt.datetime:
+    def _since(self, done: list) -> dt.datetime:
         """The start of the last sweep; before the first one, the start of the delta transfer."""
-        done = sweeps(self.ctx.journal, self.ctx.run_id)
         if done:
             return dt.datetime.fromisoformat(done[-1].data["started_at"])
         moved = [e for e in self.ctx.journal.steps(self.ctx.run_id)
@@ -149,9 +148,10 @@ class StragglerSweeper:
             return start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
         return self.cutoff
 
-    def _after_ids(self) -> dict[str, int]:
+    @staticmethod
+    def _after_ids(done: list) -> dict[str, int]:
         out: dict[str, int] = {}
-        for e in sweeps(self.ctx.journal, self.ctx.run_id):
+        for e in done:
             for entity, high in (e.data.get("high_water") or {}).items():
                 out[entity] = max(out.get(entity, 0), int(high))
         return out
@@ -160,7 +160,8 @@ class StragglerSweeper:
         """Run, journal and announce one sweep. Never raises: a failure is journaled and alerted
         (a sweep must not stop the migration), and the next sweep tries again from the same point."""
         with self._lock:
-            number = len(sweeps(self.ctx.journal, self.ctx.run_id)) + 1
+            done = sweeps(self.ctx.journal, self.ctx.run_id)
+            number = len(done) + 1
             now = self.clock()
             req0 = self.cloud.requests + self.box.requests
             try:
@@ -168,13 +169,13 @@ class StragglerSweeper:
                                        per_day=self.section.requests_per_day,
                                        used_today=requests_today(self.ctx.journal, self.ctx.run_id, now))
                 self.cloud.budget = self.box.budget = budget
-                since = self._since()
+                since = self._since(done)
                 try:
                     if self.backup_max_ids is None:
                         self.backup_max_ids = {e: backup_max_id(self.box, e, self.cutoff) for e in self.entities}
                     user_map = map_users(self.cloud, self.box)  # again each time: users are invited meanwhile
                     outcome = run_sweep(self.cloud, self.box, self.idmap, self.history, since=since,
-                                        backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(),
+                                        backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(done),
                                         user_map=user_map, policy=self.policy, entities=self.entities, now=now)
                 except BudgetExhausted as exc:
                     outcome = SweepOutcome(started_at=now, since=since, stopped=exc.message)

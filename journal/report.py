@@ -32,6 +32,7 @@ from .configuration import TEMPLATES_DIR
 from .export import downtime_window, journal_frame, markdown_table, safe_frame
 from .forecast import compare, human_duration, recorded_forecast
 from .models import utcnow
+from .sweeps import QUARANTINE, SWEEP, sweep_totals
 from .triage import issues as list_issues
 
 # A step may run this much over plan before it is flagged as a deviation.
@@ -134,19 +135,10 @@ def build_context(journal, run_id: str) -> dict:
 
 
 def _sweeps_view(events) -> dict | None:
-    done = [e for e in events if e.kind == "sweep"]
+    done = [e for e in events if e.kind == SWEEP]
     if not done:
         return None
-    total = {k: sum(int(e.data.get(k, 0)) for e in done) for k in ("created", "updated", "echoes_skipped", "requests")}
-    people: dict[str, dict] = {}
-    for e in done:
-        for p in e.data.get("stragglers") or []:
-            entry = people.setdefault(p["user_id"], {**p, "records": 0})
-            entry["records"] += int(p.get("records", 0))
-    return {"count": len(done), **total, "stopped": sum(1 for e in done if e.data.get("stopped")),
-            "stragglers": sorted(people.values(), key=lambda p: -p["records"]),
-            "quarantined": [e.data for e in events if e.kind == "quarantine"],
-            "released": [e.data for e in events if e.kind == "quarantine-release"]}
+    return {**sweep_totals(done), "quarantined": [e.data for e in events if e.kind == QUARANTINE]}
 
 
 # -- HTML ---------------------------------------------------------------------------------------

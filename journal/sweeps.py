@@ -111,22 +111,28 @@ def release(journal, run_id: str, entity: str, cloud_id: str, *, by: str) -> Non
                                                                          "the loop was found and stopped")
 
 
-def sweeps_markdown(journal, run_id: str) -> str:
-    """What the sweeps did, for prompts and gates: totals, who still works in the cloud, quarantine."""
-    done = sweeps(journal, run_id)
-    if not done:
-        return ""
-    created = sum(int(e.data.get("created", 0)) for e in done)
-    updated = sum(int(e.data.get("updated", 0)) for e in done)
-    echoes = sum(int(e.data.get("echoes_skipped", 0)) for e in done)
-    requests = sum(int(e.data.get("requests", 0)) for e in done)
-    stopped = sum(1 for e in done if e.data.get("stopped"))
+def sweep_totals(done: list) -> dict:
+    """Totals of sweep events: records moved, echoes skipped, requests, budget stops, and who still
+    works in the cloud (merged over the sweeps, most records first)."""
+    totals = {k: sum(int(e.data.get(k, 0)) for e in done) for k in ("created", "updated", "echoes_skipped", "requests")}
     people: dict[str, dict] = {}
     for e in done:
         for s in e.data.get("stragglers") or []:
             entry = people.setdefault(s["user_id"], {**s, "records": 0})
             entry["records"] += int(s.get("records", 0))
             entry["last_at"] = max(entry["last_at"], s["last_at"])
+    return {**totals, "count": len(done), "stopped": sum(1 for e in done if e.data.get("stopped")),
+            "stragglers": sorted(people.values(), key=lambda p: -p["records"])}
+
+
+def sweeps_markdown(journal, run_id: str) -> str:
+    """What the sweeps did, for prompts and gates: totals, who still works in the cloud, quarantine."""
+    done = sweeps(journal, run_id)
+    if not done:
+        return ""
+    totals = sweep_totals(done)
+    created, updated, echoes = totals["created"], totals["updated"], totals["echoes_skipped"]
+    requests, stopped, people = totals["requests"], totals["stopped"], totals["stragglers"]
     held = quarantined(journal, run_id)
     lines = [f"**Straggler sweeps:** {len(done)} sweep(s), {created} record(s) created and {updated} updated on the "
              f"box, {echoes} echo(es) of our own writes skipped, {requests} request(s)"
@@ -134,8 +140,7 @@ def sweeps_markdown(journal, run_id: str) -> str:
     if people:
         lines += ["", "Still working in the cloud (tell them to use the box):", "",
                   "| user | e-mail | records | last change |", "|---|---|---|---|"]
-        lines += [f"| {p['name']} | {p.get('email', '')} | {p['records']} | {p['last_at']} |"
-                  for p in sorted(people.values(), key=lambda p: -p["records"])]
+        lines += [f"| {p['name']} | {p.get('email', '')} | {p['records']} | {p['last_at']} |" for p in people]
     if held:
         listed = ", ".join(f"{e} {i}" for e, ids in held.items() for i in sorted(ids, key=int))
         lines += ["", f"> **In quarantine (changed again and again, not synced):** {listed}. Find what keeps "

@@ -17,7 +17,6 @@ The sandbox's admin login also stands in for the box admin's hands: :meth:`BoxHo
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 import paramiko
 
 from connectors.box_host.post_restore import REINDEX_OPTION  # the marker step 2.4 leaves when the index is empty
-from sandbox.ssh_mirror import _Server, _Sftp, generate_key
+from sandbox.ssh_mirror import _Server, _Sftp, listen_ssh, serve_ssh
 
 PASSWORD_ENV = "C2B_SANDBOX_BOX_DB_PASSWORD"
 
@@ -293,35 +292,9 @@ def start_box_host(work_dir: str | Path, *, host: str = "127.0.0.1", port: int =
         for h in ("localhost", "127.0.0.1"):
             cur.execute(f"CREATE USER '{name}'@'{h}' IDENTIFIED BY %s", (password,))
             cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{name}'@'{h}'")
-    host_key = generate_key(work / "box_host_key")
-    client_key = generate_key(work / "box_client_key")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-    known_hosts = work / "box_known_hosts"
-    known_hosts.write_text(f"[{host}]:{port} {host_key.get_name()} {host_key.get_base64()}\n")
-    box = BoxHostSandbox(root, host, port, username, work / "box_client_key", known_hosts, client_key, host_key,
-                         name, name, password, db_host, db_port, domain, _sock=sock, _stop=threading.Event(),
-                         _admin=admin)
-
-    def serve() -> None:
-        while not box._stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            t = paramiko.Transport(conn)
-            t.set_log_channel("sandbox.box_host.transport")
-            logging.getLogger("sandbox.box_host.transport").setLevel(logging.CRITICAL)
-            t.add_server_key(host_key)
-            t.set_subsystem_handler("sftp", paramiko.SFTPServer, _HostSftp, str(box.root))
-            box._transports.append(t)
-            try:
-                t.start_server(server=_HostServer(box))
-            except (paramiko.SSHException, EOFError, OSError):
-                t.close()
-
-    threading.Thread(target=serve, name=f"box-host-{port}", daemon=True).start()
+    ssh = listen_ssh(work, "box", host, port)
+    box = BoxHostSandbox(root, host, ssh.port, username, ssh.client_key_file, ssh.known_hosts, ssh.client_key,
+                         ssh.host_key, name, name, password, db_host, db_port, domain, _sock=ssh.sock,
+                         _stop=threading.Event(), _admin=admin)
+    serve_ssh(box, ssh, sftp=_HostSftp, server=_HostServer, name="box-host")
     return box

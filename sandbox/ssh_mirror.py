@@ -202,40 +202,65 @@ class SshMirror:
         self.close()
 
 
-def start_mirror(root: str | Path, work_dir: str | Path, *, username: str = "mirror",
-                 host: str = "127.0.0.1", port: int = 0) -> SshMirror:
-    """Serve ``root`` over SFTP on ``host:port`` (0: a free port); keys go into ``work_dir``."""
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    host_key = generate_key(work / "mirror_host_key")
-    client_key = generate_key(work / "mirror_client_key")
+@dataclass
+class SshListener:
+    """A listening socket with its host key, the client's key and a known_hosts naming the host key."""
+
+    sock: socket.socket
+    port: int
+    host_key: paramiko.PKey
+    client_key: paramiko.PKey
+    client_key_file: Path
+    known_hosts: Path
+
+
+def listen_ssh(work: Path, prefix: str, host: str, port: int) -> SshListener:
+    """Keys ``<prefix>_host_key``/``<prefix>_client_key`` and ``<prefix>_known_hosts`` in ``work``,
+    and a socket listening on ``host:port`` (0: a free port)."""
+    host_key = generate_key(work / f"{prefix}_host_key")
+    client_key = generate_key(work / f"{prefix}_client_key")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(16)
     port = sock.getsockname()[1]
-    known_hosts = work / "known_hosts"
+    known_hosts = work / f"{prefix}_known_hosts"
     known_hosts.write_text(f"[{host}]:{port} {host_key.get_name()} {host_key.get_base64()}\n")
-    mirror = SshMirror(Path(root).resolve(), host, port, username, work / "mirror_client_key", known_hosts,
-                       client_key, host_key, sock, threading.Event(), [])
+    return SshListener(sock, port, host_key, client_key, work / f"{prefix}_client_key", known_hosts)
+
+
+def serve_ssh(owner, listener: SshListener, *, sftp: type, server: type, name: str) -> None:
+    """Accept SSH connections for ``owner`` (its ``root``, ``_stop`` and ``_transports``) in a daemon
+    thread: SFTP with ``sftp`` under ``owner.root``, auth and exec by a ``server(owner)`` per connection."""
 
     def serve() -> None:
-        while not mirror._stop.is_set():
+        while not owner._stop.is_set():
             try:
-                conn, _ = sock.accept()
+                conn, _ = listener.sock.accept()
             except OSError:
                 return
             t = paramiko.Transport(conn)
-            # a client hanging up is normal for a mirror; keep paramiko's server-side noise out of the demo
-            t.set_log_channel("sandbox.ssh_mirror.transport")
-            logging.getLogger("sandbox.ssh_mirror.transport").setLevel(logging.CRITICAL)
-            t.add_server_key(host_key)
-            t.set_subsystem_handler("sftp", paramiko.SFTPServer, _Sftp, str(mirror.root))
-            mirror._transports.append(t)
+            # a client hanging up is normal here; keep paramiko's server-side noise out of the demo
+            t.set_log_channel(f"sandbox.{name}.transport")
+            logging.getLogger(f"sandbox.{name}.transport").setLevel(logging.CRITICAL)
+            t.add_server_key(listener.host_key)
+            t.set_subsystem_handler("sftp", paramiko.SFTPServer, sftp, str(owner.root))
+            owner._transports.append(t)
             try:
-                t.start_server(server=_Server(mirror))
+                t.start_server(server=server(owner))
             except (paramiko.SSHException, EOFError, OSError):
                 t.close()
 
-    threading.Thread(target=serve, name=f"ssh-mirror-{port}", daemon=True).start()
+    threading.Thread(target=serve, name=f"{name}-{listener.port}", daemon=True).start()
+
+
+def start_mirror(root: str | Path, work_dir: str | Path, *, username: str = "mirror",
+                 host: str = "127.0.0.1", port: int = 0) -> SshMirror:
+    """Serve ``root`` over SFTP on ``host:port`` (0: a free port); keys go into ``work_dir``."""
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ssh = listen_ssh(work, "mirror", host, port)
+    mirror = SshMirror(Path(root).resolve(), host, ssh.port, username, ssh.client_key_file, ssh.known_hosts,
+                       ssh.client_key, ssh.host_key, ssh.sock, threading.Event(), [])
+    serve_ssh(mirror, ssh, sftp=_Sftp, server=_Server, name="ssh-mirror")
     return mirror

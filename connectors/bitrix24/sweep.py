@@ -30,7 +30,8 @@ from connectors.errors import BudgetExhausted
 
 from .delta import DeltaExport, export_delta
 from .importer import import_delta
-from .model import ENTITIES, parse_date
+from .lists import iter_rows
+from .model import ENTITIES, SELECT, parse_date
 from .rest import Bitrix24Client
 
 log = logging.getLogger("cloud2box.sweep")
@@ -172,9 +173,6 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
 
 def _add_released(cloud: Bitrix24Client, delta: DeltaExport, released: dict[str, set[str]]) -> None:
     """Records released from quarantine join this sweep whatever their last change's time."""
-    from .lists import iter_rows
-    from .model import SELECT
-
     for entity, ids in released.items():
         d = delta.entities.get(entity)
         if d is None or not ids:

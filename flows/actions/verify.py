@@ -39,8 +39,9 @@ def build_access(ctx: ActionContext, stack: contextlib.ExitStack) -> VerifyAcces
                           cloud_apps=list(section.cloud_apps), timeout_s=section.timeout_s)
     if cfg.crm_delta is not None:
         try:
-            access.cloud, access.box = crm_clients(ctx, crm_section(ctx))
-            access.cutoff = cutoff_of(ctx, crm_section(ctx))
+            crm = crm_section(ctx)
+            access.cloud, access.box = crm_clients(ctx, crm)
+            access.cutoff = cutoff_of(ctx, crm)
         except ConfigError as exc:
             access.unavailable.update(cloud=exc.message, box=exc.message)
     if cfg.box_host is not None:
