@@ -46,6 +46,15 @@ class RiskRegister(BaseModel):
     def needing_acceptance(self) -> list[Risk]:
         return [r for r in self.risks if r.needs_acceptance]
 
+    def rows(self, statuses: dict[str, str] | None = None) -> list[dict]:
+        """One row per risk for a table, with its status in the run (default ``open``); rendered
+        by :func:`journal.risks.risk_register_markdown`."""
+        statuses = statuses or {}
+        return [{"id": r.id, "risk": r.title, "owner": r.owner, "likelihood": r.likelihood, "impact": r.impact,
+                 "mitigation": r.mitigation or ("**NONE — needs the customer's acceptance**" if r.needs_acceptance
+                                                else "none"),
+                 "verified_by": r.verified_by, "status": statuses.get(r.id, "open")} for r in self.risks]
+
     def to_markdown(self, statuses: dict[str, str] | None = None) -> str:
         statuses = statuses or {}
         rows = ["| id | risk | owner | likelihood | impact | mitigation | verified by | status |", "|---|---|---|---|---|---|---|---|"]

@@ -121,6 +121,9 @@ class CheckResult:
         return asdict(self)
 
 
+_MARKS = {"passed": "✅ passed", "failed": "❌ FAILED", "not-run": "⚪ not run"}
+
+
 @dataclass
 class Verification:
     results: list[CheckResult]
@@ -145,13 +148,19 @@ class Verification:
         return (f"{len(self.passed)} passed, {len(self.failed)} failed "
                 f"({len(self.fires)} fire), {len(self.not_run)} not run")
 
+    def rows(self) -> list[dict]:
+        """One row per check for a table (``check``, ``result``, ``severity``, ``finding``);
+        rendered by :func:`journal.verification.verification_markdown`."""
+        return [{"check": r.id, "result": _MARKS[r.status], "severity": r.severity,
+                 "finding": (r.summary + (f" — *fix:* {r.fix}" if r.status == "failed" and r.fix else ""))
+                 .replace("|", "/")} for r in self.results]
+
     def to_markdown(self) -> str:
-        mark = {"passed": "✅ passed", "failed": "❌ FAILED", "not-run": "⚪ not run"}
         lines = [f"**Verification:** {self.summary()}. A check that did not run is not a pass.", "",
                  "| check | result | severity if failed | finding |", "|---|---|---|---|"]
         for r in self.results:
             finding = r.summary + (f" — *fix:* {r.fix}" if r.status == "failed" and r.fix else "")
-            lines.append(f"| {r.id} | {mark[r.status]} | {r.severity} | {finding.replace('|', '/')} |")
+            lines.append(f"| {r.id} | {_MARKS[r.status]} | {r.severity} | {finding.replace('|', '/')} |")
         return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@
           ├── IntegrityError       data that must not be trusted: bad hash, broken gzip, short part
           ├── GateRejected         a customer rejected a phase gate
           ├── StepNotDone          a person reported a manual step as not done
+          ├── RunNotFound          the journal has no run with that id
           └── BudgetExhausted      a sync's hard request budget is spent: it stops and alerts
 
 Library errors (requests, paramiko, sqlalchemy, socket) are converted into this tree at the
@@ -74,6 +75,10 @@ class StepNotDone(FatalError):
     """A person reported a manual step as not done; the run stops at that step."""
 
 
+class RunNotFound(FatalError):
+    """The journal has no run with that id (``fix`` lists the latest runs)."""
+
+
 __all__ = [
     "MigrationError",
     "TransientError",
@@ -84,6 +89,7 @@ __all__ = [
     "IntegrityError",
     "GateRejected",
     "StepNotDone",
+    "RunNotFound",
 ]
 
 

@@ -1,8 +1,11 @@
 """Keep secrets out of logs, the journal, reports, exceptions and CSV files.
 
 Every secret value cloud2box resolves is registered here; :func:`redact` masks any registered
-value (and the code segment of Bitrix24 webhook URLs) in a string. The logging filter applies it
-to every record, so a secret that slips into a message never reaches a handler.
+value, URL passwords, and the credentials that platforms put in URLs (each platform's
+``redaction`` patterns, registered with :func:`register_redaction` when the registry loads it;
+the first :func:`redact` loads every registered platform, so masking needs no flow or config).
+The logging filter applies it to every record, so a secret that slips into a message never
+reaches a handler.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ MASK = "***"
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-
-# https://portal/rest/{USER_ID}/{CODE}/method.json: the CODE is the credential.
-_WEBHOOK_RE = re.compile(r"(/rest/\d+/)([^/\s?#\"']+)")
+_patterns: list[re.Pattern] = []  # group 2 of each (a credential inside a URL) is masked
+_load_lock = threading.RLock()  # other threads wait for the platforms; the loading thread may redact
+_platforms_loaded = _loading = False
 # user:password@host in URLs
 _USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)(@)", re.IGNORECASE)
 
@@ -33,15 +36,53 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+def register_redaction(pattern: re.Pattern | str) -> None:
+    """From now on, :func:`redact` masks what group 2 of ``pattern`` matches and keeps the rest of
+    the match, e.g. ``(/api/\\d+/)([^/]+)`` masks the path segment after ``/api/<id>/``."""
+    compiled = re.compile(pattern)
+    if compiled.groups < 2:
+        raise ValueError("a redaction pattern needs at least two groups; group 2 is the credential")
+    with _lock:
+        if compiled not in _patterns:
+            _patterns.append(compiled)
+
+
+def _load_platform_patterns() -> None:
+    """Load every registered platform once, so its patterns apply before any flow has run."""
+    global _platforms_loaded, _loading
+    with _load_lock:
+        if _platforms_loaded or _loading:  # _loading: importing a platform redacted something
+            return
+        _loading = True
+        try:
+            from connectors import platforms
+
+            platforms.load_all()
+            _platforms_loaded = True
+        finally:
+            _loading = False
+
+
+def _mask_group_2(m: re.Match) -> str:
+    if m.group(2) == MASK:
+        return m.group(0)
+    start, end = m.start(2) - m.start(0), m.end(2) - m.start(0)
+    return m.group(0)[:start] + MASK + m.group(0)[end:]
+
+
 def redact(text: object) -> str:
-    """Return ``text`` as a string with every registered secret and webhook code masked."""
+    """Return ``text`` as a string with every registered secret and URL credential masked."""
+    if not _platforms_loaded:
+        _load_platform_patterns()
     s = str(text)
     with _lock:
         values = sorted(_secrets, key=len, reverse=True)
+        patterns = list(_patterns)
     for value in values:
         if value in s:
             s = s.replace(value, MASK)
-    s = _WEBHOOK_RE.sub(lambda m: m.group(1) + MASK if m.group(2) != MASK else m.group(0), s)
+    for pattern in patterns:
+        s = pattern.sub(_mask_group_2, s)
     return _USERINFO_RE.sub(lambda m: m.group(1) + MASK + m.group(3), s)
 
 

@@ -228,6 +228,7 @@ def cmd_verify(args) -> int:
     from flows.actions.verify import verify
     from flows.config import load_config, resolve_secrets
     from journal.store import Journal
+    from journal.verification import verification_markdown
 
     config = load_config(args.config)
     journal = Journal(config.journal.url)
@@ -236,7 +237,7 @@ def cmd_verify(args) -> int:
                         step_id=args.step, mode=journal.get_run(run_id).mode,
                         work_dir=Path(config.journal.out_dir) / "runs" / run_id)
     result, changes = verify(ctx)
-    print(result.to_markdown())
+    print(verification_markdown(result))
     print(f"\nissues opened: {changes['opened'] or 'none'}; resolved: {changes['resolved'] or 'none'}")
     return 1 if result.fires else 0
 

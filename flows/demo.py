@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from flows.sandbox_services import start_sandbox
+from journal.events import EventKind
 
 DEMO_POLL_S = 1  # short pause polling keeps the demo to a few minutes
 DEMO_SWEEP_MIN = 0.05  # a straggler sweep every 3 s
@@ -72,7 +73,7 @@ def _start_prefect() -> None:
 def run_demo(out: Path) -> int:
     """The rehearsal, then the cutover planned from it; prints what happened and forecast vs actual."""
     from flows.customer import ScriptedCustomer
-    from flows.migration import SERVICES, migration
+    from flows.migration import migration
     from journal.store import Journal
 
     started = time.monotonic()
@@ -82,7 +83,6 @@ def run_demo(out: Path) -> int:
         sandbox = stack.enter_context(start_sandbox(out))
         config_path = write_demo_config(out, sandbox)
         os.environ.update(sandbox.env)  # the sandbox's secrets, referenced by name from the config
-        SERVICES["*"] = sandbox.services
         print(f"cloud2box demo: config {config_path}")
         for line in sandbox.describe():
             print(f"  sandbox: {line}")
@@ -193,10 +193,10 @@ def _print_run(journal, run, out: Path) -> None:
         print(f"  {s.step_id} {s.title}: {s.notes}")
     if start and end:
         print(f"  user downtime (2.10 → 2.12): {(end - start).total_seconds():.1f} s")
-    for e in journal.events(run.id, "verification"):
+    for e in journal.events(run.id, EventKind.VERIFICATION):
         failed = [r["id"] for r in e.data["results"] if r["status"] == "failed"]
         print(f"  verification before {e.step_id}: {e.data['summary']}" + (f" — {', '.join(failed)}" if failed else ""))
-    done = journal.events(run.id, "sweep")
+    done = journal.events(run.id, EventKind.SWEEP)
     if done:
         moved = sum(x.data["created"] + x.data["updated"] for x in done)
         people = {p["user_id"] for x in done for p in x.data["stragglers"]}

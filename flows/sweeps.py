@@ -24,10 +24,11 @@ from connectors.bitrix24.sweep import SweepOutcome, SweepPolicy, run_sweep
 from connectors.errors import BudgetExhausted, ConfigError, MigrationError
 from connectors.secrets import redact
 from journal.configuration import resolve_notice_urls
+from journal.events import EventKind
 from journal.idmap import IdMap
 from journal.models import utcnow
 from journal.notices import Notifier
-from journal.sweeps import (SWEEP_ALERT, JournalSweepHistory, record_sweep, requests_today, sweeps)
+from journal.sweeps import JournalSweepHistory, record_sweep, requests_today, sweeps
 
 from .actions import ActionContext
 from .actions.crm_delta import crm_clients, crm_section, cutoff_of
@@ -133,7 +134,7 @@ class StragglerSweeper:
             gap = self.section.min_gap_seconds - (time.monotonic() - self._last_sweep)
             if gap > 0 and not self._stop.is_set():
                 self._stop.wait(gap)
-        self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweeps stopped after {self.section.max_sweeps} "
+        self.ctx.journal.add_event(self.ctx.run_id, EventKind.SWEEP_ALERT, f"sweeps stopped after {self.section.max_sweeps} "
                                    "sweeps ([sweeps] max_sweeps)", step_id=self.ctx.step_id)
 
     # -- one sweep -------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class StragglerSweeper:
                 return outcome
             except Exception as exc:  # noqa: BLE001 — whatever broke, the customer's test period goes on
                 text = redact(exc.message if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}")
-                self.ctx.journal.add_event(self.ctx.run_id, SWEEP_ALERT, f"sweep {number} failed: {text}",
+                self.ctx.journal.add_event(self.ctx.run_id, EventKind.SWEEP_ALERT, f"sweep {number} failed: {text}",
                                            data={"number": number,
                                                  "requests": self.cloud.requests + self.box.requests - req0},
                                            step_id=self.ctx.step_id)
@@ -216,10 +217,10 @@ class StragglerSweeper:
                         "else look for a loop")
         if outcome.stragglers and self.users_notifier is not None and self.section.notify_stragglers:
             names = sorted(s["user_id"] for s in outcome.stragglers)
-            told = self.ctx.journal.events(self.ctx.run_id, "stragglers-told")
+            told = self.ctx.journal.events(self.ctx.run_id, EventKind.STRAGGLERS_TOLD)
             if not told or told[-1].data.get("users") != names:  # tell each new set of people once
                 result = self.users_notifier.send("stragglers", since=outcome.since, stragglers=outcome.stragglers)
-                self.ctx.journal.add_event(self.ctx.run_id, "stragglers-told",
+                self.ctx.journal.add_event(self.ctx.run_id, EventKind.STRAGGLERS_TOLD,
                                            f"{len(names)} user(s) still in the cloud told to use the box",
                                            data={"users": names, "delivered": result.delivered},
                                            step_id=self.ctx.step_id)

@@ -1,7 +1,7 @@
 """The tamper-evident journal: a hash chain per migration run.
 
 Every insert, update or delete of a journal row (runs, step executions, sign-offs, events,
-issues, and any table added with :func:`chain_table`) appends one link to ``c2b_chain``::
+issues, backup parts) appends one link to ``c2b_chain``::
 
     entry_hash = sha256(prev_hash | run_id | seq | table | row_id | op | content_hash | at)
 
@@ -34,7 +34,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from sqlalchemy import Integer, String, event, func, insert, select
+from sqlalchemy import Integer, String, event, insert, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -42,10 +42,10 @@ from .models import Base, MigrationRun, utcnow
 
 GENESIS = "0" * 64
 
-# The id map (c2b_crm_id_map) is not chained by default: thousands of rows per delta, and the
-# reconciliation evidence of the delta step already vouches for it. chain_table() adds it.
-_CHAINED: set[str] = {"c2b_runs", "c2b_step_executions", "c2b_signoffs", "c2b_events", "c2b_issues",
-                      "c2b_backup_parts"}
+# The id map (c2b_crm_id_map) is not chained: thousands of rows per delta, and the
+# reconciliation evidence of the delta step already vouches for it.
+_CHAINED = frozenset({"c2b_runs", "c2b_step_executions", "c2b_signoffs", "c2b_events", "c2b_issues",
+                      "c2b_backup_parts"})
 
 
 class ChainEntry(Base):
@@ -63,15 +63,6 @@ class ChainEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-def chain_table(name: str) -> None:
-    """Chain another journal table (it must have a ``run_id`` column and be written through the ORM)."""
-    _CHAINED.add(name)
-
-
-def chained_tables() -> set[str]:
-    return set(_CHAINED)
 
 
 # -- hashing ------------------------------------------------------------------------------------
@@ -330,8 +321,3 @@ def head_hash(journal, run_id: str) -> str:
         last = s.execute(select(chain.c.entry_hash).where(chain.c.run_id == run_id)
                          .order_by(chain.c.seq.desc()).limit(1)).scalar()
     return last or GENESIS
-
-
-def count_links(journal, run_id: str) -> int:
-    with journal.session() as s:
-        return s.scalar(select(func.count()).select_from(ChainEntry).where(ChainEntry.run_id == run_id)) or 0

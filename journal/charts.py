@@ -19,6 +19,8 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num  # 
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from .events import EventKind  # noqa: E402
+
 OUTCOME_COLOURS = {"done": "#2e7d32", "failed": "#c62828", "running": "#f9a825", "skipped": "#757575"}
 PLANNED_COLOUR = "#b0bec5"
 
@@ -91,7 +93,7 @@ def throughput_series(events: list) -> dict[str, list[tuple[dt.datetime, float, 
     """
     series: dict[str, list] = {}
     for ev in events:
-        if ev.kind not in ("eta", "forecast-eta"):
+        if ev.kind not in (EventKind.ETA, EventKind.FORECAST_ETA):
             continue
         d = ev.data or {}
         if d.get("bytes_per_s") or d.get("rate_bps"):

@@ -69,13 +69,17 @@ def journal_frame(journal: Journal, run_id: str) -> pd.DataFrame:
     return pd.DataFrame([step_row(e, run.mode) for e in journal.steps(run_id)], columns=COLUMNS)
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """A GitHub-flavoured Markdown table (pipes escaped, newlines flattened)."""
+def markdown_table(rows: list[dict], columns: list[str] | dict[str, str]) -> str:
+    """A GitHub-flavoured Markdown table (pipes escaped, newlines flattened), each line ending in a newline.
+
+    ``columns``: the keys of ``rows`` to show, in order; a dict maps each key to its heading.
+    """
     def cell(v) -> str:
         return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
 
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(cell(r.get(c)) for c in columns) + " |\n" for r in rows)
+    headings = columns if isinstance(columns, dict) else {c: c for c in columns}
+    head = "| " + " | ".join(headings.values()) + " |\n|" + "---|" * len(headings) + "\n"
+    return head + "".join("| " + " | ".join(cell(r.get(c)) for c in headings) + " |\n" for r in rows)
 
 
 SUMMARY_COLUMNS = ["step", "title", "owner", "outcome", "actor", "planned_min", "actual_min", "over_plan_min"]

@@ -2,11 +2,12 @@
 
 What is read from the rehearsal (the latest ``done`` execution of each step):
 
-- **Automated steps** (action other than ``manual``) with a work amount in ``counters``:
-  ``bytes`` (unit bytes) or else ``records`` (unit records). The step's rate is, in this order,
-  ``counters.bytes_per_s`` / ``counters.restore_mb_per_s`` (× 10⁶ bytes) / ``counters.records_per_s``,
-  else amount ÷ duration. What the rate does not explain (duration − amount ÷ rate: connecting,
-  listing parts, checks) is a fixed overhead that does not scale.
+- **Automated steps** (action other than ``manual``) with a work amount in their
+  :class:`~journal.counters.StepCounters`: ``bytes`` (unit bytes) or else ``records`` (unit
+  records). The step's rate is :meth:`~journal.counters.StepCounters.rate` (``bytes_per_s`` /
+  ``restore_mb_per_s`` × 10⁶ bytes / ``records_per_s``), else amount ÷ duration. What the rate
+  does not explain (duration − amount ÷ rate: connecting, listing parts, checks) is a fixed
+  overhead that does not scale.
 - **Spread** of the rate, from any of: ``counters.rate_samples`` or ``evidence.rate_samples``
   (numbers in unit/s), ``evidence.parts`` (dicts with ``bytes_per_s`` or ``bytes`` and ``seconds``),
   the step's rows of ``c2b_backup_parts`` (bytes fetched ÷ duration per part), and ``eta`` events
@@ -35,10 +36,12 @@ from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo
 
 from .configuration import ForecastSection
+from .counters import StepCounters, Unit
+from .events import EventKind
+from .export import markdown_table
 from .models import StepExecution, utcnow
 
-BYTES_RATE_KEYS = ("bytes_per_s",)
-MB = 1_000_000
+_TABLE_COLUMNS = ["step", "title", "owner", "kind", "P50", "P90", "start (P50)", "end (P50)", "end (P90)", "basis"]
 
 
 @dataclass
@@ -136,14 +139,11 @@ class Forecast:
             out.append(f"- User downtime ({down['start_step']} → {down['end_step']}): from {t(down['start'])}, "
                        f"P50 {human_duration(down['p50_s'])} (until {t(down['end_p50'])}), "
                        f"P90 {human_duration(down['p90_s'])} (until {t(down['end_p90'])})")
-        out += ["", "| step | title | owner | kind | P50 | P90 | start (P50) | end (P50) | end (P90) | basis |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            title = r.title.replace("|", "\\|")
-            out.append(f"| {r.step_id} | {title} | {r.owner} | {r.kind} | {human_duration(r.p50_s)} | "
-                       f"{human_duration(r.p90_s)} | {r.start_p50:%m-%d %H:%M} | {r.end_p50:%m-%d %H:%M} | "
-                       f"{r.end_p90:%m-%d %H:%M} | {r.basis} |")
-        return "\n".join(out) + "\n"
+        rows = [{"step": r.step_id, "title": r.title, "owner": r.owner, "kind": r.kind, "P50": human_duration(r.p50_s),
+                 "P90": human_duration(r.p90_s), "start (P50)": f"{r.start_p50:%m-%d %H:%M}",
+                 "end (P50)": f"{r.end_p50:%m-%d %H:%M}", "end (P90)": f"{r.end_p90:%m-%d %H:%M}", "basis": r.basis}
+                for r in self.rows]
+        return "\n".join([*out, "", markdown_table(rows, _TABLE_COLUMNS)])
 
     def to_dict(self) -> dict:
         def ser(v):
@@ -168,7 +168,7 @@ class Forecast:
     def record(self, journal, run_id: str, message: str | None = None) -> None:
         """Store this forecast in ``run_id``'s journal (the report compares it with the actuals)."""
         down = self.downtime()
-        journal.add_event(run_id, "forecast", message or (
+        journal.add_event(run_id, EventKind.FORECAST, message or (
             f"forecast from rehearsal {self.rehearsal_run_id}: end P50 {self.end_p50:%Y-%m-%d %H:%M} UTC, "
             f"P90 {self.end_p90:%Y-%m-%d %H:%M} UTC"
             + (f"; downtime P50 {human_duration(down['p50_s'])}, P90 {human_duration(down['p90_s'])}" if down else "")),
@@ -177,7 +177,7 @@ class Forecast:
 
 def recorded_forecast(journal, run_id: str) -> Forecast | None:
     """The latest forecast stored in ``run_id``'s journal (None if none was recorded)."""
-    events = journal.events(run_id, "forecast")
+    events = journal.events(run_id, EventKind.FORECAST)
     if not events:
         return None
     return Forecast.from_dict(events[-1].data)
@@ -191,25 +191,21 @@ def _quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]
 
 
-def _amount_and_rate(e: StepExecution) -> tuple[str | None, float | None, float | None]:
-    c = e.counters or {}
-    if isinstance(c.get("bytes"), (int, float)) and c["bytes"] > 0:
-        unit, amount = "bytes", float(c["bytes"])
-        rate = c.get("bytes_per_s") or (c["restore_mb_per_s"] * MB if c.get("restore_mb_per_s") else None)
-    elif isinstance(c.get("records"), (int, float)) and c["records"] > 0:
-        unit, amount = "records", float(c["records"])
-        rate = c.get("records_per_s")
-    else:
+def _amount_and_rate(e: StepExecution) -> tuple[Unit | None, float | None, float | None]:
+    counters = StepCounters.read(e.counters)
+    work = counters.amount()
+    if work is None:
         return None, None, None
+    unit, amount = work
+    rate = counters.rate(unit)
     if not rate and e.duration_s:
         rate = amount / e.duration_s
     return unit, amount, float(rate) if rate else None
 
 
-def _samples(e: StepExecution, unit: str, eta_events: list, part_rows: list) -> list[float]:
-    out: list[float] = []
-    for src in (e.counters or {}, e.evidence or {}):
-        out += [float(x) for x in src.get("rate_samples", []) if isinstance(x, (int, float)) and x > 0]
+def _samples(e: StepExecution, unit: Unit, eta_events: list, part_rows: list) -> list[float]:
+    out = [x for x in StepCounters.read(e.counters).rate_samples or [] if x > 0]
+    out += [float(x) for x in (e.evidence or {}).get("rate_samples", []) if isinstance(x, (int, float)) and x > 0]
     for part in (e.evidence or {}).get("parts", []) if isinstance((e.evidence or {}).get("parts"), list) else []:
         if not isinstance(part, dict):
             continue
@@ -266,7 +262,7 @@ def forecast_from(journal, rehearsal_run_id: str, backup_size: float | None = No
         if e.outcome == "done":
             latest[e.step_id] = e
     etas: dict[str, list] = {}
-    for ev in journal.events(rehearsal_run_id, "eta"):
+    for ev in journal.events(rehearsal_run_id, EventKind.ETA):
         etas.setdefault(ev.step_id or "", []).append(ev)
 
     parts = _part_rows(journal, rehearsal_run_id)
@@ -362,7 +358,7 @@ class LiveEta:
         if down:
             change.update(downtime_end_p50=down["end_p50"].isoformat(), downtime_end_p90=down["end_p90"].isoformat())
         self.journal.add_event(
-            self.run_id, "forecast-eta",
+            self.run_id, EventKind.FORECAST_ETA,
             f"step {self.step_id}: ETA {eta:%H:%M:%S} UTC (P90 {row.end_p90:%H:%M:%S})"
             + (f", was {self.last_eta:%H:%M:%S}" if self.last_eta else "")
             + f" at {human_rate(rate, row.unit)}", data=change, step_id=self.step_id)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Iterable, Literal
 
 from .configuration import LadderSection
+from .counters import StepCounters
+from .events import EventKind
+from .export import downtime_window, markdown_table
 
 Level = Literal["workaround", "decision", "data-return"]
-LEVELS: tuple[Level, ...] = ("workaround", "decision", "data-return")
-EVENT_KIND = "ladder"
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,11 @@ def next_due_at(downtime_start: dt.datetime | None, section: LadderSection, fire
 # -- journal helpers ----------------------------------------------------------------------------
 
 def fired_levels(journal, run_id: str) -> set[str]:
-    return {e.data.get("level") for e in journal.events(run_id, EVENT_KIND)}
+    return {e.data.get("level") for e in journal.events(run_id, EventKind.LADDER)}
 
 
 def record_fired(journal, run_id: str, action: LadderAction, detail: str = "", data: dict | None = None) -> None:
-    journal.add_event(run_id, EVENT_KIND,
+    journal.add_event(run_id, EventKind.LADDER,
                       f"escalation after {action.threshold_min:g} min of downtime: {action.description}"
                       + (f" — {detail}" if detail else ""),
                       data={"level": action.level, "threshold_min": action.threshold_min,
@@ -89,11 +90,9 @@ def record_fired(journal, run_id: str, action: LadderAction, detail: str = "", d
 
 def downtime_start(journal, run_id: str) -> dt.datetime | None:
     """When the user downtime started: the 'downtime-start' event, else the confirmed start step."""
-    events = journal.events(run_id, "downtime-start")
+    events = journal.events(run_id, EventKind.DOWNTIME_START)
     if events:
         return events[0].at
-    from .export import downtime_window
-
     return downtime_window(journal, run_id)[0]
 
 
@@ -129,8 +128,10 @@ def decision_prompt(*, portal: str, box_portal: str, downtime_min: float, open_f
     return "\n".join(lines)
 
 
-# Counters of the delta step that say what was moved (flows/actions/crm_delta.py and per-entity counts).
-_ENTITY_COUNTERS = ("created", "updated", "deleted_in_cloud", "leads", "deals", "contacts", "companies")
+# What the delta step's counters say was moved (flows/actions/crm_delta.py).
+_MOVED_COUNTERS = {"created", "updated", "deleted_in_cloud"}
+_PLAN_COLUMNS = {"where": "where the records are", "period": "created between", "what": "what", "count": "count",
+                 "how": "how they return"}
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,10 @@ class DataReturnPlan:
         def t(x):
             return f"{x:%Y-%m-%d %H:%M} UTC" if x else "unknown"
 
-        out = [f"# Data-return plan — run {self.run_id}", "",
-               f"Generated {t(self.generated_at)} from the journal. Backup cutoff: {t(self.cutoff)}; "
-               f"user downtime started: {t(self.downtime_start)}.", "",
-               "| where the records are | created between | what | count | how they return |",
-               "|---|---|---|---|---|"]
-        for r in self.rows:
-            out.append(f"| {r['where']} | {r['period']} | {r['what']} | {r['count']} | {r['how']} |")
-        return "\n".join(out) + "\n"
+        return "\n".join([f"# Data-return plan — run {self.run_id}", "",
+                          f"Generated {t(self.generated_at)} from the journal. Backup cutoff: {t(self.cutoff)}; "
+                          f"user downtime started: {t(self.downtime_start)}.", "",
+                          markdown_table(self.rows, _PLAN_COLUMNS)])
 
 
 def data_return_plan(journal, run_id: str, *, now: dt.datetime, workaround: str) -> DataReturnPlan:
@@ -166,17 +163,18 @@ def data_return_plan(journal, run_id: str, *, now: dt.datetime, workaround: str)
 
     moved = {}
     for e in steps:
-        if e.outcome == "done" and "records" in (e.counters or {}):
-            moved[e.step_id] = (e.title, e.counters)
+        counters = StepCounters.read(e.counters)
+        if e.outcome == "done" and counters.records is not None:
+            moved[e.step_id] = (e.title, counters)
     rows = [{"where": "box (restored backup)", "period": f"… → {t(run.cutoff)}", "what": "all CRM records",
              "count": "all", "how": "already on the box"}]
     if moved:
         for step_id, (title, counters) in moved.items():
-            per = ", ".join(f"{k} {v:g}" for k, v in counters.items()
-                            if isinstance(v, (int, float)) and k in _ENTITY_COUNTERS)
+            per = ", ".join(f"{k} {v:g}" for k, v in counters.model_dump(include=_MOVED_COUNTERS).items()
+                            if v is not None)
             rows.append({"where": "cloud → box", "period": f"{t(run.cutoff)} → {t(start)}",
                          "what": f"created/changed after the backup (step {step_id}: {title})" + (f"; {per}" if per else ""),
-                         "count": counters.get("records", "?"), "how": "transferred; kept in the id map"})
+                         "count": counters.records, "how": "transferred; kept in the id map"})
     else:
         rows.append({"where": "cloud", "period": f"{t(run.cutoff)} → {t(start)}",
                      "what": "leads, deals, contacts, companies created or changed after the backup",

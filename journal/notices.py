@@ -32,17 +32,20 @@ import jinja2
 from connectors.secrets import redact
 
 from .configuration import TEMPLATES_DIR, NoticesSection
+from .events import EventKind
 from .forecast import Forecast, human_duration
 from .models import utcnow
 
 KINDS = ("announcement", "downtime-started", "progress", "workaround", "completed", "summary", "stragglers",
          "sync-alert")
-EVENT_KIND = "notice"
 # Notices that promise no next update (the downtime's updates are promised by the others).
 _FINAL_KINDS = {"completed", "summary", "stragglers", "sync-alert"}
 # Values a template may test for; the required ones (e.g. ``known`` of a progress notice) have no default.
 _OPTIONAL = {"eta": None, "eta_latest": None, "latest_end": None, "open_issues": [], "resolution": "",
              "timeline": [], "root_causes": [], "immediate_actions": [], "corrective_actions": [], "downtime_s": None}
+# Events the post-incident summary's timeline shows besides the notices.
+_TIMELINE_KINDS = {EventKind.DOWNTIME_START, EventKind.DOWNTIME_END, EventKind.ISSUE, EventKind.ISSUE_RESOLVED,
+                   EventKind.LADDER}
 _HOST_SAFE_SCHEMES = {"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "mailtos", "ntfy", "ntfys"}
 
 log = logging.getLogger("cloud2box.notices")
@@ -210,7 +213,7 @@ class Notifier:
             message = f"notice '{n.kind}' sent to {len(result.delivered)} target(s): {n.title}"
         if result.failed:
             log.warning("%s", message)
-        self.journal.add_event(self.run_id, EVENT_KIND, message, data={
+        self.journal.add_event(self.run_id, EventKind.NOTICE, message, data={
             "notice": n.kind, "language": n.language, "title": n.title, "body": n.body,
             "sent_at": now.isoformat(), "dry_run": self.section.dry_run,
             "delivered": result.delivered, "failed": result.failed,
@@ -222,7 +225,7 @@ class Notifier:
 # -- helpers for the flow -----------------------------------------------------------------------
 
 def notices_sent(journal, run_id: str) -> list:
-    return journal.events(run_id, EVENT_KIND)
+    return journal.events(run_id, EventKind.NOTICE)
 
 
 def next_update_due(journal, run_id: str) -> dt.datetime | None:
@@ -253,9 +256,9 @@ def summary_values(journal, run_id: str, *, corrective_actions: list[str] | None
     start, end = downtime_window(journal, run_id)
     timeline = []
     for ev in journal.events(run_id):
-        if ev.kind == EVENT_KIND:
+        if ev.kind == EventKind.NOTICE:
             timeline.append({"at": ev.at, "text": ev.data.get("title") or ev.message})
-        elif ev.kind in ("downtime-start", "downtime-end", "issue", "issue-resolved", "ladder"):
+        elif ev.kind in _TIMELINE_KINDS:
             timeline.append({"at": ev.at, "text": ev.message})
     found = issues(journal, run_id)
     root_causes = [f"{i.title}: {i.root_cause}" for i in found if i.root_cause]

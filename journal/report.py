@@ -29,15 +29,16 @@ from connectors.secrets import redact
 from .chain import verify_run
 from .charts import data_uri, gantt_png, throughput_png
 from .configuration import TEMPLATES_DIR
+from .events import EventKind
 from .export import downtime_window, journal_frame, markdown_table, safe_frame
 from .forecast import compare, human_duration, recorded_forecast
 from .models import utcnow
-from .sweeps import QUARANTINE, SWEEP, sweep_totals
+from .sweeps import sweep_totals
 from .triage import issues as list_issues
 
 # A step may run this much over plan before it is flagged as a deviation.
 DEVIATION_TOLERANCE = 0.10
-_STREAM_KINDS = {"eta", "forecast-eta"}  # many per step: charted, counted, not listed one by one
+_STREAM_KINDS = {EventKind.ETA, EventKind.FORECAST_ETA}  # many per step: charted, counted, not listed one by one
 
 
 @dataclass
@@ -121,24 +122,24 @@ def build_context(journal, run_id: str) -> dict:
         "deviations": [s for s in steps if s.deviation], "tolerance_pct": DEVIATION_TOLERANCE * 100,
         "issues": found, "open_issues": [i for i in found if i.status == "open"],
         "forecast": forecast, "forecast_rows": compare(forecast, journal, run_id) if forecast else [],
-        "notices": [e for e in events if e.kind == "notice"],
+        "notices": [e for e in events if e.kind == EventKind.NOTICE],
         "events": [e for e in events if e.kind not in _STREAM_KINDS],
         "stream_counts": {k: sum(1 for e in events if e.kind == k) for k in _STREAM_KINDS},
         "chain": chain,
         "verifications": [{"step": e.step_id, "at": e.at, "summary": e.data.get("summary", ""),
                            "where": (f"the gate of phase {e.step_id.split('-', 1)[1]}"
                                      if str(e.step_id).startswith("gate-") else f"step {e.step_id}"),
-                           "results": e.data.get("results", [])} for e in events if e.kind == "verification"],
+                           "results": e.data.get("results", [])} for e in events if e.kind == EventKind.VERIFICATION],
         "sweeps": _sweeps_view(events),
         "charts": {"gantt": data_uri(gantt_png(executions)), "throughput": data_uri(throughput_png(events))},
     }
 
 
 def _sweeps_view(events) -> dict | None:
-    done = [e for e in events if e.kind == SWEEP]
+    done = [e for e in events if e.kind == EventKind.SWEEP]
     if not done:
         return None
-    return {**sweep_totals(done), "quarantined": [e.data for e in events if e.kind == QUARANTINE]}
+    return {**sweep_totals(done), "quarantined": [e.data for e in events if e.kind == EventKind.QUARANTINE]}
 
 
 # -- HTML ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Risk statuses per migration run (the register itself is checklists/risks.toml)."""
+"""Risk statuses per migration run, and the register as a table (the register itself is checklists/risks.toml)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from sqlalchemy import select
 
 from connectors.secrets import redact
 
+from .export import markdown_table
 from .models import RiskStatus
 from .store import Journal
+
+_COLUMNS = {"id": "id", "risk": "risk", "owner": "owner", "likelihood": "likelihood", "impact": "impact",
+            "mitigation": "mitigation", "verified_by": "verified by", "status": "status"}
 
 
 def set_risk_status(journal: Journal, run_id: str, risk_id: str, status: str, *, decided_by: str | None = None,
@@ -22,3 +26,9 @@ def risk_statuses(journal: Journal, run_id: str) -> dict[str, RiskStatus]:
     with journal.session() as s:
         rows = s.scalars(select(RiskStatus).where(RiskStatus.run_id == run_id).order_by(RiskStatus.id))
         return {r.risk_id: r for r in rows}
+
+
+def risk_register_markdown(register, statuses: dict[str, str] | None = None) -> str:
+    """The register (a :class:`checklists.risks.RiskRegister`) as a Markdown table, each risk with
+    its status in the run."""
+    return markdown_table(register.rows(statuses), _COLUMNS).rstrip("\n")

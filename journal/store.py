@@ -10,17 +10,19 @@ import contextlib
 import datetime as dt
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors.errors import FatalError, TransientError
+from connectors.errors import FatalError, RunNotFound, TransientError
 from connectors.secrets import redact, redact_obj
 
 from . import chain, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
+from .counters import StepCounters
+from .events import EventKind
 from .models import Base, Event, MigrationRun, SignOff, StepExecution, utcnow
 
 
@@ -126,19 +128,23 @@ class Journal:
 
     def finish_run(self, run_id: str, status: str, detail: str | None = None) -> None:
         with self.session() as s:
-            run = s.get(MigrationRun, run_id)
+            run = self._run(s, run_id)
             run.status = status
             run.status_detail = redact(detail) if detail else None
             run.ended_at = utcnow()
 
     def get_run(self, run_id: str) -> MigrationRun:
+        """The run ``run_id``; :class:`RunNotFound` (listing the latest runs) when there is none."""
         with self.session() as s:
-            run = s.get(MigrationRun, run_id)
-            if run is None:
-                known = ", ".join(r.id for r in s.scalars(select(MigrationRun).order_by(MigrationRun.created_at.desc()).limit(5)))
-                raise FatalError(f"no migration run {run_id!r} in the journal {redact(self.url)}",
-                                 fix=f"use one of the latest runs: {known or 'none yet'}")
-            return run
+            return self._run(s, run_id)
+
+    def _run(self, s: Session, run_id: str) -> MigrationRun:
+        run = s.get(MigrationRun, run_id)
+        if run is None:
+            known = ", ".join(r.id for r in s.scalars(select(MigrationRun).order_by(MigrationRun.created_at.desc()).limit(5)))
+            raise RunNotFound(f"no migration run {run_id!r} in the journal {redact(self.url)}",
+                              fix=f"use one of the latest runs: {known or 'none yet'}")
+        return run
 
     def runs(self) -> list[MigrationRun]:
         with self.session() as s:
@@ -146,7 +152,7 @@ class Journal:
 
     def set_cutoff(self, run_id: str, cutoff: dt.datetime) -> None:
         with self.session() as s:
-            s.get(MigrationRun, run_id).cutoff = cutoff
+            self._run(s, run_id).cutoff = cutoff
 
     # -- steps ------------------------------------------------------------------------------
     def completed_steps(self, run_id: str) -> dict[str, StepExecution]:
@@ -177,7 +183,8 @@ class Journal:
             return row.id
 
     def finish_step(self, execution_id: int, *, outcome: str, actor: str | None = None, notes: str | None = None,
-                    error: str | None = None, evidence: dict | None = None, counters: dict | None = None,
+                    error: str | None = None, evidence: dict | None = None,
+                    counters: StepCounters | Mapping | None = None,
                     ended_at: dt.datetime | None = None) -> StepExecution:
         with self.session() as s:
             row = s.get(StepExecution, execution_id)
@@ -188,7 +195,7 @@ class Journal:
             row.notes = redact(notes) if notes else None
             row.error = redact(error) if error else None
             row.evidence = redact_obj(evidence or {})
-            row.counters = dict(counters or {})
+            row.counters = counters.as_dict() if isinstance(counters, StepCounters) else dict(counters or {})
             return row
 
     def close_stale_steps(self, run_id: str, reason: str) -> int:
@@ -223,12 +230,14 @@ class Journal:
     def approved_phases(self, run_id: str) -> set[int]:
         return {so.phase for so in self.signoffs(run_id) if so.decision == "approve"}
 
-    def add_event(self, run_id: str, kind: str, message: str, data: dict | None = None,
+    def add_event(self, run_id: str, kind: EventKind, message: str, data: dict | None = None,
                   step_id: str | None = None) -> None:
         with self.session() as s:
-            s.add(Event(run_id=run_id, kind=kind, message=redact(message), data=redact_obj(data or {}), step_id=step_id))
+            # plain text in the row: the enum's value is what journals store and hash
+            s.add(Event(run_id=run_id, kind=str(kind), message=redact(message), data=redact_obj(data or {}),
+                        step_id=step_id))
 
-    def events(self, run_id: str, kind: str | None = None) -> list[Event]:
+    def events(self, run_id: str, kind: EventKind | None = None) -> list[Event]:
         with self.session() as s:
             q = select(Event).where(Event.run_id == run_id)
             if kind:

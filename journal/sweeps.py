@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from .events import EventKind
+from .export import markdown_table
 from .models import utcnow
 from .triage import issues, report_issue, resolve_issue
 
-SWEEP, QUARANTINE, RELEASE, SWEEP_ALERT = "sweep", "quarantine", "quarantine-release", "sweep-alert"
+SWEEP_ALERT = EventKind.SWEEP_ALERT  # flows/sweeps.py imports this name; drop it once it uses EventKind
 
 
 def _aware(d: dt.datetime) -> dt.datetime:
@@ -21,7 +23,7 @@ def _aware(d: dt.datetime) -> dt.datetime:
 
 
 class JournalSweepHistory:
-    """:class:`connectors.bitrix24.sweep.SweepHistory` read from a run's journal events."""
+    """The sweep's ``SweepHistory`` (what the loop guard remembers), read from a run's journal events."""
 
     def __init__(self, journal, run_id: str) -> None:
         self.journal, self.run_id = journal, run_id
@@ -30,9 +32,9 @@ class JournalSweepHistory:
         """Changes seen at or after ``since``; for a released record only those after its release
         (it starts with a clean slate)."""
         released = {(e.data["entity"], str(e.data["cloud_id"])): _aware(e.at)
-                    for e in self.journal.events(self.run_id, RELEASE)}
+                    for e in self.journal.events(self.run_id, EventKind.QUARANTINE_RELEASE)}
         out: dict[tuple[str, str], set[str]] = {}
-        for e in self.journal.events(self.run_id, SWEEP):
+        for e in self.journal.events(self.run_id, EventKind.SWEEP):
             at = _aware(e.at)
             if at < since:
                 continue
@@ -46,10 +48,10 @@ class JournalSweepHistory:
         return quarantined(self.journal, self.run_id)
 
     def released_since_last_sweep(self) -> dict[str, set[str]]:
-        done = self.journal.events(self.run_id, SWEEP)
+        done = self.journal.events(self.run_id, EventKind.SWEEP)
         last = _aware(done[-1].at) if done else None
         out: dict[str, set[str]] = {}
-        for e in self.journal.events(self.run_id, RELEASE):
+        for e in self.journal.events(self.run_id, EventKind.QUARANTINE_RELEASE):
             if last is None or _aware(e.at) >= last:
                 out.setdefault(e.data["entity"], set()).add(str(e.data["cloud_id"]))
         return out
@@ -58,9 +60,9 @@ class JournalSweepHistory:
 def quarantined(journal, run_id: str) -> dict[str, set[str]]:
     """entity → cloud IDs in quarantine now (quarantined and not released since)."""
     state: dict[tuple[str, str], bool] = {}
-    events = journal.events(run_id, QUARANTINE) + journal.events(run_id, RELEASE)
+    events = journal.events(run_id, EventKind.QUARANTINE) + journal.events(run_id, EventKind.QUARANTINE_RELEASE)
     for e in sorted(events, key=lambda e: (e.at, e.id)):
-        state[(e.data["entity"], str(e.data["cloud_id"]))] = e.kind == QUARANTINE
+        state[(e.data["entity"], str(e.data["cloud_id"]))] = e.kind == EventKind.QUARANTINE
     out: dict[str, set[str]] = {}
     for (entity, rid), on in state.items():
         if on:
@@ -72,29 +74,29 @@ def requests_today(journal, run_id: str, now: dt.datetime | None = None) -> int:
     """Requests the run's sweeps spent since midnight UTC (the daily budget's count)."""
     now = now or utcnow()
     midnight = _aware(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    spent = journal.events(run_id, SWEEP) + journal.events(run_id, SWEEP_ALERT)  # failed sweeps spent too
+    # failed sweeps spent requests too
+    spent = journal.events(run_id, EventKind.SWEEP) + journal.events(run_id, EventKind.SWEEP_ALERT)
     return sum(int(e.data.get("requests", 0)) for e in spent if _aware(e.at) >= midnight)
 
 
 def sweeps(journal, run_id: str) -> list:
-    return journal.events(run_id, SWEEP)
+    return journal.events(run_id, EventKind.SWEEP)
 
 
 def record_sweep(journal, run_id: str, outcome, *, step_id: str | None, number: int) -> None:
     """Journal one sweep; each newly quarantined record gets its own event and an issue."""
-    journal.add_event(run_id, SWEEP, f"sweep {number}: {outcome.summary()}", data={"number": number,
-                                                                                    **outcome.as_data()},
-                      step_id=step_id)
+    journal.add_event(run_id, EventKind.SWEEP, f"sweep {number}: {outcome.summary()}",
+                      data={"number": number, **outcome.as_data()}, step_id=step_id)
     for q in outcome.newly_quarantined:
         text = (f"{q['entity']} {q['cloud_id']} ({q['title'] or 'no title'}) changed {q['changes']} times within "
                 f"{q['window_s'] / 60:.0f} min: quarantined, not synced (a sync loop?)")
-        journal.add_event(run_id, QUARANTINE, text, data=q, step_id=step_id)
+        journal.add_event(run_id, EventKind.QUARANTINE, text, data=q, step_id=step_id)
         report_issue(journal, run_id, title=f"sync loop suspected: {text}", reported_by="cloud2box loop guard",
                      severity="emergency", step_id=step_id, source="check",
                      detail="Find what writes this record in the cloud again and again (a two-way integration, a "
                             "robot); stop it, then release the record: cloud2box sweep release")
     if outcome.stopped:
-        journal.add_event(run_id, SWEEP_ALERT, f"sweep {number} stopped: {outcome.stopped}",
+        journal.add_event(run_id, EventKind.SWEEP_ALERT, f"sweep {number} stopped: {outcome.stopped}",
                           data={"number": number, "stopped": outcome.stopped}, step_id=step_id)
 
 
@@ -102,7 +104,7 @@ def release(journal, run_id: str, entity: str, cloud_id: str, *, by: str) -> Non
     """Take a record out of quarantine: the next sweep syncs it again."""
     if str(cloud_id) not in quarantined(journal, run_id).get(entity, set()):
         raise KeyError(f"{entity} {cloud_id} is not in quarantine in run {run_id}")
-    journal.add_event(run_id, RELEASE, f"{entity} {cloud_id} released from quarantine by {by}",
+    journal.add_event(run_id, EventKind.QUARANTINE_RELEASE, f"{entity} {cloud_id} released from quarantine by {by}",
                       data={"entity": entity, "cloud_id": str(cloud_id), "by": by})
     for issue in issues(journal, run_id, status="open"):
         if issue.title.startswith("sync loop suspected: ") and issue.title.split(": ", 1)[1].startswith(
@@ -125,6 +127,9 @@ def sweep_totals(done: list) -> dict:
             "stragglers": sorted(people.values(), key=lambda p: -p["records"])}
 
 
+_STRAGGLER_COLUMNS = {"name": "user", "email": "e-mail", "records": "records", "last_at": "last change"}
+
+
 def sweeps_markdown(journal, run_id: str) -> str:
     """What the sweeps did, for prompts and gates: totals, who still works in the cloud, quarantine."""
     done = sweeps(journal, run_id)
@@ -139,8 +144,7 @@ def sweeps_markdown(journal, run_id: str) -> str:
              + (f", {stopped} stopped by the request budget" if stopped else "") + "."]
     if people:
         lines += ["", "Still working in the cloud (tell them to use the box):", "",
-                  "| user | e-mail | records | last change |", "|---|---|---|---|"]
-        lines += [f"| {p['name']} | {p.get('email', '')} | {p['records']} | {p['last_at']} |" for p in people]
+                  markdown_table(people, _STRAGGLER_COLUMNS).rstrip("\n")]
     if held:
         listed = ", ".join(f"{e} {i}" for e, ids in held.items() for i in sorted(ids, key=int))
         lines += ["", f"> **In quarantine (changed again and again, not synced):** {listed}. Find what keeps "

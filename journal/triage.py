@@ -24,6 +24,7 @@ from checklists.toml_model import load_model
 from connectors.errors import ConfigError, FatalError
 from connectors.secrets import redact
 
+from .events import EventKind
 from .models import Base, utcnow
 
 Severity = Literal["fire", "emergency", "sla"]
@@ -143,8 +144,8 @@ def report_issue(journal, run_id: str, *, title: str, reported_by: str, detail: 
         s.add(row)
         s.flush()
         view = IssueView.of(row)
-    journal.add_event(run_id, "issue", f"[{severity}] {title}", data={"issue_id": view.id, "severity": severity,
-                                                                        "rule": rule_id}, step_id=step_id)
+    journal.add_event(run_id, EventKind.ISSUE, f"[{severity}] {title}",
+                      data={"issue_id": view.id, "severity": severity, "rule": rule_id}, step_id=step_id)
     return view
 
 
@@ -159,7 +160,7 @@ def resolve_issue(journal, issue_id: int, *, resolved_by: str, resolution: str,
         if root_cause:
             row.root_cause = redact(root_cause)
         view = IssueView.of(row)
-    journal.add_event(view.run_id, "issue-resolved", f"issue {issue_id} resolved: {view.resolution}",
+    journal.add_event(view.run_id, EventKind.ISSUE_RESOLVED, f"issue {issue_id} resolved: {view.resolution}",
                       data={"issue_id": issue_id}, step_id=view.step_id)
     return view
 
@@ -194,12 +195,13 @@ def gate_issues_markdown(journal, run_id: str, rules: TriageRules | None = None)
     open_ = issues(journal, run_id, status="open")
     if not open_:
         return "**Open issues:** none."
+    from .export import markdown_table  # export imports the store, which imports this module
+
     rules = rules or load_rules()
-    lines = [f"**Open issues ({len(open_)}):**", "", "| # | severity | step | issue | reported by |", "|---|---|---|---|---|"]
-    for i in open_:
-        label = rules.severities[i.severity].label if i.severity in rules.severities else i.severity
-        title = i.title.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {i.id} | {label} | {i.step_id or ''} | {title} | {i.reported_by} |")
+    rows = [{"#": i.id, "severity": rules.severities[i.severity].label if i.severity in rules.severities
+             else i.severity, "step": i.step_id, "issue": i.title, "reported by": i.reported_by} for i in open_]
+    lines = [f"**Open issues ({len(open_)}):**", "",
+             markdown_table(rows, ["#", "severity", "step", "issue", "reported by"]).rstrip("\n")]
     if any(i.severity == "fire" for i in open_):
         lines += ["", "> **A fire is open: this gate cannot be approved.** "
                       "Resolve it, or decide to roll back to the cloud."]

@@ -8,10 +8,12 @@ issue. A check that did not run changes nothing: not run is not passed.
 
 from __future__ import annotations
 
+from .events import EventKind
+from .export import markdown_table
 from .triage import issues, report_issue, resolve_issue
 
-EVENT_KIND = "verification"
 REPORTER = "cloud2box verification"
+_COLUMNS = {"check": "check", "result": "result", "severity": "severity if failed", "finding": "finding"}
 
 
 def _tag(check_id: str) -> str:
@@ -21,7 +23,7 @@ def _tag(check_id: str) -> str:
 def record_verification(journal, run_id: str, verification, *, step_id: str | None) -> dict:
     """Journal ``verification`` (a :class:`checklists.verify.Verification`); returns what changed:
     ``{"opened": [issue ids], "resolved": [issue ids]}``."""
-    journal.add_event(run_id, EVENT_KIND, f"verification before {step_id}: {verification.summary()}",
+    journal.add_event(run_id, EventKind.VERIFICATION, f"verification before {step_id}: {verification.summary()}",
                       data={"summary": verification.summary(), "results": [r.as_dict() for r in verification.results]},
                       step_id=step_id)
     open_by_check = {}
@@ -42,7 +44,7 @@ def record_verification(journal, run_id: str, verification, *, step_id: str | No
     return {"opened": opened, "resolved": resolved}
 
 
-def latest_verification(journal, run_id: str) -> dict | None:
-    """The data of the run's last verification event (None when the checks never ran)."""
-    events = journal.events(run_id, EVENT_KIND)
-    return events[-1].data if events else None
+def verification_markdown(verification) -> str:
+    """The results of a :class:`checklists.verify.Verification` for a prompt or an artifact."""
+    return (f"**Verification:** {verification.summary()}. A check that did not run is not a pass.\n\n"
+            + markdown_table(verification.rows(), _COLUMNS).rstrip("\n"))

@@ -74,7 +74,8 @@ class ImportReport:
     def summary(self) -> dict:
         return {e: {"created": r.created, "updated": r.updated, "unchanged": r.unchanged,
                     "map_rebuilt": r.map_rebuilt, "failures": len(r.failures),
-                    "unresolved_relations": len(r.unresolved_relations)} for e, r in self.entities.items()}
+                    "unresolved_relations": len(r.unresolved_relations),
+                    "duplicates_in_box": r.duplicates_in_box[:50]} for e, r in self.entities.items()}
 
 
 def _users(client: Bitrix24Client) -> list[dict]:
@@ -314,7 +315,7 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
                 continue
         else:
             raise TransientError(f"box: {entity} writes kept failing with unknown outcome ({MAX_ROUNDS} rounds)",
-                                 fix="check the box's health, then run step 2.11 again: it continues safely")
+                                 fix="check the box's health")  # the flow adds which step to run again
         ctx.maps[entity] = idmap.get(entity)
         done += len(d.rows)
         if progress:

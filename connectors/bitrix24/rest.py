@@ -21,7 +21,10 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from connectors.errors import AuthError, FatalError, RateLimitedError, TransientError
 from connectors.http_errors import classify
+from connectors.retry import backoff_wait
 from connectors.secrets import redact, register_secret
+
+from .errors import BITRIX24_CODES
 
 log = logging.getLogger("cloud2box.bitrix24")
 
@@ -81,7 +84,7 @@ class Bitrix24Client:
         max_attempts: bound of the retry loop per call.
         max_wait_s: longest single wait for a limit to reset; longer → the error is raised.
         name: what messages call this portal ("the cloud portal").
-        budget: a :class:`~connectors.bitrix24.budget.RequestBudget` every HTTP request (retries
+        budget: a :class:`~connectors.budget.RequestBudget` every HTTP request (retries
             included) spends from; when it is spent the call raises ``BudgetExhausted``.
     """
 
@@ -138,7 +141,7 @@ class Bitrix24Client:
             pass
         if not isinstance(body, dict):
             err = classify(resp.status_code, retry_after=resp.headers.get("Retry-After"), what=self.name,
-                           description="answer is not JSON")
+                           description="answer is not JSON", codes=BITRIX24_CODES)
             if err is None:  # 200 with an HTML page: a proxy or an error page, never a Bitrix24 answer
                 err = TransientError(f"{self.name}: {method} answered HTTP {resp.status_code} without JSON "
                                      f"({resp.headers.get('Content-Type', '?')})")
@@ -148,7 +151,7 @@ class Bitrix24Client:
             reset = (body.get("time") or {}).get("operating_reset_at") if isinstance(body.get("time"), dict) else None
             err = classify(resp.status_code, retry_after=resp.headers.get("Retry-After"), error_code=code,
                            description=redact(body.get("error_description", "")), what=f"{self.name} ({method})",
-                           reset_at=reset)
+                           reset_at=reset, codes=BITRIX24_CODES)
             if err is None:
                 err = FatalError(f"{self.name}: {method} failed: {code}")
             if isinstance(err, AuthError):
@@ -172,12 +175,9 @@ class Bitrix24Client:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            wait = exc.retry_after + 0.05
-        else:
-            wait = min(30.0, 0.5 * 2 ** (state.attempt_number - 1))
-        if wait > self.max_wait_s:
-            raise exc  # a limit that resets later than we may wait: tell the human
+        # a limit that resets later than we may wait raises: tell the human
+        wait = backoff_wait(exc, state.attempt_number, base=0.5, cap=30.0, margin=0.05, max_wait=self.max_wait_s,
+                            too_long="raise")
         log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.name, redact(exc), wait,
                     state.attempt_number, self.max_attempts)
         self.waited_s += wait

@@ -23,10 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from connectors.errors import BudgetExhausted
+from connectors.platform import SweepHistory, SweepOutcome, SweepPolicy
 
 from .delta import DeltaExport, export_delta
 from .importer import import_delta
@@ -36,68 +35,7 @@ from .rest import Bitrix24Client
 
 log = logging.getLogger("cloud2box.sweep")
 
-
-class SweepHistory(Protocol):
-    """What earlier sweeps saw: the modification times observed per record, and the quarantine."""
-
-    def observed(self, since: dt.datetime) -> dict[tuple[str, str], set[str]]:
-        """(entity, cloud ID) → the distinct DATE_MODIFY values seen at or after ``since``."""
-
-    def quarantined(self) -> dict[str, set[str]]:
-        """entity → cloud IDs in quarantine (not synced until released)."""
-
-    def released_since_last_sweep(self) -> dict[str, set[str]]:
-        """entity → cloud IDs released from quarantine since the last sweep: fetched explicitly (their
-        last change may be older than the sweep window)."""
-
-
-@dataclass
-class SweepPolicy:
-    quarantine_changes: int = 4  # K: changed in more sweeps than this within the window → quarantine
-    quarantine_window_s: float = 7200.0  # M
-    overlap_s: float = 120.0  # re-list this much before the last sweep: clocks and commits lag
-    fallback_user_id: int = 1
-    use_batch_import: bool = True
-
-
-@dataclass
-class SweepOutcome:
-    started_at: dt.datetime
-    since: dt.datetime
-    seconds: float = 0.0
-    requests: int = 0
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    echoes_skipped: int = 0
-    observed: dict[str, dict[str, str]] = field(default_factory=dict)  # entity → cloud ID → DATE_MODIFY
-    newly_quarantined: list[dict] = field(default_factory=list)  # {entity, cloud_id, changes, title}
-    held_back: list[dict] = field(default_factory=list)  # already quarantined, changed again, not synced
-    stragglers: list[dict] = field(default_factory=list)  # {user_id, name, email, records, last_at}
-    high_water: dict[str, int] = field(default_factory=dict)  # entity → highest cloud ID seen
-    failures: list[str] = field(default_factory=list)
-    stopped: str | None = None  # why the sweep stopped early (budget), None when it finished
-
-    @property
-    def moved(self) -> int:
-        return self.created + self.updated
-
-    def summary(self) -> str:
-        text = (f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged on the box; "
-                f"{self.echoes_skipped} echo(es) of our writes skipped; {len(self.stragglers)} user(s) still in "
-                f"the cloud; {self.requests} request(s)")
-        if self.newly_quarantined:
-            text += f"; {len(self.newly_quarantined)} record(s) QUARANTINED"
-        if self.stopped:
-            text += f"; STOPPED: {self.stopped}"
-        return text
-
-    def as_data(self) -> dict:
-        return {"started_at": self.started_at.isoformat(), "since": self.since.isoformat(), "seconds": round(self.seconds, 3), "requests": self.requests,
-                "created": self.created, "updated": self.updated, "unchanged": self.unchanged,
-                "echoes_skipped": self.echoes_skipped, "observed": self.observed,
-                "quarantined": self.newly_quarantined, "held_back": self.held_back, "stragglers": self.stragglers,
-                "high_water": self.high_water, "failures": self.failures[:50], "stopped": self.stopped}
+__all__ = ["SweepHistory", "SweepOutcome", "SweepPolicy", "run_sweep", "stragglers_of"]  # the types: connectors.platform
 
 
 def _user_names(cloud: Bitrix24Client, ids: set[str]) -> dict[str, dict]:

@@ -14,9 +14,15 @@ import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pydantic import SecretStr
+
+from journal.counters import StepCounters
+
+if TYPE_CHECKING:  # annotations only: importing this package stays cheap
+    from flows.config import Config, Mode
+    from journal.store import Journal
 
 MANUAL = "manual"
 
@@ -34,18 +40,23 @@ class ProgressSink(Protocol):
 
 @dataclass
 class ActionContext:
-    """What an action may use. ``journal`` is a :class:`journal.store.Journal`."""
+    """What an action may use: the run's validated config, its resolved secrets and its journal.
 
-    config: Any  # flows.config.Config
+    Sections are read as ``ctx.config.<section>``, already validated; an optional one the action
+    ``requires`` is None only when a test builds the context by hand (a run refuses that at start).
+    """
+
+    config: Config
     secrets: dict[str, SecretStr]
-    journal: Any
+    journal: Journal
     run_id: str
     step_id: str
-    mode: str
+    mode: Mode
     work_dir: Path
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cloud2box"))
     progress: ProgressSink = lambda done, total, message="": None  # noqa: E731
-    services: dict[str, Any] = field(default_factory=dict)  # sandbox handles etc. for the demo
+    # the CRM platform's adapters come here with the platform boundary (issue 12, WP-A):
+    # ``platform: Platform``, chosen by [migration] platform, so actions name no platform
 
     def secret_value(self, name: str | None, problems: list[str], what: str) -> str | None:
         """The value of the ``[secrets]`` entry ``name`` (None if unnamed); a missing one is added to
@@ -61,11 +72,19 @@ class ActionContext:
 
 @dataclass
 class ActionResult:
-    """What an action proved: ``evidence`` (hashes, checks…) and ``counters`` (bytes, records…)."""
+    """What an action proved: ``evidence`` (hashes, checks…) and ``counters`` (bytes, records…).
+
+    ``counters`` may be given as a dict; it is validated into :class:`StepCounters` (an unknown
+    key fails here, where it is written, not later in the forecast that would not find it).
+    """
 
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: StepCounters = field(default_factory=StepCounters)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.counters, StepCounters):
+            self.counters = StepCounters.model_validate(self.counters)
 
 
 def register(name: str, *, requires: tuple[str, ...] = ()):

@@ -18,26 +18,26 @@ import time
 from pathlib import Path
 
 from connectors.bitrix24.backup_format import HEADER_LEN, parse_header, split_part_name
-from connectors.box_host import BoxHost, BoxHostSection, LocalPart, PostRestoreSection, dump_order, run_fixes
+from connectors.box_host import BoxHost, BoxHostSection, LocalPart, dump_order, run_fixes
 from connectors.box_host.post_restore import evidence as fix_evidence
 from connectors.errors import ConfigError, FatalError, IntegrityError
 from connectors.ssh import CommandRecord, RemoteHost
+from journal.counters import StepCounters
+from journal.events import EventKind
 from journal.parts import parts_of
 
 from . import ActionContext, ActionResult, register
 
 
 def _section(ctx: ActionContext) -> BoxHostSection:
-    section = getattr(ctx.config, "box_host", None)
-    if section is None:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"),
-                          [f"[box_host] is missing: step {ctx.step_id} works on the box host over SSH"])
-    return section if isinstance(section, BoxHostSection) else BoxHostSection.model_validate(section)
+    if ctx.config.box_host is None:
+        raise ConfigError(ctx.config.source, [f"[box_host] is missing: step {ctx.step_id} works on the box host over SSH"])
+    return ctx.config.box_host
 
 
 def _journal_command(ctx: ActionContext):
     def record(rec: CommandRecord) -> None:
-        ctx.journal.add_event(ctx.run_id, "ssh-command", f"{rec.host}: {rec.command} → exit {rec.exit_status} "
+        ctx.journal.add_event(ctx.run_id, EventKind.SSH_COMMAND, f"{rec.host}: {rec.command} → exit {rec.exit_status} "
                               f"in {rec.duration_s:.2f} s",
                               data={"host": rec.host, "command": rec.command, "exit_status": rec.exit_status,
                                     "duration_s": rec.duration_s}, step_id=ctx.step_id)
@@ -54,7 +54,7 @@ def open_box_host(ctx: ActionContext) -> BoxHost:
     db_password = ctx.secret_value(section.db.password_secret, problems, "the box's DB password")
     archive = ctx.secret_value(section.archive_password_secret, problems, "the backup's encryption password")
     if problems:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
+        raise ConfigError(ctx.config.source, problems)
     remote = RemoteHost.from_settings(section, password=password, key_passphrase=passphrase,
                                       on_command=_journal_command(ctx))
     return BoxHost(section, remote, db_password=db_password, archive_password=archive)
@@ -64,11 +64,11 @@ def _preflight(ctx: ActionContext, groups: tuple[str, ...], required_bytes: int 
     host = open_box_host(ctx)
     with host.remote:
         report = host.preflight(required_bytes=required_bytes, groups=groups)
-    ctx.journal.add_event(ctx.run_id, "preflight", f"box host checks ({', '.join(groups)}): "
+    ctx.journal.add_event(ctx.run_id, EventKind.PREFLIGHT, f"box host checks ({', '.join(groups)}): "
                           f"{'all passed' if report.ok else f'{len(report.failed)} failed'}",
                           data={"table": report.table(), **report.evidence()}, step_id=ctx.step_id)
-    counters = {"checks": len(report.checks), "failed": len(report.failed),
-                "clock_skew_s": report.facts.get("clock_skew_s", 0.0)}
+    counters = StepCounters(checks=len(report.checks), failed=len(report.failed),
+                            clock_skew_s=report.facts.get("clock_skew_s", 0.0))
     if not report.ok:
         raise FatalError(
             f"{len(report.failed)} box host check(s) failed: "
@@ -104,10 +104,10 @@ def check_box(ctx: ActionContext) -> ActionResult:
 
 
 def _backup_dir(ctx: ActionContext) -> Path | None:
-    backup = getattr(ctx.config, "backup", None)
+    backup = ctx.config.backup
     if backup is None:
         return None
-    dest = Path(getattr(backup, "dest_dir", "backup"))
+    dest = Path(backup.dest_dir)
     return dest if dest.is_absolute() else Path(ctx.work_dir) / dest
 
 
@@ -156,7 +156,7 @@ def restore_backup(ctx: ActionContext) -> ActionResult:
         if disk.status == "fail":
             raise IntegrityError(f"not enough disk on the box host: {disk.found} free, {disk.needed}", fix=disk.fix)
         stage = host.stage(parts, on_bytes=on_bytes)
-        ctx.journal.add_event(ctx.run_id, "staged", f"{len(stage.sent)} part(s) sent, {len(stage.kept)} already there; "
+        ctx.journal.add_event(ctx.run_id, EventKind.STAGED, f"{len(stage.sent)} part(s) sent, {len(stage.kept)} already there; "
                               "remote sha256 = verified sha256 for every part",
                               data={"sent": stage.sent, "kept": stage.kept, "bytes_sent": stage.bytes_sent,
                                     "sha256": stage.remote_sha256}, step_id=ctx.step_id)
@@ -164,7 +164,7 @@ def restore_backup(ctx: ActionContext) -> ActionResult:
         started = time.monotonic()
         files = host.restore_files(names, run_key=ctx.run_id)
         restore_s = files["duration_s"] if not files.get("skipped") else time.monotonic() - started
-        ctx.journal.add_event(ctx.run_id, "restored-files",
+        ctx.journal.add_event(ctx.run_id, EventKind.RESTORED_FILES,
                               f"{files['files']} file(s), {files['dirs']} dir(s) into {host.settings.site_root}"
                               + (" (already restored: skipped)" if files.get("skipped") else ""),
                               data=files, step_id=ctx.step_id)
@@ -173,39 +173,38 @@ def restore_backup(ctx: ActionContext) -> ActionResult:
             raise IntegrityError("the backup holds no database dump (bitrix/backup/*.sql)",
                                  fix="ask the vendor's support for a full backup")
         db = host.import_db(sql_files)
-        ctx.journal.add_event(ctx.run_id, "restored-db",
+        ctx.journal.add_event(ctx.run_id, EventKind.RESTORED_DB,
                               f"{len(db['tables'])} table(s), {sum(db['rows'].values())} row(s) imported into "
                               f"{host.settings.db.database} from {len(sql_files)} dump file(s)",
                               data={"files": sql_files, **db}, step_id=ctx.step_id)
         settings = host.write_site_settings()
-    mb_per_s = files["bytes_in"] / 2**20 / files["duration_s"] if files.get("duration_s") else 0.0
+    mb_per_s = files["bytes_in"] / 1e6 / files["duration_s"] if files.get("duration_s") else 0.0  # MB = 10⁶ B
+    cipher = f" from an encrypted backup ({files['cipher']})" if files.get("encrypted") and files.get("cipher") else ""
     return ActionResult(
-        summary=(f"{len(parts)} part(s) staged ({len(stage.sent)} sent), {files['files']} file(s) restored"
+        summary=(f"{len(parts)} part(s) staged ({len(stage.sent)} sent), {files['files']} file(s) restored{cipher}"
                  f" at {mb_per_s:.1f} MB/s, {len(db['tables'])} table(s) / {sum(db['rows'].values())} row(s) "
                  f"imported; DB settings written to {', '.join(settings['changed']) or 'no file'}"),
         evidence={"parts": names, "remote_sha256": stage.remote_sha256, "files": files["files"],
                   "sql_files": sql_files, "tables": db["rows"], "settings": settings, "encrypted": files["encrypted"]},
-        counters={"bytes": total, "bytes_sent": stage.bytes_sent, "restore_mb_per_s": round(mb_per_s, 2),
-                  "restore_s": round(restore_s, 3), "files": files["files"], "tables": len(db["tables"]),
-                  "rows": sum(db["rows"].values()), "import_s": db["duration_s"]},
+        counters=StepCounters(bytes=total, bytes_sent=stage.bytes_sent, restore_mb_per_s=round(mb_per_s, 2),
+                              restore_s=round(restore_s, 3), files=files["files"], tables=len(db["tables"]),
+                              rows=sum(db["rows"].values()), import_s=db["duration_s"]),
     )
 
 
 @register("post_restore_fixes", requires=("box_host",))
 def post_restore_fixes(ctx: ActionContext) -> ActionResult:
     """Step 2.4: each fix is a check plus a fix; the password-reset list goes to a CSV."""
-    raw = getattr(ctx.config, "post_restore", None)
-    settings = raw if isinstance(raw, PostRestoreSection) else PostRestoreSection.model_validate(raw or {})
-    migration = getattr(ctx.config, "migration", None)
-    domain = settings.domain or getattr(migration, "box_portal", "") or ""
+    settings = ctx.config.post_restore
+    domain = settings.domain or ctx.config.migration.box_portal
     if settings.set_domain and not domain:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"),
+        raise ConfigError(ctx.config.source,
                           ["[post_restore] domain (or [migration] box_portal) is needed to set the portal domain"])
     host = open_box_host(ctx)
     with host.remote:
         results = run_fixes(host.sql, settings, domain=domain or "-")
     for r in results:
-        ctx.journal.add_event(ctx.run_id, "post-restore", f"{r.name}: {r.status} — {r.before}"
+        ctx.journal.add_event(ctx.run_id, EventKind.POST_RESTORE, f"{r.name}: {r.status} — {r.before}"
                               + (f" → {r.after}" if r.after else ""),
                               data={"name": r.name, "status": r.status, "before": r.before, "after": r.after,
                                     "count": len(r.items)}, step_id=ctx.step_id)
@@ -224,7 +223,7 @@ def post_restore_fixes(ctx: ActionContext) -> ActionResult:
                  f"{len(resets.items) if resets else 0} user(s) need a password reset"
                  + (f" (list: {csv_path})" if csv_path else "")),
         evidence={"fixes": fix_evidence(results), "password_reset_csv": str(csv_path) if csv_path else None},
-        counters={"fixed": len(fixed), "password_resets": len(resets.items) if resets else 0},
+        counters=StepCounters(fixed=len(fixed), password_resets=len(resets.items) if resets else 0),
     )
 
 
@@ -240,4 +239,4 @@ def download_and_restore_backup(ctx: ActionContext) -> ActionResult:
     restore = restore_backup(ctx)
     return ActionResult(summary=f"download: {download.summary}; restore: {restore.summary}",
                         evidence={"download": download.evidence, "restore": restore.evidence},
-                        counters={**restore.counters, **download.counters})
+                        counters=restore.counters.model_copy(update=download.counters.as_dict()))

@@ -11,17 +11,17 @@ from connectors.bitrix24.delta import export_delta, write_csvs
 from connectors.bitrix24.importer import import_delta, map_users
 from connectors.bitrix24.reconcile import reconcile
 from connectors.bitrix24.rest import Bitrix24Client
-from connectors.errors import ConfigError, IntegrityError
+from connectors.errors import ConfigError, IntegrityError, RunNotFound, TransientError
+from journal.counters import StepCounters
+from journal.events import EventKind
 from journal.idmap import IdMap
 
 from . import ActionContext, ActionResult, register
 
 
 def crm_section(ctx: ActionContext) -> CrmDeltaSection:
-    section = getattr(ctx.config, "crm_delta", None)
-    if section is None:
-        return CrmDeltaSection()
-    return section if isinstance(section, CrmDeltaSection) else CrmDeltaSection.model_validate(section)
+    """``[crm_delta]``, or its defaults when it is absent (then the webhook secrets are missing)."""
+    return ctx.config.crm_delta or CrmDeltaSection()
 
 
 def cutoff_of(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
@@ -30,12 +30,10 @@ def cutoff_of(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
         return section.cutoff
     try:
         cutoff = ctx.journal.get_run(ctx.run_id).cutoff
-    except Exception:  # a journal without the run: the config must say it
+    except RunNotFound:  # a journal without the run: the config must say it (an outage is not that)
         cutoff = None
-    if cutoff is None and ctx.services.get("crm_cutoff") is not None:
-        cutoff = ctx.services["crm_cutoff"]
     if cutoff is None:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"),
+        raise ConfigError(ctx.config.source,
                           ["[crm_delta].cutoff is not set and the journal has no backup cutoff for this run: "
                            "record the backup's date at step 2.1 or set cutoff = 2026-11-20T09:00:00+03:00"])
     return cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=dt.timezone.utc)
@@ -48,7 +46,7 @@ def _webhook(ctx: ActionContext, section: CrmDeltaSection, secret: str, portal: 
     if value.startswith(("http://", "https://")):
         return value
     if not portal:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"),
+        raise ConfigError(ctx.config.source,
                           [f"[migration].{key} is empty: the webhook code in [secrets.{secret}] needs the "
                            "portal's address (or put the whole webhook URL into the secret)"])
     return f"{portal.rstrip('/')}/rest/{section.webhook_user_id}/{value}/"
@@ -63,10 +61,10 @@ def crm_clients(ctx: ActionContext, section: CrmDeltaSection | None = None, *,
                 for name, what in ((section.cloud_webhook_secret, "the cloud's webhook URL"),
                                    (section.box_webhook_secret, "the box's webhook URL")) if name not in ctx.secrets]
     if problems:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
-    migration = getattr(ctx.config, "migration", None)
-    cloud_url = _webhook(ctx, section, section.cloud_webhook_secret, getattr(migration, "portal", ""), "portal")
-    box_url = _webhook(ctx, section, section.box_webhook_secret, getattr(migration, "box_portal", ""), "box_portal")
+        raise ConfigError(ctx.config.source, problems)
+    migration = ctx.config.migration
+    cloud_url = _webhook(ctx, section, section.cloud_webhook_secret, migration.portal, "portal")
+    box_url = _webhook(ctx, section, section.box_webhook_secret, migration.box_portal, "box_portal")
     common = dict(timeout=section.timeout_s, max_attempts=section.max_attempts, max_wait_s=section.max_wait_s,
                   budget=budget)
     cloud = Bitrix24Client(cloud_url, rate=section.rate, burst=section.burst, name="the cloud portal", **common)
@@ -77,6 +75,14 @@ def crm_clients(ctx: ActionContext, section: CrmDeltaSection | None = None, *,
 @register("transfer_crm_delta", requires=("crm_delta",))
 def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
     """Export the delta (CSVs for review under work_dir), import it idempotently, reconcile."""
+    try:
+        return _transfer(ctx)
+    except TransientError as exc:  # the transfer is idempotent, and which runbook step runs it is ours to say
+        raise TransientError(exc.message, fix=f"{exc.fix or 'check both portals'}, then run step {ctx.step_id} "
+                             "again: it continues safely") from exc
+
+
+def _transfer(ctx: ActionContext) -> ActionResult:
     section = crm_section(ctx)
     cloud, box = crm_clients(ctx, section)
     cutoff = cutoff_of(ctx, section)
@@ -91,13 +97,13 @@ def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
                          progress=lambda n, msg: ctx.progress(n, None, f"export: {msg}"))
     out_dir = ctx.work_dir / "crm-delta"
     files = write_csvs(delta, out_dir)
-    ctx.journal.add_event(ctx.run_id, "crm_delta_export",
+    ctx.journal.add_event(ctx.run_id, EventKind.CRM_DELTA_EXPORT,
                           f"delta since {cutoff.isoformat()}: {delta.records} records in {delta.seconds:.1f} s",
                           data={"cutoff": cutoff.isoformat(), "entities": delta.summary(),
                                 "csv": [str(f) for f in files], "requests": delta.requests}, step_id=ctx.step_id)
     deleted = {e: d.deleted_in_cloud for e, d in delta.entities.items() if d.deleted_in_cloud}
     if deleted:
-        ctx.journal.add_event(ctx.run_id, "crm_deleted_in_cloud",
+        ctx.journal.add_event(ctx.run_id, EventKind.CRM_DELETED_IN_CLOUD,
                               "records of the backup deleted in the cloud since: the customer decides "
                               "(nothing was deleted on the box)", data={"ids": deleted}, step_id=ctx.step_id)
 
@@ -108,10 +114,16 @@ def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
                           progress=lambda d, t, msg: ctx.progress(d, t, f"import: {msg}"))
     import_s = time.monotonic() - t_import
     if report.fallback_users:
-        ctx.journal.add_event(ctx.run_id, "crm_fallback_users",
+        ctx.journal.add_event(ctx.run_id, EventKind.CRM_FALLBACK_USERS,
                               f"{len(report.fallback_users)} cloud user(s) missing in the box: their records "
                               f"were given to box user {section.fallback_user_id}",
                               data={"cloud_users": report.fallback_users}, step_id=ctx.step_id)
+    twins = {e: r.duplicates_in_box[:50] for e, r in report.entities.items() if r.duplicates_in_box}
+    if twins:
+        ctx.journal.add_event(ctx.run_id, EventKind.CRM_DUPLICATES_IN_BOX,
+                              f"{sum(len(v) for v in twins.values())} cloud record(s) have twins on the box (an "
+                              "earlier run wrote them twice); the first twin is kept in the map, the customer "
+                              "decides about the others", data={"cloud_ids": twins}, step_id=ctx.step_id)
     rec = reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id)
     elapsed = time.monotonic() - t0
     evidence = {"cutoff": cutoff.isoformat(), "export": delta.summary(), "import": report.summary(),
@@ -119,19 +131,21 @@ def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
                 "deleted_in_cloud": deleted, "fallback_users": report.fallback_users,
                 "failures": report.failures[:50], "csv_dir": str(out_dir), "cloud": cloud.display_url,
                 "box": box.display_url}
-    ctx.journal.add_event(ctx.run_id, "crm_reconciliation",
+    ctx.journal.add_event(ctx.run_id, EventKind.CRM_RECONCILIATION,
                           f"reconciliation: {'OK' if rec.ok else f'{rec.mismatches} problem(s)'}",
                           data=rec.evidence(), step_id=ctx.step_id)
     if not rec.ok or report.failures:
         raise IntegrityError(f"CRM delta: reconciliation found {rec.mismatches} problem(s), "
                              f"{len(report.failures)} write failure(s); see the journal event crm_reconciliation",
-                             fix="fix the listed records' cause and run step 2.11 again: it only writes what is missing")
+                             fix=f"fix the listed records' cause and run step {ctx.step_id} again: it only writes "
+                                 "what is missing")
     records = delta.records
-    counters = {"records": float(records), "records_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
-                "import_records_per_s": round(report.written / import_s, 1) if import_s > 0 else 0.0,
-                "created": float(sum(e.created for e in report.entities.values())),
-                "updated": float(sum(e.updated for e in report.entities.values())),
-                "deleted_in_cloud": float(sum(len(v) for v in deleted.values())),
-                "requests": float(delta.requests + report.requests), "seconds": round(elapsed, 2)}
+    counters = StepCounters(
+        records=float(records), records_per_s=round(records / elapsed, 1) if elapsed > 0 else 0.0,
+        import_records_per_s=round(report.written / import_s, 1) if import_s > 0 else 0.0,
+        created=float(sum(e.created for e in report.entities.values())),
+        updated=float(sum(e.updated for e in report.entities.values())),
+        deleted_in_cloud=float(sum(len(v) for v in deleted.values())),
+        requests=float(delta.requests + report.requests), seconds=round(elapsed, 2))
     return ActionResult(summary=f"{records} CRM records moved since the backup; reconciliation OK "
-                                f"({counters['records_per_s']:.0f} records/s)", evidence=evidence, counters=counters)
+                                f"({counters.records_per_s:.0f} records/s)", evidence=evidence, counters=counters)

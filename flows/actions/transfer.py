@@ -10,6 +10,8 @@ from connectors.bitrix24.backup_source import Bitrix24BackupSource
 from connectors.errors import ConfigError, MigrationError
 from connectors.http_download import BackupSection, Progress, UrlListSource, transfer_backup
 from connectors.ssh import RemoteHost
+from journal.events import EventKind
+from journal.counters import StepCounters
 from journal.forecast import LiveEta, recorded_forecast
 from journal.models import utcnow
 from journal.parts import record_parts
@@ -24,11 +26,9 @@ def _mib(n: float) -> str:
 
 
 def _section(ctx: ActionContext) -> BackupSection:
-    section = getattr(ctx.config, "backup", None)
-    if section is None:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"),
-                          ["[backup] is missing: step 2.3 needs to know where the backup comes from"])
-    return section if isinstance(section, BackupSection) else BackupSection.model_validate(section)
+    if ctx.config.backup is None:
+        raise ConfigError(ctx.config.source, ["[backup] is missing: step 2.3 needs to know where the backup comes from"])
+    return ctx.config.backup
 
 
 class _EtaReporter:
@@ -43,7 +43,7 @@ class _EtaReporter:
         forecast = recorded_forecast(ctx.journal, ctx.run_id)
         self.live = None
         if forecast is not None and any(r.step_id == ctx.step_id for r in forecast.rows):
-            self.live = LiveEta(ctx.journal, ctx.run_id, forecast, ctx.step_id, getattr(ctx.config, "forecast", None))
+            self.live = LiveEta(ctx.journal, ctx.run_id, forecast, ctx.step_id, ctx.config.forecast)
 
     def __call__(self, p: Progress) -> None:
         self.last = p
@@ -57,7 +57,7 @@ class _EtaReporter:
         if p.eta_s is not None and p.rate_bps > 0 and now - self.last_eta_at >= ETA_EVERY_S:
             self.last_eta_at = now
             self.ctx.journal.add_event(
-                self.ctx.run_id, "eta", f"backup download: ETA {p.eta_s:.0f} s at {p.rate_bps / 2**20:.2f} MiB/s",
+                self.ctx.run_id, EventKind.ETA, f"backup download: ETA {p.eta_s:.0f} s at {p.rate_bps / 2**20:.2f} MiB/s",
                 data={"eta_s": round(p.eta_s, 1), "rate_bps": round(p.rate_bps), "done_bytes": p.done_bytes,
                       "total_bytes": p.total_bytes}, step_id=self.ctx.step_id)
 
@@ -77,7 +77,7 @@ def download_backup(ctx: ActionContext) -> ActionResult:
         passphrase = ctx.secret_value(m.key_passphrase_secret, problems, "the mirror key's passphrase")
         mirror = lambda: RemoteHost.from_settings(m, password=ssh_password, key_passphrase=passphrase)  # noqa: E731
     if problems:
-        raise ConfigError(getattr(ctx.config, "source", "<config>"), problems)
+        raise ConfigError(ctx.config.source, problems)
     if section.source == "bitrix24":
         source = Bitrix24BackupSource(section.info_url, key, password)
     else:
@@ -90,17 +90,17 @@ def download_backup(ctx: ActionContext) -> ActionResult:
         report = transfer_backup(source, dest, section.download, mirror=mirror,
                                  mirror_path=section.mirror.path if section.mirror else "", on_progress=reporter)
     except MigrationError as exc:
-        ctx.journal.add_event(ctx.run_id, "download-failed", exc.message,
+        ctx.journal.add_event(ctx.run_id, EventKind.DOWNLOAD_FAILED, exc.message,
                               data={"error": type(exc).__name__, "fix": exc.fix or ""}, step_id=ctx.step_id)
         raise
     record_parts(ctx.journal, ctx.run_id, ctx.step_id, report.parts)
     for part in report.parts:
         if part.name in report.repaired:
-            ctx.journal.add_event(ctx.run_id, "part-repaired",
+            ctx.journal.add_event(ctx.run_id, EventKind.PART_REPAIRED,
                                   f"part {part.name} failed verification and was replaced by a verified copy "
                                   f"from {part.source} (sha256 {part.sha256})",
                                   data=part.evidence(), step_id=ctx.step_id)
-    ctx.journal.add_event(ctx.run_id, "eta", "backup download finished",
+    ctx.journal.add_event(ctx.run_id, EventKind.ETA, "backup download finished",
                           data={"eta_s": 0, "rate_bps": round(report.throughput_bps), "done_bytes": report.total_bytes,
                                 "total_bytes": report.total_bytes, "duration_s": round(report.duration_s, 3)},
                           step_id=ctx.step_id)
@@ -112,7 +112,7 @@ def download_backup(ctx: ActionContext) -> ActionResult:
     return ActionResult(
         summary=summary,
         evidence=report.evidence(),
-        counters={"bytes": report.total_bytes, "bytes_fetched": report.bytes_fetched,
-                  "bytes_per_s": round(report.throughput_bps, 1), "parts": len(report.parts),
-                  "parts_repaired": len(report.repaired), "retries": report.retries},
+        counters=StepCounters(bytes=report.total_bytes, bytes_fetched=report.bytes_fetched,
+                              bytes_per_s=round(report.throughput_bps, 1), parts=len(report.parts),
+                              parts_repaired=len(report.repaired), retries=report.retries),
     )

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from checklists.verify import VerifyAccess, load_checks, run_checks
 from connectors.box_host.post_restore import domain_of
 from connectors.errors import ConfigError, MigrationError
+from journal.counters import StepCounters
 from journal.export import downtime_window
 from journal.sweeps import quarantined
 from journal.verification import record_verification
@@ -90,5 +91,5 @@ def verify_migration(ctx: ActionContext) -> ActionResult:
     result, changes = verify(ctx)
     return ActionResult(summary=f"verification: {result.summary()}",
                         evidence={"results": [r.as_dict() for r in result.results], **changes},
-                        counters={"passed": len(result.passed), "failed": len(result.failed),
-                                  "not_run": len(result.not_run)})
+                        counters=StepCounters(passed=len(result.passed), failed=len(result.failed),
+                                              not_run=len(result.not_run)))

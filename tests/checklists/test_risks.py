@@ -17,8 +17,9 @@ def test_register_holds_the_ten_risks_of_the_case():
         assert words in titles, words
     assert all(r.verified_by for r in register.risks)
     assert [r.id for r in register.needing_acceptance] == ["R05"]
-    md = register.to_markdown({"R01": "mitigation-planned"})
-    assert "needs the customer's acceptance" in md and "| R01 |" in md and "mitigation-planned" in md
+    rows = {r["id"]: r for r in register.rows({"R01": "mitigation-planned"})}
+    assert "needs the customer's acceptance" in rows["R05"]["mitigation"] and rows["R05"]["status"] == "open"
+    assert rows["R01"]["status"] == "mitigation-planned" and len(rows) == 10
 
 
 def test_bad_register_is_refused_with_the_field_named(tmp_path):

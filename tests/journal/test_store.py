@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from connectors.errors import FatalError, TransientError
+from connectors.errors import FatalError, RunNotFound, TransientError
 from connectors.secrets import register_secret
 from journal.export import export_run, neutralise_cell
 from journal.store import Journal
@@ -81,8 +81,11 @@ def test_csv_cells_cannot_inject_formulas(journal, tmp_path):
 
 
 def test_unknown_run_is_a_clear_error(journal):
-    with pytest.raises(FatalError, match="no migration run 'nope'"):
+    with pytest.raises(RunNotFound, match="no migration run 'nope'"):
         journal.get_run("nope")
+    with pytest.raises(RunNotFound):
+        journal.set_cutoff("nope", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert issubclass(RunNotFound, FatalError)
 
 
 def test_unreachable_database_is_a_transient_error_naming_no_password():

@@ -10,13 +10,10 @@ import logging
 import sqlite3
 import tomllib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from pydantic import SecretStr
 
-from connectors.box_host import BoxHostSection, PostRestoreSection
-from connectors.http_download import BackupSection
 from connectors.secrets import install_log_redaction, register_secret
 from flows.actions import ActionContext
 from flows.actions.box_host import (check_box, post_restore_fixes, preflight_host, restore_backup,
@@ -25,6 +22,7 @@ from flows.actions.transfer import download_backup
 from journal.store import Journal
 from sandbox.backup_maker import SANDBOX_REST_APPS, dump_statements
 from sandbox.backup_server import start_backup_sandbox
+from tests.flows.actions.helpers import action_config
 
 pytestmark = [pytest.mark.mariadb]
 
@@ -51,10 +49,7 @@ def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
             register_secret(value.get_secret_value())
         assert box.secrets_toml_lines() == ['box_db_password = { env = "C2B_SANDBOX_BOX_DB_PASSWORD" }']
         assert box.env == {"C2B_SANDBOX_BOX_DB_PASSWORD": box.db_password}
-        config = SimpleNamespace(backup=BackupSection.model_validate(raw["backup"]),
-                                 box_host=BoxHostSection.model_validate(raw["box_host"]),
-                                 post_restore=PostRestoreSection.model_validate(raw["post_restore"]),
-                                 migration=SimpleNamespace(box_portal=""), source="test.toml")
+        config = action_config(backup=raw["backup"], box_host=raw["box_host"], post_restore=raw["post_restore"])
         journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
         run, _ = journal.open_run(name="t", portal="http://127.0.0.1", mode="rehearsal", timezone="UTC",
                                   config_snapshot={})
@@ -65,18 +60,18 @@ def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
 
         caplog.set_level(logging.DEBUG)
         install_log_redaction()
-        assert verify_host_deployed(ctx("1.1")).counters["failed"] == 0
-        assert check_box(ctx("1.5")).counters["failed"] == 0
+        assert verify_host_deployed(ctx("1.1")).counters.failed == 0
+        assert check_box(ctx("1.5")).counters.failed == 0
         download_backup(ctx("2.3"))
-        assert preflight_host(ctx("1.2")).counters["failed"] == 0
+        assert preflight_host(ctx("1.2")).counters.failed == 0
         restored = restore_backup(ctx("2.3"))
         made = backup.backup
     site = box.site_root
     for rel, digest in made.files.items():
         if not rel.endswith(("settings.php", "dbconn.php")):
             assert hashlib.sha256((site / rel).read_bytes()).hexdigest() == digest
-    assert restored.counters["files"] == len(made.files) and restored.counters["tables"] >= 6
-    assert restored.counters["restore_mb_per_s"] > 0 and restored.evidence["tables"]["b_user"] == 6
+    assert restored.counters.files == len(made.files) and restored.counters.tables >= 6
+    assert restored.counters.restore_mb_per_s > 0 and restored.evidence["tables"]["b_user"] == 6
     assert box.db_password in (site / "bitrix/.settings.php").read_text()  # the box's credentials, for PHP
 
     fixed = post_restore_fixes(ctx("2.4"))
@@ -88,7 +83,7 @@ def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
     again = post_restore_fixes(ctx("2.4"))
     assert {f["name"]: f["status"] for f in again.evidence["fixes"]} == {
         "portal domain": "ok", "push & pull server": "ok", "search index": "ok", "password resets": "found"}
-    assert again.counters["fixed"] == 0
+    assert again.counters.fixed == 0
     assert restored.evidence["tables"]["b_rest_app"] == 3
 
     # the box admin runs Settings → Search → Reindex: the index is filled, the queued marker gone

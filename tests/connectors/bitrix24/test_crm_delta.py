@@ -221,3 +221,11 @@ def test_kill_at_random_points_then_rerun(tmp_path, batch_import):
         assert reconcile(box, delta, m, user_map=users).ok
     finally:
         p.close()
+
+
+def test_the_import_summary_lists_twins_on_the_box():
+    from connectors.bitrix24.importer import EntityImport, ImportReport
+
+    report = ImportReport(entities={"lead": EntityImport(created=1, duplicates_in_box=[str(i) for i in range(60)])})
+    summary = report.summary()["lead"]
+    assert summary["created"] == 1 and summary["duplicates_in_box"] == [str(i) for i in range(50)]  # bounded

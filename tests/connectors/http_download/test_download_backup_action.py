@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import tomllib
-from types import SimpleNamespace
 
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from connectors.http_download import BackupSection
 from connectors.secrets import install_log_redaction, register_secret
 from flows.actions import ActionContext
 from flows.actions.transfer import download_backup
@@ -23,12 +21,12 @@ from journal.models import Event
 from journal.parts import parts_of
 from journal.store import Journal
 from sandbox.backup_server import start_backup_sandbox
+from tests.flows.actions.helpers import action_config
 
 
 def test_download_backup_repairs_over_ssh_and_journals_evidence(tmp_path, caplog):
     with start_backup_sandbox(tmp_path / "sandbox") as box:
         raw = tomllib.loads("\n".join(box.toml_lines()))
-        section = BackupSection.model_validate(raw["backup"])
         secrets = {"backup_licence_key": SecretStr(box.server.licence_key),
                    "backup_password": SecretStr(box.server.password)}
         for value in secrets.values():
@@ -37,7 +35,7 @@ def test_download_backup_repairs_over_ssh_and_journals_evidence(tmp_path, caplog
         run, _ = journal.open_run(name="t", portal="http://127.0.0.1", mode="rehearsal", timezone="UTC",
                                   config_snapshot={})
         progress = []
-        ctx = ActionContext(config=SimpleNamespace(backup=section, source="test.toml"), secrets=secrets,
+        ctx = ActionContext(config=action_config(backup=raw["backup"]), secrets=secrets,
                             journal=journal, run_id=run.id, step_id="2.3", mode="rehearsal",
                             work_dir=tmp_path / "work", logger=logging.getLogger("cloud2box.test"),
                             progress=lambda done, total, message="": progress.append((done, total, message)))
@@ -50,7 +48,7 @@ def test_download_backup_repairs_over_ssh_and_journals_evidence(tmp_path, caplog
     for part in backup.parts:
         assert (dest / part.name).read_bytes() == part.path.read_bytes()
     assert result.evidence["repaired"] == [corrupt]
-    assert result.counters["parts_repaired"] == 1 and result.counters["bytes"] == backup.total_size
+    assert result.counters.parts_repaired == 1 and result.counters.bytes == backup.total_size
     rows = parts_of(journal, run.id)
     assert [r.part for r in rows] == [p.name for p in backup.parts]
     assert all(r.verified for r in rows)

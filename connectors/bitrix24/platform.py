@@ -1,0 +1,167 @@
+"""Bitrix24 as a :class:`connectors.platform.Platform`: thin adapters over this package's functions.
+
+``PLATFORM`` is what :func:`connectors.platforms.get` returns for ``"bitrix24"``. The adapters
+add no behaviour; the REST client and the steps' functions stay usable directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from connectors.box_host import host as _host
+from connectors.box_host.configuration import PostRestoreSection
+from connectors.errors import ConfigError
+from connectors.http_download.configuration import BackupSection
+from connectors.platform import Platform, SecretLookup, SweepHistory, SweepOutcome
+
+from . import backup_format, delta, importer, reconcile, sweep
+from .configuration import ENTITIES, CrmDeltaSection
+from .errors import BITRIX24_CODES
+from .rest import Bitrix24Client
+
+# https://portal/rest/{USER_ID}/{CODE}/method.json: the CODE is the credential.
+WEBHOOK_CODE = re.compile(r"(/rest/\d+/)([^/\s?#\"']+)")
+
+
+class _Format:
+    header_len = backup_format.HEADER_LEN
+    header_members = 1  # CTar's first member carries the part's size and the last part's number
+
+    def parse_header(self, head: bytes) -> backup_format.PartHeader:
+        return backup_format.parse_header(head)
+
+    def part_number(self, name: str) -> int | None:
+        split = backup_format.split_part_name(name)
+        return split[1] if split else None
+
+    def check_part_names(self, names: list[str]) -> list[str]:
+        return backup_format.check_part_names(names)
+
+    def check_part_count(self, names: list[str], last_part: int | None) -> list[str]:
+        return backup_format.check_part_count(names, last_part)
+
+
+class _Delivery:
+    """The vendor's cloud backup service (``[backup] source = "bitrix24"``)."""
+
+    section = BackupSection
+
+    def source(self, section: BackupSection, secret: SecretLookup, problems: list[str]):
+        from .backup_source import Bitrix24BackupSource
+
+        key = secret(section.licence_key_secret, problems, "the portal's licence key")
+        password = secret(section.password_secret, problems, "the backup password")
+        if key is None or password is None:
+            if not problems:  # an empty secret name: nothing to look up
+                problems.append("[backup] licence_key_secret and password_secret must name [secrets] entries")
+            return None
+        return Bitrix24BackupSource(section.info_url, key, password)
+
+
+class _Restore:
+    agent_source = _host.AGENT_SOURCE
+    dump_hint = "bitrix/backup/*.sql"
+    post_restore_section = PostRestoreSection
+
+    @property
+    def box_defaults(self) -> dict[str, Any]:
+        """BitrixVM's layout (a fresh dict: callers may merge into it)."""
+        return {"site_root": "/home/bitrix/www", "staging_dir": "/home/bitrix/c2b-staging",
+                "db": {"user": "bitrix", "database": "sitemanager"}}
+
+    def dump_order(self, files: list[str]) -> list[str]:
+        return _host.dump_order(files)
+
+    def post_restore(self, sql: Callable, settings: PostRestoreSection, *, domain: str) -> list:
+        from connectors.box_host.post_restore import run_fixes
+
+        return run_fixes(sql, settings, domain=domain)
+
+
+def webhook_url(value: str, portal: str, user_id: int) -> str | None:
+    """The webhook URL from a secret holding the whole URL or the code alone (then built from
+    ``portal``); None when only the code is known and ``portal`` is empty."""
+    value = value.strip()
+    if value.startswith(("http://", "https://")):
+        return value
+    return f"{portal.rstrip('/')}/rest/{user_id}/{value}/" if portal else None
+
+
+class _Crm:
+    entities = ENTITIES
+    section = CrmDeltaSection
+
+    def endpoints(self, section: CrmDeltaSection, secrets: dict, migration: Any, *, source: str,
+                  budget=None) -> tuple[Bitrix24Client, Bitrix24Client]:
+        """The cloud's and the box's REST clients from ``[crm_delta]``, ``[secrets]`` and
+        ``[migration].portal``/``box_portal``; ``budget`` is spent by both.
+
+        Raises:
+            ConfigError: a webhook secret is missing, or it holds the code alone and the portal is empty.
+        """
+        problems, urls = [], []
+        for name, what, portal, key in ((section.cloud_webhook_secret, "the cloud's webhook URL", migration.portal,
+                                         "portal"),
+                                        (section.box_webhook_secret, "the box's webhook URL", migration.box_portal,
+                                         "box_portal")):
+            if name not in secrets:
+                problems.append(f"[secrets.{name}] is not defined ({what})")
+                continue
+            url = webhook_url(secrets[name].get_secret_value(), portal, section.webhook_user_id)
+            if url is None:
+                problems.append(f"[migration].{key} is empty: the webhook code in [secrets.{name}] needs the "
+                                "portal's address (or put the whole webhook URL into the secret)")
+            urls.append(url)
+        if problems:
+            raise ConfigError(source, problems)
+        common = {"timeout": section.timeout_s, "max_attempts": section.max_attempts,
+                  "max_wait_s": section.max_wait_s, "budget": budget}
+        cloud = Bitrix24Client(urls[0], rate=section.rate, burst=section.burst, name="the cloud portal", **common)
+        box = Bitrix24Client(urls[1], rate=section.box_rate, burst=section.box_burst, name="the box portal", **common)
+        return cloud, box
+
+    def export(self, cloud, box, cutoff: dt.datetime, **kw) -> delta.DeltaExport:
+        return delta.export_delta(cloud, box, cutoff, **kw)
+
+    def write_review_files(self, exported: delta.DeltaExport, out_dir: Path) -> list[Path]:
+        return delta.write_csvs(exported, out_dir)
+
+    def map_users(self, cloud, box) -> dict[str, str]:
+        return importer.map_users(cloud, box)
+
+    def import_delta(self, box, exported, idmap, **kw) -> importer.ImportReport:
+        return importer.import_delta(box, exported, idmap, **kw)
+
+    def reconcile(self, box, exported, idmap, **kw) -> reconcile.Reconciliation:
+        return reconcile.reconcile(box, exported, idmap, **kw)
+
+    def backup_max_id(self, box, entity: str, cutoff: dt.datetime) -> int:
+        return delta.backup_max_id(box, entity, cutoff)
+
+    def sweep(self, cloud, box, idmap, history: SweepHistory, **kw) -> SweepOutcome:
+        return sweep.run_sweep(cloud, box, idmap, history, **kw)
+
+
+class _Events:
+    """The portal's outgoing webhooks (``application_token`` checked)."""
+
+    def receiver(self, token: str, on_event, *, host: str, port: int):
+        from .events import EventReceiver
+
+        return EventReceiver(token, on_event, host=host, port=port)
+
+
+class _Checks:
+    def kinds(self) -> dict[str, Callable]:
+        return {}  # the check kinds are still in checklists/verify.py (issue 12, WP-C step 3 moves them here)
+
+    def access_options(self, config) -> dict[str, Any]:
+        post = getattr(config, "post_restore", None) or PostRestoreSection()
+        return {"pull_options": dict(post.pull_options), "network_auth_ids": list(post.network_auth_ids)}
+
+
+PLATFORM = Platform(name="bitrix24", format=_Format(), delivery=_Delivery(), restore=_Restore(), crm=_Crm(),
+                    error_codes=BITRIX24_CODES, events=_Events(), checks=_Checks(), redaction=(WEBHOOK_CODE,))

@@ -1,0 +1,201 @@
+"""What a CRM platform provides, as small Protocols: generic code talks to a platform only through these.
+
+A platform is one package ``connectors/<name>/`` whose ``platform`` module defines ``PLATFORM``
+(a :class:`Platform`) and one line in :mod:`connectors.platforms`. Its families, one Protocol each
+(optional features are ``None``, like rclone's ``features.go``)::
+
+    Platform
+    ├── format       BackupFormat    the backup parts: header, names, count
+    ├── delivery     BackupDelivery  where its own backup parts come from ([backup] source)
+    ├── restore      RestoreSpec     restoring that backup on the box host
+    ├── crm          CrmEndpoint     export / import / reconcile / sweep of the CRM records
+    ├── events       CrmEvents|None  pushed change events that wake a sweep early
+    ├── checks       PlatformChecks|None  the platform's own verification check kinds
+    ├── error_codes  ErrorCodes      its application error codes, for the one HTTP classifier
+    └── redaction    patterns        where its credentials sit inside URLs (masked by connectors.secrets)
+
+No Prefect here; the sweep types live here because the flows and the journal build them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+__all__ = ["BackupDelivery", "BackupFormat", "CrmEndpoint", "CrmEvents", "ErrorCodes", "PartHeaderInfo",
+           "Platform", "PlatformChecks", "RestoreSpec", "SecretLookup", "SweepHistory", "SweepOutcome",
+           "SweepPolicy"]
+
+#: ``lookup(secret_name, problems, what)`` → the resolved value, or None after appending a problem
+#: (the flows' ``ActionContext.secret_value``).
+SecretLookup = Callable[[str | None, list[str], str], Any]
+ErrorKind = Literal["rate", "auth", "transient", "not-found"]
+
+
+class PartHeaderInfo(Protocol):
+    """What a part's header tells: the archive's size and, in the first part, the last part's number."""
+
+    size: int
+    last_part: int | None
+
+
+@runtime_checkable
+class BackupFormat(Protocol):
+    """The layout of the platform's backup parts; download, verify and restore read it."""
+
+    header_len: int  # bytes at the start of a part needed to parse its header
+    header_members: int  # archive members that make up the header
+
+    def parse_header(self, head: bytes) -> PartHeaderInfo: ...
+    def part_number(self, name: str) -> int | None: ...
+    def check_part_names(self, names: list[str]) -> list[str]: ...
+    def check_part_count(self, names: list[str], last_part: int | None) -> list[str]: ...
+
+
+@runtime_checkable
+class BackupDelivery(Protocol):
+    """The platform's own delivery of backup parts (a ``connectors.http_download`` ``BackupSource``)."""
+
+    section: type[BaseModel]
+
+    def source(self, section: Any, secret: SecretLookup, problems: list[str]) -> Any:
+        """The source; missing secrets are appended to ``problems`` (then the result must not be used)."""
+
+
+@runtime_checkable
+class RestoreSpec(Protocol):
+    """Restoring the platform's backup on the box host."""
+
+    agent_source: Path  # the stdlib-only agent uploaded to the host
+    box_defaults: dict[str, Any]  # [box_host] defaults (DB user, site root …)
+    dump_hint: str  # where the dump sits in the archive, for messages
+    post_restore_section: type[BaseModel]
+
+    def dump_order(self, files: list[str]) -> list[str]: ...
+    def post_restore(self, sql: Callable, settings: Any, *, domain: str) -> list[Any]: ...
+
+
+@runtime_checkable
+class CrmEndpoint(Protocol):
+    """The CRM records, at the level the flows call: two clients (cloud, box) and what runs on them."""
+
+    entities: tuple[str, ...]
+    section: type[BaseModel]
+
+    def endpoints(self, section: Any, secrets: dict, migration: Any, *, source: str,
+                  budget: Any = None) -> tuple[Any, Any]: ...
+    def export(self, cloud: Any, box: Any, cutoff: dt.datetime, **kw: Any) -> Any: ...
+    def write_review_files(self, delta: Any, out_dir: Path) -> list[Path]: ...
+    def map_users(self, cloud: Any, box: Any) -> dict[str, str]: ...
+    def import_delta(self, box: Any, delta: Any, idmap: Any, **kw: Any) -> Any: ...
+    def reconcile(self, box: Any, delta: Any, idmap: Any, **kw: Any) -> Any: ...
+    def backup_max_id(self, box: Any, entity: str, cutoff: dt.datetime) -> int: ...
+    def sweep(self, cloud: Any, box: Any, idmap: Any, history: "SweepHistory", **kw: Any) -> "SweepOutcome": ...
+
+
+@runtime_checkable
+class CrmEvents(Protocol):
+    """Optional: the cloud pushes change events; ``on_event(event, record_id)`` wakes a sweep."""
+
+    def receiver(self, token: str, on_event: Callable[[str, str | None], None], *, host: str, port: int) -> Any: ...
+
+
+@runtime_checkable
+class PlatformChecks(Protocol):
+    """The platform's verification check kinds and the options they read from the config."""
+
+    def kinds(self) -> dict[str, Callable]: ...
+    def access_options(self, config: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ErrorCodes(Protocol):
+    """The hook of :func:`connectors.http_errors.classify`: what an application error code means."""
+
+    def kind_of(self, code: str) -> ErrorKind | None: ...
+
+
+@dataclass(frozen=True)
+class Platform:
+    """One CRM platform: its name (the ``[migration] platform`` value) and what it provides."""
+
+    name: str
+    format: BackupFormat
+    delivery: BackupDelivery
+    restore: RestoreSpec
+    crm: CrmEndpoint
+    error_codes: ErrorCodes
+    events: CrmEvents | None = None
+    checks: PlatformChecks | None = None
+    redaction: tuple[re.Pattern, ...] = ()  # each: group 1 is kept, group 2 (the credential) is masked
+
+
+# --- sweeps: built by the flows and the journal, run by the platform --------------------------
+
+class SweepHistory(Protocol):
+    """What earlier sweeps saw: the modification times observed per record, and the quarantine."""
+
+    def observed(self, since: dt.datetime) -> dict[tuple[str, str], set[str]]:
+        """(entity, cloud ID) → the distinct modification times seen at or after ``since``."""
+
+    def quarantined(self) -> dict[str, set[str]]:
+        """entity → cloud IDs in quarantine (not synced until released)."""
+
+    def released_since_last_sweep(self) -> dict[str, set[str]]:
+        """entity → cloud IDs released from quarantine since the last sweep: fetched explicitly (their
+        last change may be older than the sweep window)."""
+
+
+@dataclass
+class SweepPolicy:
+    quarantine_changes: int = 4  # K: changed in more sweeps than this within the window → quarantine
+    quarantine_window_s: float = 7200.0  # M
+    overlap_s: float = 120.0  # re-list this much before the last sweep: clocks and commits lag
+    fallback_user_id: int = 1
+    use_batch_import: bool = True
+
+
+@dataclass
+class SweepOutcome:
+    started_at: dt.datetime
+    since: dt.datetime
+    seconds: float = 0.0
+    requests: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    echoes_skipped: int = 0
+    observed: dict[str, dict[str, str]] = field(default_factory=dict)  # entity → cloud ID → modification time
+    newly_quarantined: list[dict] = field(default_factory=list)  # {entity, cloud_id, changes, title}
+    held_back: list[dict] = field(default_factory=list)  # already quarantined, changed again, not synced
+    stragglers: list[dict] = field(default_factory=list)  # {user_id, name, email, records, last_at}
+    high_water: dict[str, int] = field(default_factory=dict)  # entity → highest cloud ID seen
+    failures: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the sweep stopped early (budget), None when it finished
+
+    @property
+    def moved(self) -> int:
+        return self.created + self.updated
+
+    def summary(self) -> str:
+        text = (f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged on the box; "
+                f"{self.echoes_skipped} echo(es) of our writes skipped; {len(self.stragglers)} user(s) still in "
+                f"the cloud; {self.requests} request(s)")
+        if self.newly_quarantined:
+            text += f"; {len(self.newly_quarantined)} record(s) QUARANTINED"
+        if self.stopped:
+            text += f"; STOPPED: {self.stopped}"
+        return text
+
+    def as_data(self) -> dict:
+        return {"started_at": self.started_at.isoformat(), "since": self.since.isoformat(),
+                "seconds": round(self.seconds, 3), "requests": self.requests,
+                "created": self.created, "updated": self.updated, "unchanged": self.unchanged,
+                "echoes_skipped": self.echoes_skipped, "observed": self.observed,
+                "quarantined": self.newly_quarantined, "held_back": self.held_back, "stragglers": self.stragglers,
+                "high_water": self.high_water, "failures": self.failures[:50], "stopped": self.stopped}

@@ -1,0 +1,91 @@
+"""Every Prefect artifact of a run, and the files a run leaves behind.
+
+Artifacts are views: the journal is the record. So publishing one never fails a step or a run —
+a failure is logged and the run goes on. The exports and the auditor's report are written when
+the run ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prefect import get_run_logger
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                              update_progress_artifact)
+
+from checklists.runbook import Phase, Step
+from connectors.secrets import redact
+from journal.export import SUMMARY_COLUMNS, export_run, phase_rows
+from journal.report import report_markdown, write_report
+
+if TYPE_CHECKING:
+    from flows.run_context import RunContext
+
+
+class ProgressArtifact:
+    """Turns an action's progress callbacks into one Prefect progress artifact (≤ 1 update/s)."""
+
+    def __init__(self, key: str, title: str) -> None:
+        self.key, self.title = key, title
+        self.artifact_id = None
+        self.last = 0.0
+
+    def __call__(self, done: float, total: float | None, message: str = "") -> None:
+        now = time.monotonic()
+        if self.artifact_id is not None and now - self.last < 1.0 and (total is None or done < total):
+            return
+        self.last = now
+        pct = min(100.0, 100.0 * done / total) if total else 0.0
+        description = f"{self.title}: {message}" if message else self.title
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(pct, key=self.key, description=description)
+            else:
+                update_progress_artifact(self.artifact_id, pct, description=description)
+        except Exception as exc:  # progress display must never fail the step
+            logging.getLogger("cloud2box").debug("progress artifact update failed: %s", exc)
+
+
+def publish_phase_table(run: RunContext, phase: Phase) -> None:
+    """The phase's journal rows as a table artifact (updated after every step)."""
+    rows = phase_rows(run.journal, run.run_id, phase.number)
+    try:
+        create_table_artifact(
+            [{c: r[c] for c in SUMMARY_COLUMNS} for r in rows],
+            key=f"journal-{run.run_id}-phase-{phase.number}",
+            description=f"Journal of phase {phase.number} ({phase.title}), run {run.run_id}",
+        )
+    except Exception as exc:  # the journal is the record; an artifact hiccup must not stop the run
+        get_run_logger().warning("could not update the journal artifact: %s", exc)
+
+
+def publish_verification(run: RunContext, step: Step, label: str | None, result) -> None:
+    """The checks run before ``step`` (or before the gate ``label``) as a table artifact."""
+    try:
+        create_table_artifact([{"check": r.id, "result": r.status, "severity if failed": r.severity,
+                                "finding": r.summary} for r in result.results],
+                              key=f"verification-{run.run_id}-{(label or 'step-' + step.slug).replace('.', '-')}",
+                              description=f"Verification before {label or 'step ' + step.id}: {result.summary()}")
+    except Exception as exc:  # the journal holds the results; the artifact is a view
+        get_run_logger().warning("could not publish the verification artifact: %s", exc)
+
+
+def write_outputs(run: RunContext) -> dict[str, Path]:
+    """The journal exports and the auditor's report, on disk and as a Prefect artifact.
+
+    They go to ``out_dir/runs/<run>/`` (kept per run) and to ``out_dir`` itself (the latest run).
+    """
+    journal, run_id, out_dir = run.journal, run.run_id, run.out_dir
+    paths = export_run(journal, run_id, out_dir)
+    export_run(journal, run_id, out_dir / "runs" / run_id)
+    try:
+        write_report(journal, run_id, out_dir / "runs" / run_id)
+        paths.update(write_report(journal, run_id, out_dir))
+        create_markdown_artifact(report_markdown(journal, run_id), key=f"report-{run_id}",
+                                 description=f"Migration report of run {run_id}")
+    except Exception as exc:  # the journal is the record; a report failure is logged, never fatal
+        get_run_logger().warning("could not write the report of run %s: %s", run_id, redact(exc))
+    return paths

@@ -1,0 +1,183 @@
+"""A run's set-up, built once, and the context every phase, step and gate of the run shares.
+
+:func:`build_setup` loads and checks everything a run needs (config, secrets, runbook, the
+actions' requirements); :func:`open_run` opens (or resumes) the journal run and returns the
+:class:`RunContext`. The ``migration`` flow builds it once and hands the same object to its phase
+subflows and their tasks, so nothing is loaded again per step and the run's handles (the
+notifier, the downtime watcher) live in the context, not in module globals.
+
+This holds only in-process: phases are subflows called directly and tasks run on the default
+task runner. A phase started as a deployment (``run_deployment``) or a task sent to another
+process (Dask, Ray) would get a placeholder instead of the context.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from pydantic import SecretStr
+
+from checklists.runbook import Runbook, Step, load_runbook
+from connectors.errors import ConfigError
+from connectors.secrets import install_log_redaction
+from flows.actions import MANUAL, ActionContext, known_actions, missing_requirements
+from flows.config import Config, Mode, load_config, resolve_secrets
+from flows.downtime import DowntimeWatcher, notifier_for
+from flows.outputs import ProgressArtifact
+from journal.events import EventKind
+from journal.forecast import forecast_from
+from journal.notices import Notifier
+from journal.store import Journal
+
+
+@dataclass
+class Setup:
+    """What a run needs, loaded and checked: any problem is a ConfigError before anything happens."""
+
+    config: Config
+    secrets: dict[str, SecretStr]
+    runbook: Runbook
+    journal: Journal
+
+
+def _read_prefect_secret(name: str) -> str:
+    from prefect.blocks.system import Secret
+
+    return Secret.load(name).get()
+
+
+def build_setup(config_path: str) -> Setup:
+    """Load the config, resolve its secrets, load the runbook and check what its actions need."""
+    install_log_redaction()
+    config = load_config(config_path)
+    secrets = resolve_secrets(config, prefect_reader=_read_prefect_secret)
+    runbook = load_runbook(config.runbook.path, known_actions=known_actions())
+    unknown = sorted(set(config.runbook.manual_steps) - {s.id for s in runbook.steps})
+    if unknown:
+        raise ConfigError(config.source, [f"[runbook.manual_steps] no step {u} in the runbook" for u in unknown])
+    runbook = runbook.with_actions({step_id: MANUAL for step_id in config.runbook.manual_steps})
+    problems = missing_requirements(runbook, config)
+    if problems:
+        raise ConfigError(config.source, problems)
+    return Setup(config, secrets, runbook, Journal(config.journal.url))
+
+
+def check_setup(config_path: str) -> None:
+    """Validate everything a run needs (config, secrets, runbook, action requirements) up front."""
+    build_setup(config_path)
+
+
+def flow_run_id() -> str | None:
+    """The id of the Prefect flow run we are in (None outside a flow)."""
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+# repr=False: the generated repr would print the config and the secrets' names wherever a
+# context is logged. ``journal`` comes first on purpose: Prefect stores a subflow's parameters
+# through jsonable_encoder, which fails at once on the journal, so the stored value is the
+# placeholder "<RunContext>" and nothing of the config is copied (tests/flows/test_run_context.py).
+@dataclass(eq=False, repr=False)
+class RunContext:
+    """One migration run: its set-up, its journal row, and the handles it holds while it runs."""
+
+    journal: Journal
+    config: Config
+    secrets: dict[str, SecretStr]
+    runbook: Runbook
+    run_id: str
+    mode: Mode
+    started_at: dt.datetime  # the journal run's creation: the plan's clock starts here
+    notifier: Notifier
+    watcher: DowntimeWatcher | None = field(default=None)  # while the user downtime lasts
+
+    def __repr__(self) -> str:
+        return f"RunContext(run_id={self.run_id!r}, mode={self.mode!r})"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.journal.out_dir)
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.runbook.steps if s.id == step_id)
+
+    def planned_start(self, step: Step) -> dt.datetime:
+        """When the plan has ``step`` start: the run's start plus the planned time of every step before."""
+        before = self.runbook.steps[: self.runbook.seq(step.id)]
+        return self.started_at + dt.timedelta(seconds=sum(s.planned_s for s in before))
+
+    def action_context(self, step: Step, logger, *, label: str | None = None) -> ActionContext:
+        """What an automated action of ``step`` gets; ``label`` journals it under another name ("gate-2")."""
+        work_dir = self.out_dir / "runs" / self.run_id
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return ActionContext(
+            config=self.config, secrets=self.secrets, journal=self.journal, run_id=self.run_id,
+            step_id=label or step.id, mode=self.mode, work_dir=work_dir, logger=logger,
+            progress=ProgressArtifact(f"progress-{self.run_id}-step-{step.slug}", f"Step {step.id} {step.title}"),
+        )
+
+
+def open_run(setup: Setup, mode: Mode, new_run: bool) -> RunContext:
+    """Start the journal run of ``mode``, or resume the last unfinished one (its stale flow run
+    is retired and its interrupted steps closed). A new cutover is planned from the last rehearsal."""
+    cfg, journal, logger = setup.config, setup.journal, get_run_logger()
+    current = flow_run_id()
+    run, previous_flow_run = journal.open_run(name=cfg.migration.name, portal=cfg.migration.portal, mode=mode,
+                                              timezone=cfg.migration.timezone, config_snapshot=cfg.snapshot(),
+                                              flow_run_id=current, new=new_run)
+    if previous_flow_run is not None:
+        _retire_flow_run(previous_flow_run, superseded_by=current)
+        stale = journal.close_stale_steps(run.id, "interrupted: the previous run stopped before this step finished")
+        journal.add_event(run.id, EventKind.RESUME, f"run resumed (attempt {run.attempts}); {stale} interrupted step(s) closed")
+        logger.info("resuming migration run %s (attempt %s)", run.id, run.attempts)
+    else:
+        journal.add_event(run.id, EventKind.START, f"{mode} of {cfg.migration.portal} started")
+        logger.info("started migration run %s (%s)", run.id, mode)
+    context = RunContext(journal=journal, config=cfg, secrets=setup.secrets, runbook=setup.runbook, run_id=run.id,
+                         mode=mode, started_at=run.created_at,
+                         notifier=notifier_for(cfg, setup.secrets, journal, run.id, mode))
+    if mode == "cutover" and previous_flow_run is None:
+        _forecast_cutover(context)
+    return context
+
+
+def _forecast_cutover(run: RunContext) -> None:
+    """Plan the cutover from the latest completed rehearsal of the same migration, if there is one."""
+    logger, name = get_run_logger(), run.config.migration.name
+    rehearsals = [r for r in run.journal.runs() if r.name == name and r.mode == "rehearsal" and r.status == "completed"]
+    if not rehearsals:
+        logger.warning("no completed rehearsal of %r in the journal: the cutover runs on the plan alone", name)
+        return
+    forecast = forecast_from(run.journal, rehearsals[-1].id, runbook=run.runbook, section=run.config.forecast)
+    forecast.record(run.journal, run.run_id)
+    logger.info("cutover forecast from rehearsal %s: ends %s (P50), %s (P90)", rehearsals[-1].id,
+                forecast.end_p50, forecast.end_p90)
+
+
+def _retire_flow_run(flow_run_id: str, superseded_by: str | None) -> None:
+    """Cancel what a killed process left paused or running, so nobody answers a dead prompt."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.states import Cancelled
+
+    if not flow_run_id or flow_run_id == superseded_by:
+        return  # a retry of the same flow run: nothing to retire
+    logger = get_run_logger()
+    try:
+        with get_client(sync_client=True) as client:
+            old = client.read_flow_run(UUID(flow_run_id))
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[old.id])))
+            for fr in [*children, old]:
+                if fr.state and not fr.state.is_final():
+                    client.set_flow_run_state(fr.id, Cancelled(message=f"superseded by flow run {superseded_by} (resume)"),
+                                              force=True)
+                    logger.info("retired stale flow run %s (%s)", fr.name, fr.state.type.value)
+    except Exception as exc:  # the old run may be gone from a cleaned-up server; resuming matters more
+        logger.warning("could not retire the previous flow run %s: %s", flow_run_id, exc)
