@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,17 +39,21 @@ class SandboxHandles:
 def start_sandbox(out: Path) -> Iterator[SandboxHandles]:
     """Start every sandbox piece on loopback; stop them all on exit."""
     from sandbox.backup_maker import SANDBOX_REST_APPS
-    from sandbox.backup_server import start_backup_sandbox
+    from sandbox.backup_server import ENCRYPTION_SECRET, start_backup_sandbox
     from sandbox.box_web import start_box_web
     from sandbox.box_host import start_box_host
     from sandbox.portal import start_pair
 
     handles = SandboxHandles()
     with contextlib.ExitStack() as stack:
-        # the cloud's backup delivery (one part corrupted on the wire) and an SSH mirror with good copies
-        handles.add("backup", stack.enter_context(start_backup_sandbox(out / "sandbox-backup")))
+        # the cloud's backup delivery (one part corrupted on the wire) and an SSH mirror with good copies;
+        # encrypted, as the cloud always writes its backups (NAME.enc.gz, aes-256-ecb)
+        backup = stack.enter_context(start_backup_sandbox(out / "sandbox-backup",
+                                                          encrypt_password=secrets.token_urlsafe(12)))
+        handles.add("backup", backup)
         # the box host: SSH with exec + SFTP under a local root, and a fresh database on the local MariaDB
-        handles.add("box_host", stack.enter_context(start_box_host(out / "sandbox-box")))
+        handles.add("box_host", stack.enter_context(start_box_host(out / "sandbox-box",
+                                                                   archive_password_secret=ENCRYPTION_SECRET)))
         # the cloud portal (backup + what users did after it) and the box portal (the restored backup)
         pair = stack.enter_context(start_pair())
         handles.config.update(portal=pair.cloud.base_url, box_portal=pair.box.base_url)

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
-from connectors.bitrix24.backup_format import split_part_name
+from sandbox.backup_maker import parse_part_name
 
 INFO_PATH = "/buy_tmp/backup.php"
 SIGNATURE_HEADER = "X-Bitrix-Cloud-Signature"
@@ -206,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._small(403, b"<error>WRONG_CHECK_WORD</error>", "text/xml")
                 return
             name = arg("file_name")
-            if not (owner.directory / name).is_file() or split_part_name(name) is None:
+            if not (owner.directory / name).is_file() or parse_part_name(name) is None:
                 self._small(404, b"<error>FILE_NOT_FOUND</error>", "text/xml")
                 return
             body = (f"<?xml version=\"1.0\"?><file><host>{owner.host}:{owner.port}</host>"
@@ -220,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _part(self, name: str, head: bool, signed: bool) -> None:
         owner = self.server.owner
         path = owner.directory / name
-        if "/" in name or split_part_name(name) is None or not path.is_file():
+        if "/" in name or parse_part_name(name) is None or not path.is_file():
             self._small(404, b"no such part", "text/plain")
             return
         if signed and not hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), owner.signature(name)):
@@ -362,8 +362,8 @@ class BackupServer:
         return self.url + "/parts/manifest.json"
 
     def part_paths(self) -> list[Path]:
-        parts = [p for p in self.directory.iterdir() if p.is_file() and split_part_name(p.name)]
-        return sorted(parts, key=lambda p: split_part_name(p.name)[1])
+        parts = [p for p in self.directory.iterdir() if p.is_file() and parse_part_name(p.name)]
+        return sorted(parts, key=lambda p: parse_part_name(p.name)[1])
 
     def part_urls(self) -> list[str]:
         return [f"{self.url}/parts/{quote(p.name)}" for p in self.part_paths()]
@@ -409,6 +409,9 @@ class BackupServer:
         self.close()
 
 
+ENCRYPTION_SECRET = "backup_encryption_password"  # the [secrets] entry [box_host] archive_password_secret names
+
+
 @dataclass
 class BackupSandbox:
     """The demo's backup delivery: the server, the SSH mirror and what a config needs to use them."""
@@ -450,12 +453,17 @@ class BackupSandbox:
             ]
         return lines
 
+    @property
+    def encrypted(self) -> bool:
+        return ENCRYPTION_SECRET in self.secrets
+
     def secrets_toml_lines(self) -> list[str]:
         """Entries for the top-level ``[secrets]`` table (without the header)."""
         return [f'{name} = {{ env = "{var}" }}' for name, var in self.secrets.items()]
 
     def describe(self) -> list[str]:
-        out = [f"backup server {self.server.info_url} ({len(self.backup.parts)} parts"
+        kind = "encrypted " if self.encrypted else ""
+        out = [f"backup server {self.server.info_url} ({len(self.backup.parts)} {kind}parts"
                + (f", {self.corrupt_part} corrupted on the wire)" if self.corrupt_part else ")")]
         if self.mirror is not None:
             out.append(f"SSH mirror sftp://{self.mirror.username}@{self.mirror.host}:{self.mirror.port}/")
@@ -474,15 +482,19 @@ class BackupSandbox:
 
 
 def start_backup_sandbox(work_dir: str | Path, *, total_bytes: int = 3 * 2**20, part_size: int = 1024 * 1024,
-                         rate: int = 0, corrupt: int | None = 1, mirror: bool = True, seed: int = 1) -> BackupSandbox:
+                         rate: int = 0, corrupt: int | None = 1, mirror: bool = True, seed: int = 1,
+                         encrypt_password: str | None = None) -> BackupSandbox:
     """Start the demo's backup delivery on loopback: a small multi-part backup (3–4 parts),
     served by :class:`BackupServer` with part number ``corrupt`` corrupted on the wire, and an
-    SSH mirror serving good copies. Call ``close()`` when done."""
+    SSH mirror serving good copies. With ``encrypt_password`` the backup is encrypted as the cloud
+    writes it today (``NAME.enc.gz``, aes-256-ecb, version 1.2) and the password is offered as the
+    secret ``backup_encryption_password``. Call ``close()`` when done."""
     from sandbox.backup_maker import make_backup
     from sandbox.ssh_mirror import start_mirror
 
     work = Path(work_dir)
-    backup = make_backup(work / "backup-source", total_bytes=total_bytes, part_size=part_size, seed=seed)
+    backup = make_backup(work / "backup-source", total_bytes=total_bytes, part_size=part_size, seed=seed,
+                         encrypt_password=encrypt_password)
     server = BackupServer(backup.directory, rate=rate).start()
     corrupt_name = None
     if corrupt is not None and len(backup.parts) > corrupt:
@@ -497,6 +509,9 @@ def start_backup_sandbox(work_dir: str | Path, *, total_bytes: int = 3 * 2**20, 
             raise
     secrets = {"backup_licence_key": "C2B_BACKUP_LICENCE_KEY", "backup_password": "C2B_BACKUP_PASSWORD"}
     env = {"C2B_BACKUP_LICENCE_KEY": server.licence_key, "C2B_BACKUP_PASSWORD": server.password}
+    if encrypt_password is not None:
+        secrets[ENCRYPTION_SECRET] = "C2B_BACKUP_ENCRYPTION_PASSWORD"
+        env["C2B_BACKUP_ENCRYPTION_PASSWORD"] = encrypt_password
     return BackupSandbox(server, ssh, backup, corrupt_name, secrets, env)
 
 

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import paramiko
 
-from connectors.box_host.post_restore import REINDEX_OPTION  # the marker step 2.4 leaves when the index is empty
 from sandbox.ssh_mirror import _Server, _Sftp, listen_ssh, serve_ssh
 
 PASSWORD_ENV = "C2B_SANDBOX_BOX_DB_PASSWORD"
+# the b_option (search module) name cloud2box's step 2.4 leaves when it queued a reindex; kept
+# here, not imported, so the sandbox stays independent of the product
+REINDEX_OPTION = "c2b_reindex_queued"
 
 
 class _HostSftp(_Sftp):
@@ -123,6 +125,7 @@ class BoxHostSandbox:
     db_host: str = "127.0.0.1"
     db_port: int = 3306
     domain: str = "crm.sandbox.example"
+    archive_password_secret: str | None = None  # the [secrets] entry holding an encrypted backup's password
     secrets: dict[str, str] = field(default_factory=lambda: {"box_db_password": PASSWORD_ENV})
     _sock: socket.socket | None = None
     _stop: threading.Event | None = None
@@ -154,6 +157,7 @@ class BoxHostSandbox:
             f'site_root = "{self.site_root}"',
             f'staging_dir = "{self.staging_dir}"',
             f'python = "{"python3" if shutil.which("python3") else sys.executable}"',
+            *([f'archive_password_secret = "{self.archive_password_secret}"'] if self.archive_password_secret else []),
             "",
             "[box_host.db]",
             f'host = "{self.db_host}"',
@@ -266,7 +270,8 @@ def _drop_db(admin: dict, database: str, user: str) -> None:
 
 def start_box_host(work_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, username: str = "box",
                    db_host: str = "127.0.0.1", db_port: int = 3306, db_admin_user: str = "root",
-                   db_admin_password: str = "", domain: str = "crm.sandbox.example") -> BoxHostSandbox:
+                   db_admin_password: str = "", domain: str = "crm.sandbox.example",
+                   archive_password_secret: str | None = None) -> BoxHostSandbox:
     """Start the sandbox box host: SSH on ``host:port`` (0: a free port) serving ``work_dir/host``,
     a fresh database and user on the MariaDB at ``db_host:db_port`` (created with the admin login).
 
@@ -294,7 +299,8 @@ def start_box_host(work_dir: str | Path, *, host: str = "127.0.0.1", port: int =
             cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{name}'@'{h}'")
     ssh = listen_ssh(work, "box", host, port)
     box = BoxHostSandbox(root, host, ssh.port, username, ssh.client_key_file, ssh.known_hosts, ssh.client_key,
-                         ssh.host_key, name, name, password, db_host, db_port, domain, _sock=ssh.sock,
+                         ssh.host_key, name, name, password, db_host, db_port, domain,
+                         archive_password_secret=archive_password_secret, _sock=ssh.sock,
                          _stop=threading.Event(), _admin=admin)
     serve_ssh(box, ssh, sftp=_HostSftp, server=_HostServer, name="box-host")
     return box

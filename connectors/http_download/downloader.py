@@ -1,21 +1,28 @@
 """Parallel, resumable, verifying download of backup parts over HTTP Range.
 
 N worker threads, each with its own ``requests.Session`` (one connection each), take chunks in
-order across and within parts. A chunk is written with ``pwrite`` and fsynced, then marked done
-in the state file, then handed to the part's verifier, which consumes chunks in file order
-(out-of-order chunks wait in memory; a window bounds how far ahead a part may run). A part is
-renamed to its final name and marked verified only after every check passed; a part that
-fails is reported ``corrupt`` and never gets its final name.
+order across and within parts; near the end the last chunks are handed out in pieces, so every
+connection stays busy until the end. A chunk's blocks are written with ``pwrite`` as they arrive;
+the whole chunk is fsynced, then marked done in the state file, then handed to the part's
+verifier, which consumes chunks in file order (out-of-order chunks wait in memory; a window of
+two chunks per connection bounds how far ahead the fetches may run). A part is renamed to its
+final name only after every check passed, and then marked verified (a kill between the two
+leaves a verified part the next run checks again from disk); a part that fails is reported
+``corrupt`` and never gets its final name.
 
 Chunks written by an earlier, killed process are read back once for hashing (a hash state
 cannot be saved); nothing downloaded in this process is read twice.
+
+The disk: free space is checked before the first byte; a write that fails (disk full, I/O
+error) stops every worker and ends the download with one FatalError naming the path, the space
+still needed and the fix (:mod:`.disk`). What was fsynced stays marked done, nothing verified is
+undone, and parts, partials and the state file are created 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -27,11 +34,12 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tqdm import tqdm
 
-from connectors.bitrix24.backup_format import PartHeader
-from connectors.errors import FatalError, IntegrityError, MigrationError, RateLimitedError, TransientError
+from connectors.errors import FatalError, IntegrityError, MigrationError, TransientError
+from connectors.retry import backoff_wait
 from connectors.secrets import redact
 
 from .configuration import DownloadSettings
+from .disk import check_free_space, make_private_dir, open_private, pwrite_all, write_error
 from .http import (HtmlErrorPage, PartChangedError, RangeIgnoredError, ShortReadError, classify_response,
                    looks_like_html, map_requests_errors)
 from .source import RemotePart
@@ -41,6 +49,7 @@ from .verify import PartVerifier, etag_md5
 log = logging.getLogger("cloud2box.download")
 PARTIAL_SUFFIX = ".c2b-partial"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+MIN_PIECE = 256 * 1024  # the smallest range fetched when the last chunks are shared out
 
 
 @dataclass
@@ -99,9 +108,11 @@ class _Job:
     verifier: PartVerifier
     result: PartResult
     disk: set[int] = field(default_factory=set)
-    pending: dict[int, bytes] = field(default_factory=dict)
+    pending: dict[int, list[bytes]] = field(default_factory=dict)  # chunk → its blocks, until verified
+    pieces: dict[int, dict[int, list[bytes]]] = field(default_factory=dict)  # chunk → {offset: blocks}, tail only
     cursor: int = 0
     next_issue: int = 0
+    split_at: int = 0  # bytes of chunk next_issue already handed out as pieces
     status: str = "running"
     started: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -115,20 +126,25 @@ class Downloader:
         settings: connections, chunk size, timeouts, retry bounds.
         session_factory: makes one ``requests.Session`` per connection (tests plug in here).
         on_progress: called about twice a second with a :class:`Progress`.
-        on_header: called as ``on_header(part_name, PartHeader)`` when a part's header is read.
+    Raises:
+        FatalError: ``dest_dir`` cannot be created (it is created 0700), or its state file is
+            from a newer release.
     """
 
     def __init__(self, dest_dir: str | Path, settings: DownloadSettings | None = None, *,
                  session_factory: Callable[[], requests.Session] = requests.Session,
-                 on_progress: Callable[[Progress], None] | None = None,
-                 on_header: Callable[[str, PartHeader], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
         self.dest = Path(dest_dir)
-        self.dest.mkdir(parents=True, exist_ok=True)
+        try:
+            make_private_dir(self.dest)
+        except OSError as exc:
+            raise write_error(self.dest, exc, self.dest, None) from None
         self.settings = settings or DownloadSettings()
         self.session_factory = session_factory
         self.on_progress = on_progress
-        self.on_header = on_header
         self.state = StateFile(self.dest)
+        self._parts: list[RemotePart] = []
+        self._jobs: dict[str, _Job] = {}
         self._cond = threading.Condition()
         self._abort: BaseException | None = None
         self._received = 0
@@ -145,27 +161,43 @@ class Downloader:
     def reset_part(self, name: str) -> None:
         """Forget a part: its next download starts from zero (used before a re-download)."""
         st = self.state.get(name)
-        if st is not None:
-            self.state.put(PartState.new(name, st.size, st.chunk_size, restarts=st.restarts + 1))
-        for path in (self.dest / name, self.dest / (name + PARTIAL_SUFFIX)):
-            path.unlink(missing_ok=True)
+        try:
+            if st is not None:
+                self.state.put(PartState.new(name, st.size, self.settings.chunk_size, restarts=st.restarts + 1))
+            for path in (self.dest / name, self.dest / (name + PARTIAL_SUFFIX)):
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise write_error(self.dest / name, exc, self.dest, None) from None
 
     def download(self, parts: list[RemotePart]) -> list[PartResult]:
         """Fetch and verify ``parts``; return one :class:`PartResult` each (verified or corrupt).
 
         Raises the first fatal error, or a TransientError when a chunk's retries ran out; the
-        state file keeps everything verified or written so far for the next run.
+        state file keeps everything verified or written so far for the next run. Too little free
+        space (checked before the first byte) or any failed write ends it with one FatalError
+        naming the path, the space still needed and the fix; nothing verified or fsynced is undone.
         """
         self._abort = None
         self._received = 0
-        jobs = [self._prepare(p) for p in parts]
-        running = [j for j in jobs if j.status == "running"]
+        self._parts, self._jobs = list(parts), {}
+        jobs: list[_Job] = []
         try:
+            for part in parts:
+                try:
+                    jobs.append(self._prepare(part))
+                except OSError as exc:
+                    raise self._disk_error(exc, self.dest / (part.name + PARTIAL_SUFFIX)) from None
+                self._jobs[part.name] = jobs[-1]
+            running = [j for j in jobs if j.status == "running"]
+            check_free_space(self.dest, self._still_to_write())
             for job in running:  # chunks left on disk by a killed run: hash them once, in order
-                self._drain(job)
+                try:
+                    self._drain(job)
+                except OSError as exc:
+                    raise self._disk_error(exc, job.partial, "read") from None
             self._run_workers(running, jobs)
         finally:
-            for job in running:
+            for job in jobs:
                 if job.fd >= 0:
                     os.close(job.fd)
                     job.fd = -1
@@ -173,43 +205,87 @@ class Downloader:
             raise self._abort
         return [j.result for j in jobs]
 
+    def _still_to_write(self) -> int:
+        """Bytes this download still has to put on disk (the pre-flight and disk errors say it)."""
+        total = 0
+        for part in self._parts:
+            job = self._jobs.get(part.name)
+            if job is None:
+                total += part.size
+            elif job.status != "verified":
+                total += part.size - job.st.bytes_done()
+        return total
+
+    def _disk_error(self, exc: OSError, path: Path, action: str = "write") -> FatalError:
+        return write_error(path, exc, self.dest, self._still_to_write(), action)
+
     # -- preparation ------------------------------------------------------------------------
     def _prepare(self, remote: RemotePart) -> _Job:
         name = remote.name
         final, partial = self.dest / name, self.dest / (name + PARTIAL_SUFFIX)
         st = self.state.get(name)
         restarted = ""
-        if st and st.verified and st.size == remote.size and final.is_file() and final.stat().st_size == remote.size:
+        complete = final.is_file() and final.stat().st_size == remote.size
+        if st and st.verified and st.size == remote.size and complete:
             result = PartResult(name, remote.size, "verified", sha256=st.sha256, md5=st.md5, source=st.source,
                                 resumed_bytes=remote.size, checks=("verified-earlier",))
             return _Job(remote, st, partial, final, -1, PartVerifier(name, remote.size), result, status="verified")
+        chunk_size = self.settings.chunk_size
         if st and st.size != remote.size:
             restarted = f"size changed from {st.size} to {remote.size} bytes since the last run"
             log.warning("part %s: %s; starting it again from zero", name, restarted)
-        if st is None or restarted or st.verified or not partial.is_file():
-            st = PartState.new(name, remote.size, self.settings.chunk_size, restarts=(st.restarts + 1) if st else 0)
+        if not restarted and complete and not partial.is_file():
+            # Renamed after verification, but the state does not say so (killed or disk full before the
+            # state was saved, or the state file was lost): check it again from disk, fetch nothing.
+            log.info("part %s is complete on disk but not marked verified: checking it again", name)
+            os.replace(final, partial)
+            st = PartState.new(name, remote.size, chunk_size, restarts=st.restarts if st else 0)
+            st.done = "1" * st.chunks
+            self.state.put(st)
+        elif st is None or restarted or st.verified or not partial.is_file():
+            st = PartState.new(name, remote.size, chunk_size, restarts=(st.restarts + 1) if st else 0)
             partial.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
             self.state.put(st)
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(fd).st_size != remote.size:
-            os.ftruncate(fd, remote.size)
-        verifier = PartVerifier(name, remote.size, sha256=remote.sha256, md5=remote.md5, etag_md5=etag_md5(st.etag),
-                                on_header=(lambda h, n=name: self.on_header(n, h)) if self.on_header else None)
+        elif st.chunk_size != chunk_size:  # the byte ranges on disk are kept, whole chunks of the new size
+            log.info("part %s: resuming in chunks of %d bytes (was %d)", name, chunk_size, st.chunk_size)
+            st = st.rechunk(chunk_size)
+            self.state.put(st)
+        fd = open_private(partial, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size != remote.size:
+                os.ftruncate(fd, remote.size)
+        except OSError:
+            os.close(fd)
+            raise
+        verifier = PartVerifier(name, remote.size, sha256=remote.sha256, md5=remote.md5, etag_md5=etag_md5(st.etag))
         disk = {i for i, c in enumerate(st.done) if c == "1"}
         result = PartResult(name, remote.size, "running", resumed_bytes=st.bytes_done(), restarted=restarted)
         return _Job(remote, st, partial, final, fd, verifier, result, disk=disk, started=time.monotonic())
 
     # -- scheduling -------------------------------------------------------------------------
     def _window(self) -> int:
-        return self.settings.connections + 2
+        """Chunks fetched or being fetched but not yet verified, over all parts: each is held in
+        memory until the verifier takes it, so this bounds the memory (two chunks per connection)
+        and holds the network back when verification is the slower side."""
+        return 2 * self.settings.connections
 
-    def _next(self, jobs: list[_Job]) -> tuple[_Job, int] | None:
+    @staticmethod
+    def _held(job: _Job) -> int:
+        """Chunks of ``job`` issued ahead of its verifier (those on disk from a killed run excepted)."""
+        return job.next_issue - job.cursor - sum(1 for i in job.disk if job.cursor <= i < job.next_issue)
+
+    def _next(self, jobs: list[_Job]) -> tuple[_Job, int, tuple[int, int] | None] | None:
+        """The next work: ``(job, chunk, None)`` for a whole chunk, or ``(job, chunk, (start, end))``
+        for a piece of one. Once less than a chunk per connection is left to hand out, chunks are
+        shared out in pieces of about 1/connections of what is left, so every connection keeps
+        working to the end instead of a few fetching the last chunks while the others wait."""
         with self._cond:
             while True:
                 if self._abort is not None:
                     return None
                 left = False
+                held = sum(self._held(j) for j in jobs if j.status == "running")
                 for job in jobs:
                     if job.status != "running":
                         continue
@@ -218,12 +294,40 @@ class Downloader:
                     if job.next_issue >= job.st.chunks:
                         continue
                     left = True
-                    if job.next_issue - job.cursor < self._window():
-                        job.next_issue += 1
-                        return job, job.next_issue - 1
+                    if held < self._window():
+                        return self._issue(job, self._piece_size(jobs))
                 if not left:
                     return None
                 self._cond.wait(0.5)
+
+    def _piece_size(self, jobs: list[_Job]) -> int:
+        """Bytes to hand out now: a whole chunk, or a share of the tail (see :meth:`_next`)."""
+        chunk, connections = self.settings.chunk_size, self.settings.connections
+        unissued = 0
+        for job in jobs:
+            if job.status == "running" and job.next_issue < job.st.chunks:
+                start = job.st.chunk_range(job.next_issue)[0] + job.split_at
+                on_disk = sum(e - s + 1 for s, e in (job.st.chunk_range(i) for i in job.disk if i > job.next_issue))
+                unissued += job.st.size - start - on_disk  # in bytes: the last chunk of each part is short
+                if unissued >= connections * chunk:
+                    return chunk
+        share = -(-unissued // connections)
+        return min(chunk, max(MIN_PIECE, -(-share // 65536) * 65536))
+
+    @staticmethod
+    def _issue(job: _Job, piece: int) -> tuple[_Job, int, tuple[int, int] | None]:
+        index = job.next_issue
+        start, end = job.st.chunk_range(index)
+        if job.split_at == 0 and piece >= end - start + 1:
+            job.next_issue += 1
+            return job, index, None
+        lo = start + job.split_at
+        hi = min(end, lo + piece - 1)
+        if hi >= end:
+            job.next_issue, job.split_at = index + 1, 0
+        else:
+            job.split_at += hi - lo + 1
+        return job, index, (lo, hi)
 
     def _run_workers(self, running: list[_Job], jobs: list[_Job]) -> None:
         todo = sum(j.st.chunks - len(j.disk) for j in running)
@@ -235,6 +339,8 @@ class Downloader:
         def work() -> None:
             try:
                 self._worker(running)
+            except BaseException as exc:  # never a raw traceback from a thread: download() raises it
+                self.abort(exc)
             finally:
                 finished.release()
 
@@ -283,9 +389,9 @@ class Downloader:
                 item = self._next(jobs)
                 if item is None:
                     return
-                job, index = item
+                job, index, piece = item
                 try:
-                    data = self._fetch(session, job, index)
+                    data = self._fetch(session, job, index, piece)
                 except _Aborted:
                     return
                 except PartChangedError as exc:
@@ -297,28 +403,36 @@ class Downloader:
                 except BaseException as exc:  # a bug must not leave the other workers waiting
                     self.abort(exc)
                     return
-                if job.status != "running":
+                if data is None or job.status != "running":  # None: a piece; the chunk is not whole yet
                     continue
-                start, _ = job.st.chunk_range(index)
-                os.pwrite(job.fd, data, start)
-                os.fdatasync(job.fd)  # on disk before the state says so (size was set up front)
-                self.state.mark_done(job.remote.name, index)
+                try:  # _get_range wrote the bytes as they came
+                    os.fdatasync(job.fd)  # on disk before the state says so (size was set up front)
+                    self.state.mark_done(job.remote.name, index)
+                except OSError as exc:  # disk full or failing: one clear error; what is on disk stays
+                    self.abort(self._disk_error(exc, job.partial))
+                    return
                 with job.lock:
                     job.pending[index] = data
-                self._drain(job)
+                try:
+                    self._drain(job)
+                except OSError as exc:
+                    self.abort(self._disk_error(exc, job.partial, "read"))
+                    return
         finally:
             session.close()
 
     def _wait(self, rs: RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome else None
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.settings.max_wait_s)
-        backoff = self.settings.backoff_s * 2 ** (rs.attempt_number - 1)
-        return min(self.settings.max_wait_s, backoff) * random.uniform(0.5, 1.0)
+        return backoff_wait(exc, rs.attempt_number, base=self.settings.backoff_s, cap=self.settings.max_wait_s,
+                            max_wait=self.settings.max_wait_s, jitter=True)
 
-    def _fetch(self, session: requests.Session, job: _Job, index: int) -> bytes:
-        start, end = job.st.chunk_range(index)
-        buf = bytearray()
+    def _fetch(self, session: requests.Session, job: _Job, index: int,
+               piece: tuple[int, int] | None = None) -> list[bytes] | None:
+        """Fetch chunk ``index`` (or one ``piece`` of it), writing it as it arrives (not fsynced);
+        return the whole chunk as the blocks received, or None while other pieces of the chunk are
+        still being fetched (the chunk is fsynced and marked done only once it is whole)."""
+        start, end = piece or job.st.chunk_range(index)
+        blocks: list[bytes] = []  # as received, never joined: written and verified block by block
 
         def count_retry(rs: RetryCallState) -> None:
             job.result.retries += 1
@@ -332,7 +446,7 @@ class Downloader:
                 with attempt:
                     if self._abort is not None:
                         raise _Aborted()
-                    self._get_range(session, job, start + len(buf), end, buf)
+                    self._get_range(session, job, start + sum(map(len, blocks)), end, blocks)
         except RangeIgnoredError as exc:
             raise FatalError(f"{exc.message}, {self.settings.max_attempts} times in a row",
                              fix="the server cannot resume downloads; use another URL or the SSH mirror") from None
@@ -342,9 +456,21 @@ class Downloader:
         except TransientError as exc:
             raise TransientError(f"{exc.message} (gave up after {self.settings.max_attempts} attempts)",
                                  fix="re-run the step: it resumes where it stopped") from None
-        return bytes(buf)
+        if piece is None:
+            return blocks
+        first, last = job.st.chunk_range(index)
+        with job.lock:
+            if job.status != "running":
+                job.pieces.clear()
+                return None
+            got = job.pieces.setdefault(index, {})
+            got[start] = blocks
+            if sum(len(b) for bs in got.values() for b in bs) < last - first + 1:
+                return None
+            del job.pieces[index]
+        return [b for offset in sorted(got) for b in got[offset]]
 
-    def _get_range(self, session: requests.Session, job: _Job, start: int, end: int, buf: bytearray) -> None:
+    def _get_range(self, session: requests.Session, job: _Job, start: int, end: int, blocks: list[bytes]) -> None:
         name = job.remote.name
         what = f"part {name} bytes {start}-{end}"
         headers = dict(job.remote.headers)
@@ -381,7 +507,11 @@ class Downloader:
                     got += len(block)
                     if got > want:
                         raise TransientError(f"{what}: the server sent more bytes than the range")
-                    buf += block
+                    try:  # on disk as it arrives (the page cache fills while we wait for the network);
+                        pwrite_all(job.fd, block, start + got - len(block))  # fsynced with the whole chunk
+                    except OSError as exc:
+                        raise self._disk_error(exc, job.partial) from None
+                    blocks.append(block)
                     job.result.bytes_fetched += len(block)
                     with self._received_lock:
                         self._received += len(block)
@@ -416,9 +546,10 @@ class Downloader:
                         if job.cursor not in job.disk:
                             break
                         start, end = job.st.chunk_range(job.cursor)
-                        data = os.pread(job.fd, end - start + 1, start)
+                        data = [os.pread(job.fd, end - start + 1, start)]
                     try:
-                        job.verifier.update(data)
+                        for block in data:
+                            job.verifier.update(block)
                     except IntegrityError as exc:
                         self._fail_part(job, exc)
                         break
@@ -440,10 +571,15 @@ class Downloader:
         except IntegrityError as exc:
             self._fail_part(job, exc)
             return
-        os.fsync(job.fd)
-        os.replace(job.partial, job.final)
-        fsync_dir(self.dest)
-        self.state.update(job.remote.name, verified=True, sha256=res.sha256, md5=res.md5, source="http")
+        try:
+            os.fsync(job.fd)
+            os.replace(job.partial, job.final)
+            fsync_dir(self.dest)
+            self.state.update(job.remote.name, verified=True, sha256=res.sha256, md5=res.md5, source="http")
+        except OSError as exc:  # the next run finds the part complete on disk and checks it again
+            job.status = "stopped"
+            self.abort(self._disk_error(exc, job.partial))
+            return
         r = job.result
         r.status, r.sha256, r.md5, r.checks = "verified", res.sha256, res.md5, res.checks
         r.duration_s = time.monotonic() - job.started

@@ -56,6 +56,47 @@ class CommandRecord:
     duration_s: float
 
 
+class _LocalIOError(Exception):
+    """Internal: an OSError of the local file in :meth:`RemoteHost.get`, kept apart from SSH errors."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _LocalFile:
+    """The local end of a download: created 0600 without following a link (it holds customer data);
+    every OSError on it surfaces as :class:`_LocalIOError`."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.fchmod(self._fd, 0o600)  # a copy left by an older release may be world-readable
+            os.ftruncate(self._fd, offset)  # bytes before offset are kept, bytes after it are replaced
+        except OSError as exc:
+            raise _LocalIOError(exc) from exc
+        self._pos = offset
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, self._pos)
+                self._pos += n
+                view = view[n:]
+        except OSError as exc:
+            raise _LocalIOError(exc) from exc
+
+    def close(self) -> None:
+        """fsync, then close: the bytes are on disk when :meth:`RemoteHost.get` returns."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _LocalIOError(exc) from exc
+        finally:
+            os.close(self._fd)
+
+
 class RemoteHost:
     """One SSH host. Use as a context manager; connects lazily on first use.
 
@@ -231,16 +272,14 @@ class RemoteHost:
         """
         local = Path(local_path)
         copied = 0
-        with self._errors(f"get {remote_path}"):
-            remote = self.sftp().open(remote_path, "rb")
-            try:
-                remote.seek(offset)
-                # Pipelined reads from `offset` to the end, bounded so a 1 GB part does not queue in RAM.
-                remote.prefetch(self.sftp().stat(remote_path).st_size, max_concurrent_requests=64)
-                mode = "r+b" if local.exists() else "wb"
-                with open(local, mode) as f:
-                    f.seek(offset)
-                    f.truncate(offset)
+        try:
+            with self._errors(f"get {remote_path}"):
+                remote = self.sftp().open(remote_path, "rb")
+                try:
+                    remote.seek(offset)
+                    # Pipelined reads from `offset` to the end, bounded so a 1 GB part does not queue in RAM.
+                    remote.prefetch(self.sftp().stat(remote_path).st_size, max_concurrent_requests=64)
+                    f = _LocalFile(local, offset)
                     try:
                         while True:
                             block = remote.read(_BLOCK)
@@ -251,10 +290,13 @@ class RemoteHost:
                             if on_data is not None:
                                 on_data(block)
                     finally:
-                        f.flush()
-                        os.fsync(f.fileno())
-            finally:
-                remote.close()
+                        f.close()
+                finally:
+                    remote.close()
+        except _LocalIOError as exc:
+            # the local disk's problem (full, read-only …), not the connection's: the caller must see
+            # the OSError itself (path, errno) instead of a retryable SSH error
+            raise exc.error from None
         return copied
 
     def put(self, local_path: str | os.PathLike, remote_path: str, *, resume: bool = True,

@@ -46,3 +46,16 @@ def test_demo_sandbox_handles(tmp_path):
         assert "[backup.mirror]" in text and str(box.mirror.known_hosts) in text
         assert box.server.licence_key not in text and box.server.password not in text
         assert set(box.env) == set(box.secrets.values())
+
+
+def test_parts_are_listed_by_number_and_only_vendor_names_are_served(tmp_path):
+    # an encrypted archive is NAME.enc.gz (dump.php); with 11+ parts, .10 sorts after .9
+    made = make_backup(tmp_path, total_bytes=400_000, part_size=32 * 1024, encrypt_password="pw")
+    assert made.base.endswith(".enc.gz") and len(made.parts) > 10
+    (tmp_path / "notes.txt").write_text("not a part")
+    (tmp_path / f"{made.base}.01").write_bytes(b"not a part either")
+    with BackupServer(tmp_path, rate=0) as srv:
+        assert [p.name for p in srv.part_paths()] == [p.name for p in made.parts]
+        assert requests.get(f"{srv.url}/parts/notes.txt", timeout=5).status_code == 404
+        assert requests.get(f"{srv.url}/parts/{made.base}.01", timeout=5).status_code == 404
+        assert requests.get(srv.part_urls()[10], timeout=5).content == made.parts[10].path.read_bytes()

@@ -7,16 +7,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import zlib
 from pathlib import Path
 
 import pytest
 
-from connectors.bitrix24.backup_format import header_member, tar_end, tar_entry, tar_header
 from connectors.box_host import LocalPart, UnsafeArchiveError, dump_order
 from connectors.errors import AuthError, IntegrityError, TransientError
 from connectors.ssh import RemoteHost
-from sandbox.backup_maker import make_backup
+from sandbox.backup_maker import make_backup, tar_member, write_parts
 
 from .conftest import box_host, box_section, mariadb_connect
 
@@ -99,7 +97,7 @@ def test_restore_reproduces_files_and_tables(sshd, tmp_path, db_name):
         if rel not in rewritten:
             assert hashlib.sha256((site / rel).read_bytes()).hexdigest() == digest, rel
     assert result["files"] == len(made.files) and result["tar_bytes"] == made.tar_size
-    assert not [p for p in tree(site) if p.endswith(".c2b-part")]
+    assert not [p for p in tree(site) if Path(p).name.startswith(".c2b-")]  # no temp file left
     # the tables: same as loading the dump independently
     ref = db_name + "_ref"
     unpack_reference(made)
@@ -154,35 +152,26 @@ def test_staging_detects_a_remote_hash_mismatch(sshd, tmp_path):
     assert "disk" in info.value.fix
 
 
-def _vendor_part(tar: bytes) -> bytes:
-    comp = zlib.compressobj(6, zlib.DEFLATED, 31)
-    return header_member(len(tar)) + comp.compress(tar) + comp.flush()
-
-
-def _link(name: str, target: str, kind: bytes = b"2") -> bytes:
-    head = bytearray(tar_header(name, 0, typeflag=kind))
-    head[157:157 + len(target)] = target.encode()
-    head[148:156] = b" " * 8
-    head[148:156] = b"%06o\0 " % sum(head)
-    return bytes(head)
-
-
-@pytest.mark.parametrize("evil", ["dotdot", "absolute", "symlink", "symlink-then-file", "hardlink"])
+@pytest.mark.parametrize("evil", ["dotdot", "absolute", "symlink", "symlink-then-file", "hardlink", "chain"])
 def test_malicious_archive_is_refused_with_nothing_written_outside(sshd, tmp_path, evil):
     outside = tmp_path / "outside"
     outside.mkdir()
-    good = tar_entry("index.php", b"<?php echo 1;")
+    good = tar_member("index.php", b"<?php echo 1;")
     members = {
-        "dotdot": tar_entry("upload/../../outside/evil.php", b"pwned"),
-        "absolute": tar_entry(str(outside / "evil.php"), b"pwned"),
-        "symlink": _link("upload/evil", "../../outside"),
-        "symlink-then-file": _link("upload/ok", "../..") + tar_entry("upload/ok/outside/evil.php", b"pwned"),
-        "hardlink": _link("upload/evil.php", "../outside/passwd", b"1"),
+        "dotdot": tar_member("upload/../../outside/evil.php", b"pwned"),
+        "absolute": tar_member(str(outside / "evil.php"), b"pwned"),
+        "symlink": tar_member("upload/evil", type="2", linkname="../../outside"),
+        "symlink-then-file": (tar_member("upload/ok", type="2", linkname="../..")
+                              + tar_member("upload/ok/outside/evil.php", b"pwned")),
+        "hardlink": tar_member("upload/evil.php", type="1", linkname="../outside/passwd"),
+        # each link "inside" read as text; together they lead out (issue 11)
+        "chain": (tar_member("d/", type="5") + tar_member("d/s", type="2", linkname="..")
+                  + tar_member("x", type="2", linkname="d/s/..") + tar_member("x/outside/evil.php", b"pwned")),
     }
     section = box_section(sshd, tmp_path / "host")
     staging = Path(section.staging_dir)
     staging.mkdir(parents=True)
-    (staging / "evil.tar.gz").write_bytes(_vendor_part(good + members[evil] + tar_end()))
+    write_parts(staging, "evil.tar.gz", [good + members[evil]], part_size=2**20)
     host = box_host(section)
     with host.remote, pytest.raises(UnsafeArchiveError, match="refused") as info:
         host.restore_files(["evil.tar.gz"])
