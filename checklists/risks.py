@@ -55,15 +55,5 @@ class RiskRegister(BaseModel):
                                                 else "none"),
                  "verified_by": r.verified_by, "status": statuses.get(r.id, "open")} for r in self.risks]
 
-    def to_markdown(self, statuses: dict[str, str] | None = None) -> str:
-        statuses = statuses or {}
-        rows = ["| id | risk | owner | likelihood | impact | mitigation | verified by | status |", "|---|---|---|---|---|---|---|---|"]
-        for r in self.risks:
-            mitigation = r.mitigation or ("**NONE — needs the customer's acceptance**" if r.needs_acceptance else "none")
-            status = statuses.get(r.id, "open")
-            rows.append(f"| {r.id} | {r.title} | {r.owner} | {r.likelihood} | {r.impact} | {mitigation} | {r.verified_by} | {status} |")
-        return "\n".join(rows)
-
-
 def load_risks(path: str | Path = RISKS_PATH) -> RiskRegister:
     return load_model(path, RiskRegister, missing="risk register not found; the shipped one is checklists/risks.toml")

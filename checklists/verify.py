@@ -155,15 +155,6 @@ class Verification:
                  "finding": (r.summary + (f" — *fix:* {r.fix}" if r.status == "failed" and r.fix else ""))
                  .replace("|", "/")} for r in self.results]
 
-    def to_markdown(self) -> str:
-        lines = [f"**Verification:** {self.summary()}. A check that did not run is not a pass.", "",
-                 "| check | result | severity if failed | finding |", "|---|---|---|---|"]
-        for r in self.results:
-            finding = r.summary + (f" — *fix:* {r.fix}" if r.status == "failed" and r.fix else "")
-            lines.append(f"| {r.id} | {_MARKS[r.status]} | {r.severity} | {finding.replace('|', '/')} |")
-        return "\n".join(lines)
-
-
 def run_checks(access: VerifyAccess, checks: CheckList | None = None, *, skip: list[str] = (),
                progress: Callable[[int, int, str], None] | None = None) -> Verification:
     """Run every check of ``checks`` (default: checklists/verify.toml) with ``access``."""

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from connectors.bitrix24.budget import RequestBudget
+from connectors.budget import RequestBudget
 from connectors.bitrix24.configuration import SweepSection
 from connectors.bitrix24.delta import backup_max_id
 from connectors.bitrix24.importer import map_users

@@ -15,8 +15,6 @@ from .export import markdown_table
 from .models import utcnow
 from .triage import issues, report_issue, resolve_issue
 
-SWEEP_ALERT = EventKind.SWEEP_ALERT  # flows/sweeps.py imports this name; drop it once it uses EventKind
-
 
 def _aware(d: dt.datetime) -> dt.datetime:
     return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)

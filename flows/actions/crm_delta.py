@@ -55,7 +55,7 @@ def _webhook(ctx: ActionContext, section: CrmDeltaSection, secret: str, portal: 
 def crm_clients(ctx: ActionContext, section: CrmDeltaSection | None = None, *,
                 budget=None) -> tuple[Bitrix24Client, Bitrix24Client]:
     """The cloud's and the box's REST clients from ``[crm_delta]`` and its secrets.
-    ``budget``: a :class:`connectors.bitrix24.budget.RequestBudget` both clients spend from."""
+    ``budget``: a :class:`connectors.budget.RequestBudget` both clients spend from."""
     section = section or crm_section(ctx)
     problems = [f"[secrets.{name}] is not defined ({what})"
                 for name, what in ((section.cloud_webhook_secret, "the cloud's webhook URL"),
