@@ -15,7 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from checklists.toml_model import read_toml, validation_problems
+from connectors import platforms
 from connectors.errors import ConfigError
+from connectors.platform import Platform
 from connectors.secrets import SecretRef, register_secret
 from checklists.configuration import VerifySection
 from connectors.bitrix24.configuration import CrmDeltaSection, SweepSection
@@ -32,10 +34,18 @@ class _Model(BaseModel):
 
 class MigrationSection(_Model):
     name: str = Field(min_length=1, description="a short name of this migration, e.g. the company")
-    portal: str = Field(description="the cloud portal's address, e.g. https://acme.bitrix24.eu")
+    platform: str = Field(default=platforms.DEFAULT, description="the CRM platform (connectors.platforms)")
+    portal: str = Field(description="the cloud portal's address, e.g. https://crm.example.com")
     box_portal: str = Field(default="", description="the box portal's address after the move")
     timezone: str = "UTC"
     contact: str = Field(default="", description="who users contact during the downtime")
+
+    @field_validator("platform")
+    @classmethod
+    def _known_platform(cls, v: str) -> str:
+        if v not in platforms.names():
+            raise ValueError(f"{v!r} is not a known platform; known: {', '.join(platforms.names())}")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -103,6 +113,11 @@ class Config(_Model):
         default_factory=dict, description="named secrets, e.g. cloud_webhook = {env = 'C2B_CLOUD_WEBHOOK'}"
     )
     source: str = Field(default="<defaults>", exclude=True)
+
+    @property
+    def platform(self) -> Platform:
+        """The CRM platform ``[migration] platform`` names."""
+        return platforms.get(self.migration.platform, source=self.source)
 
     def snapshot(self) -> dict:
         """A JSON-able copy for the journal: references only, never a secret value."""

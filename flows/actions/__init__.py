@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from journal.counters import StepCounters
 
 if TYPE_CHECKING:  # annotations only: importing this package stays cheap
+    from connectors.platform import Platform
     from flows.config import Config, Mode
     from journal.store import Journal
 
@@ -55,8 +56,12 @@ class ActionContext:
     work_dir: Path
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("cloud2box"))
     progress: ProgressSink = lambda done, total, message="": None  # noqa: E731
-    # the CRM platform's adapters come here with the platform boundary (issue 12, WP-A):
-    # ``platform: Platform``, chosen by [migration] platform, so actions name no platform
+
+    @property
+    def platform(self) -> Platform:
+        """The CRM platform of ``[migration] platform``: actions reach its format, delivery, restore
+        and CRM through it and name no platform themselves."""
+        return self.config.platform
 
     def secret_value(self, name: str | None, problems: list[str], what: str) -> str | None:
         """The value of the ``[secrets]`` entry ``name`` (None if unnamed); a missing one is added to
