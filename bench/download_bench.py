@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from connectors import platforms  # noqa: E402
 from connectors.http_download import verify  # noqa: E402
 from connectors.http_download.configuration import DownloadSettings  # noqa: E402
 from connectors.http_download.verify import PartVerifier  # noqa: E402
@@ -49,6 +50,7 @@ from sandbox.backup_maker import make_backup, write_parts  # noqa: E402
 
 MiB = 2**20
 DEFAULTS = DownloadSettings()
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SERVER = """
 import json, signal, sys
@@ -62,11 +64,12 @@ print(json.dumps({"body_bytes": srv.stats.body_bytes}), flush=True)
 """
 CLIENT = """
 import json, resource, sys, time
+from connectors import platforms
 from connectors.http_download import DownloadSettings, UrlListSource, transfer_backup
 urls, dest, connections, chunk_mib = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 settings = DownloadSettings(connections=connections, chunk_mib=chunk_mib, show_progress=False)
 cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-report = transfer_backup(UrlListSource(urls), dest, settings)
+report = transfer_backup(UrlListSource(urls), dest, settings, fmt=platforms.get("bitrix24").format)
 took, cpu1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_SELF)
 assert all(p.status == "verified" for p in report.parts)
 print(json.dumps({"seconds": took, "cpu": cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime,
@@ -225,7 +228,7 @@ def verification_cpu(work: Path, quick: bool) -> list[dict]:
                     best = float("inf")
                     for _ in range(3):
                         started = time.process_time()
-                        v = PartVerifier("c", len(data), md5=md5 if with_md5 else None)
+                        v = PartVerifier("c", len(data), fmt=FMT, md5=md5 if with_md5 else None)
                         for i in range(0, len(data), DEFAULTS.chunk_size):
                             v.update(data[i:i + DEFAULTS.chunk_size])
                         v.finish()
@@ -255,7 +258,7 @@ def verifier_memory(quick: bool) -> list[dict]:
         try:
             for step in (64 * 1024, MiB, 16 * MiB):
                 chunks = [data[i:i + step] for i in range(0, len(data), step)]
-                v = PartVerifier("m", len(data))
+                v = PartVerifier("m", len(data), fmt=FMT)
                 tracemalloc.start()
                 started = time.process_time()
                 for chunk in chunks:

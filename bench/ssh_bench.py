@@ -23,11 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from connectors import platforms  # noqa: E402
 from connectors.box_host import BoxDbSettings, BoxHost, BoxHostSection, LocalPart  # noqa: E402
 from connectors.ssh import RemoteHost  # noqa: E402
 from sandbox.backup_maker import make_backup  # noqa: E402
 from tests.connectors.ssh.sshd import start_sshd  # noqa: E402
 
+PLATFORM = platforms.default()
 MiB = 2**20
 
 
@@ -86,8 +88,8 @@ def restore(sshd, work: Path, size_mib: int) -> dict:
     section = BoxHostSection(host=sshd.host, port=sshd.port, username=sshd.username, key_file=sshd.key_file,
                              known_hosts=sshd.known_hosts, site_root=str(work / "www"),
                              staging_dir=str(work / "staging"), python="/usr/bin/python3",
-                             db=BoxDbSettings(password_secret=None))
-    host = BoxHost(section, RemoteHost.from_settings(section))
+                             db=BoxDbSettings(password_secret=None, **PLATFORM.restore.box_defaults["db"]))
+    host = BoxHost(section, RemoteHost.from_settings(section), agent_source=PLATFORM.restore.agent_source)
     parts = [LocalPart(p.name, p.path, p.size, p.sha256) for p in made.parts]
     with host.remote:
         stage = host.stage(parts)

@@ -23,10 +23,19 @@ def read_toml(path: str | Path, *, missing: str) -> dict:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """One line per problem, each naming its dotted key: ``[phases.0.steps.1.owner] …``."""
-    return [f"[{'.'.join(map(str, e['loc'])) or '<top level>'}] {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()]
+def validation_problems(exc: ValidationError, *, union_tags: dict[str, set[str]] | None = None) -> list[str]:
+    """One line per problem, each naming its dotted key: ``[phases.0.steps.1.owner] …``.
+
+    ``union_tags``: section → the tags of its discriminated union; pydantic puts the chosen tag into
+    the location (``backup.urls.part_urls``), which is no key of the file, so it is dropped."""
+    tags = union_tags or {}
+    lines = []
+    for e in exc.errors():
+        loc = list(e["loc"])
+        if len(loc) > 1 and loc[0] in tags and loc[1] in tags[loc[0]]:
+            del loc[1]
+        lines.append(f"[{'.'.join(map(str, loc)) or '<top level>'}] {e['msg'].removeprefix('Value error, ')}")
+    return lines
 
 
 def load_model(path: str | Path, model: type[M], *, missing: str) -> M:

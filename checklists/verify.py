@@ -2,12 +2,16 @@
 
 Each check compares the box with the cloud (or with what the case taught us to expect) and
 returns a :class:`CheckResult`: ``passed``, ``failed`` (with the severity the TOML gives it) or
-``not-run`` with the reason — missing access, switched off, or an error while checking. A check
-that did not run is never counted as passed.
+``not-run`` with the reason — missing access, switched off, a kind the platform lacks, or an error
+while checking. A check that did not run is never counted as passed.
 
-What a check may reach is one :class:`VerifyAccess`: the portals' REST clients, the box's database
-(an ``sql(statements) -> results`` callable, the host agent's ``sql`` op over SSH), the box's
-HTTPS address. The flows build it from the config; tests build it from the sandbox.
+A check's ``kind`` names the code that runs it: the generic kinds here (the HTTPS certificate) and
+the CRM platform's own (``Platform.checks.kinds()``), which know its API and its database.
+
+What a check may reach is one :class:`VerifyAccess`: the portals' clients (the platform's, from
+``Platform.crm.endpoints``), the box's database (an ``sql(statements) -> results`` callable, the host
+agent's ``sql`` op over SSH), the box's HTTPS address, the platform's own options
+(``PlatformChecks.access_options``). The flows build it from the config; tests build it from the sandbox.
 """
 
 from __future__ import annotations
@@ -23,12 +27,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from connectors.bitrix24.delta import backup_max_id
-from connectors.bitrix24.lists import iter_rows, php_query
-from connectors.bitrix24.model import ENTITIES, ORIGINATOR
-from connectors.bitrix24.rest import Bitrix24Client
-from connectors.box_host.post_restore import REINDEX_OPTION, Sql, option
+from connectors import platforms
+from connectors.box_host.post_restore import Sql
 from connectors.errors import MigrationError
+from connectors.platform import CheckNotRun, Platform
 from connectors.secrets import redact
 
 from .configuration import VERIFY_PATH
@@ -82,14 +84,13 @@ def load_checks(path: str | Path = VERIFY_PATH) -> CheckList:
 class VerifyAccess:
     """Everything the checks may use; ``None`` = not available (the check is not run)."""
 
-    cloud: Bitrix24Client | None = None
-    box: Bitrix24Client | None = None
+    cloud: Any = None  # the platform's client of the cloud portal (Platform.crm.endpoints)
+    box: Any = None  # … and of the box portal
     box_sql: Sql | None = None
     https_url: str = ""
     ca_file: str | None = None
     domain: str = ""  # the box portal's domain, expected in notification links
-    pull_options: dict[str, str] = field(default_factory=lambda: {"nginx": "Y", "push": "Y"})
-    network_auth_ids: list[str] = field(default_factory=lambda: ["bitrix24"])
+    options: dict[str, Any] = field(default_factory=dict)  # the platform's own (PlatformChecks.access_options)
     cloud_apps: list[str] = field(default_factory=list)
     cutoff: dt.datetime | None = None  # the backup's cutoff
     delta_moved: bool = False  # step 2.11 has moved the records created after the backup
@@ -155,32 +156,42 @@ class Verification:
                  "finding": (r.summary + (f" — *fix:* {r.fix}" if r.status == "failed" and r.fix else ""))
                  .replace("|", "/")} for r in self.results]
 
-def run_checks(access: VerifyAccess, checks: CheckList | None = None, *, skip: list[str] = (),
-               progress: Callable[[int, int, str], None] | None = None) -> Verification:
-    """Run every check of ``checks`` (default: checklists/verify.toml) with ``access``."""
+
+def run_checks(access: VerifyAccess, checks: CheckList | None = None, *, platform: Platform | None = None,
+               skip: list[str] = (), progress: Callable[[int, int, str], None] | None = None) -> Verification:
+    """Run every check of ``checks`` (default: checklists/verify.toml) with ``access``, each with the
+    kinds of ``platform`` (default: the default platform)."""
     checks = checks or load_checks()
     results = []
     for n, check in enumerate(checks.checks):
         if progress:
             progress(n, len(checks.checks), check.id)
-        results.append(run_check(check, access, skipped=check.id in skip))
+        results.append(run_check(check, access, platform=platform, skipped=check.id in skip))
     return Verification(results)
 
 
-def run_check(check: Check, access: VerifyAccess, *, skipped: bool = False) -> CheckResult:
+def run_check(check: Check, access: VerifyAccess, *, platform: Platform | None = None,
+              skipped: bool = False) -> CheckResult:
+    """Run ``check`` with ``access`` and the kinds of ``platform`` (default: the default platform):
+    passed, failed, or not run with the reason (switched off, missing access, a kind the platform
+    lacks, or an error while checking)."""
     def result(status: Status, summary: str, **kw) -> CheckResult:
         return CheckResult(check.id, check.title, check.severity, status, summary,
                            fix=check.fix if status == "failed" else "", **kw)
 
     if skipped:
         return result("not-run", "switched off in [verify] skip")
+    platform = platform or platforms.default()
+    kind = kinds_of(platform).get(check.kind)
+    if kind is None:
+        return result("not-run", f"the platform {platform.name} has no check kind {check.kind!r}")
     missing = [n for n in check.needs if not access.has(n)]
     if missing:
         return result("not-run", "; ".join(access.why_not(n) for n in missing))
     t0 = time.monotonic()
     try:
-        ok, summary, evidence, items = KINDS[check.kind](access, **check.params)
-    except _NotRun as exc:
+        ok, summary, evidence, items = kind(access, **check.params)
+    except CheckNotRun as exc:
         return result("not-run", str(exc), seconds=time.monotonic() - t0)
     except Exception as exc:  # noqa: BLE001
         # could not tell: that is not a pass, and not a finding about the box either
@@ -190,199 +201,16 @@ def run_check(check: Check, access: VerifyAccess, *, skipped: bool = False) -> C
                   seconds=round(time.monotonic() - t0, 3))
 
 
-class _NotRun(Exception):
-    """The check cannot run with what it was given (said in the message)."""
-
-
-# --- the checks: each returns (ok, summary, evidence, items) ---------------------------------
-
-def _ids(client: Bitrix24Client, entity: str, flt: dict, field: str = "ID") -> set[str]:
-    """``field`` of every record matching ``flt`` (fast ID-chained lists: ~1 request per 2 500 rows)."""
-    return {str(r.get(field)) for r in iter_rows(client, f"crm.{entity}.list", filter=flt, select=["ID", field])}
-
-
-def check_crm_counts(a: VerifyAccess) -> tuple:
-    """Every record of the backup the cloud still has is on the box (by ID: the box keeps the
-    backup's IDs); after step 2.11 every record created in the cloud since the backup has a box
-    twin (by ORIGIN_ID), except what the loop guard holds in quarantine. Counts alone could hide a
-    missing record behind one deleted in the cloud."""
-    if a.cutoff is None:
-        raise _NotRun("the backup's cutoff is not known ([crm_delta] cutoff or the journal of step 2.3)")
-    evidence, items, bad = {}, [], []
-    for entity in ENTITIES:
-        max_id = backup_max_id(a.box, entity, a.cutoff)
-        cloud_old = _ids(a.cloud, entity, {"<=ID": max_id})
-        box_old = _ids(a.box, entity, {"<=ID": max_id})
-        # echoes of our own writes in the cloud (ORIGINATOR_ID = cloud2box) are not records to move
-        cloud_rows = list(iter_rows(a.cloud, f"crm.{entity}.list", select=["ID", "ORIGINATOR_ID"], after_id=max_id))
-        cloud_new = {str(r["ID"]) for r in cloud_rows if str(r.get("ORIGINATOR_ID") or "") != ORIGINATOR}
-        moved = _ids(a.box, entity, {"ORIGINATOR_ID": ORIGINATOR}, "ORIGIN_ID")
-        held_back = cloud_new & a.quarantined.get(entity, set())
-        missing_old = sorted(cloud_old - box_old, key=int)
-        missing_new = sorted(cloud_new - moved - held_back, key=int)
-        evidence[entity] = {"backup_max_id": max_id, "cloud_backup_records": len(cloud_old),
-                            "box_backup_records": len(box_old), "deleted_in_cloud": len(box_old - cloud_old),
-                            "cloud_created_since": len(cloud_new), "box_moved": len(cloud_new & moved),
-                            "quarantined": len(held_back), "pending_2_11": 0 if a.delta_moved else len(missing_new)}
-        if missing_old:
-            bad.append(f"{len(missing_old)} {entity}(s) of the backup missing on the box")
-            items.append({"entity": entity, "problem": "backup records missing on the box",
-                          "cloud_ids": missing_old[:50]})
-        if missing_new and a.delta_moved:
-            bad.append(f"{len(missing_new)} {entity}(s) created in the cloud since the backup not on the box")
-            items.append({"entity": entity, "problem": "created since the backup, not moved",
-                          "cloud_ids": missing_new[:50]})
-    if bad:
-        return False, "; ".join(bad), evidence, items
-    pending = sum(e["pending_2_11"] for e in evidence.values())
-    total = sum(e["cloud_backup_records"] for e in evidence.values())
-    summary = f"all {total} records of the backup are on the box"
-    if pending:
-        summary += f"; {pending} created in the cloud since the backup move at step 2.11"
-    elif a.delta_moved:
-        summary += f"; {sum(e['box_moved'] for e in evidence.values())} created since the backup moved"
-    held = sum(e["quarantined"] for e in evidence.values())
-    if held:
-        summary += f"; {held} held in quarantine by the loop guard"
-    return True, summary, evidence, items
-
-
-def _users(client: Bitrix24Client) -> list[dict]:
-    users, start = [], 0
-    for _ in range(2_000):  # 100 000 users at 50 a page: a bound, not a limit anyone meets
-        body = client.call("user.get", {"start": start})
-        users.extend(body.get("result") or [])
-        if "next" not in body:
-            return users
-        start = int(body["next"])
-    raise ValueError(f"{client.name}: user.get did not end")
-
-
-def _active(u: dict) -> bool:
-    return u.get("ACTIVE") in (True, "Y", "1", 1, "true")
-
-
-def check_users(a: VerifyAccess) -> tuple:
-    box_mail = {str(u.get("EMAIL") or "").lower() for u in _users(a.box) if _active(u)}
-    missing = [{"user": f"{u.get('NAME', '')} {u.get('LAST_NAME', '')}".strip(), "email": u.get("EMAIL"),
-                "problem": "no active account on the box"}
-               for u in _users(a.cloud) if _active(u) and u.get("EMAIL") and str(u["EMAIL"]).lower() not in box_mail]
-    resets: list[dict] = []
-    resets_note = "password resets not checked (no access to the box's database)"
-    if a.box_sql is not None:
-        ids = ", ".join("'" + x.replace("'", "") + "'" for x in a.network_auth_ids) or "''"
-        rows = a.box_sql([f"SELECT LOGIN, COALESCE(EMAIL, '') FROM b_user WHERE ACTIVE='Y' AND "
-                          f"EXTERNAL_AUTH_ID IN ({ids}) ORDER BY ID"])[0]
-        resets = [{"user": r[0], "email": r[1], "problem": "Bitrix24.Network user: send a password reset"} for r in rows]
-        resets_note = f"{len(resets)} Bitrix24.Network user(s) need a password reset"
-    evidence = {"missing_on_box": len(missing), "password_resets": len(resets)}
-    if missing:
-        names = ", ".join(str(m["email"]) for m in missing[:5])
-        return False, f"{len(missing)} active cloud user(s) cannot log in to the box: {names}; {resets_note}", \
-            evidence, missing + resets
-    return True, f"every active cloud user has a box account; {resets_note}", evidence, resets
-
-
-def check_notification_domain(a: VerifyAccess) -> tuple:
-    if not a.domain:
-        raise _NotRun("the box portal's domain is not known: set [post_restore] domain or [migration] box_portal")
-    server_name = option(a.box_sql, "main", "server_name") or ""
-    sites = a.box_sql(["SELECT LID, COALESCE(SERVER_NAME, '') FROM b_lang WHERE ACTIVE='Y'"])[0]
-    wrong = [f"main.server_name={server_name!r}"] if server_name != a.domain else []
-    wrong += [f"site {lid} SERVER_NAME={name!r}" for lid, name in sites if name != a.domain]
-    evidence = {"expected": a.domain, "server_name": server_name, "sites": {lid: name for lid, name in sites}}
-    if wrong:
-        return False, f"links would lack the domain {a.domain}: " + ", ".join(wrong), evidence, []
-    return True, f"main module and {len(sites)} site(s) use {a.domain}", evidence, []
-
-
-def check_push_pull(a: VerifyAccess) -> tuple:
-    current = {k: option(a.box_sql, "pull", k) for k in a.pull_options}
-    wrong = {k: v for k, v in current.items() if v != a.pull_options[k]}
-    evidence = {"expected": a.pull_options, "found": current}
-    if wrong:
-        return False, "push & pull server off: " + ", ".join(f"pull.{k}={v!r}" for k, v in wrong.items()), evidence, []
-    return True, "push & pull server enabled (" + ", ".join(f"pull.{k}={v}" for k, v in current.items()) + ")", \
-        evidence, []
-
-
-def check_search_index(a: VerifyAccess) -> tuple:
-    count = int(a.box_sql(["SELECT COUNT(*) FROM b_search_content"])[0][0][0])
-    queued = option(a.box_sql, "search", REINDEX_OPTION) == "Y"
-    evidence = {"indexed_items": count, "reindex_queued": queued}
-    if not count:
-        return False, "the search index is empty" + (" (a reindex is queued, not yet run)" if queued else ""), \
-            evidence, []
-    return True, f"{count} item(s) in the search index", evidence, []
-
-
-def check_marketplace_apps(a: VerifyAccess) -> tuple:
-    if not a.cloud_apps:
-        raise _NotRun("the cloud's apps are not listed: copy their codes from the cloud's Applications → "
-                      "Installed page into [verify] cloud_apps")
-    rows = a.box_sql(["SELECT CODE, COALESCE(APP_NAME, ''), ACTIVE, INSTALLED FROM b_rest_app"])[0]
-    working = {r[0] for r in rows if r[2] == "Y" and r[3] == "Y"}
-    names = {r[0]: r[1] for r in rows}
-    missing = [{"app": code, "name": names.get(code, ""),
-                "problem": "installed but not active" if code in names else "not installed on the box"}
-               for code in a.cloud_apps if code not in working]
-    evidence = {"cloud_apps": list(a.cloud_apps), "box_apps": sorted(working)}
-    if missing:
-        return False, f"{len(missing)} app(s) of the cloud missing on the box: " + \
-            ", ".join(m["app"] for m in missing), evidence, missing
-    return True, f"all {len(a.cloud_apps)} app(s) of the cloud are installed and active", evidence, []
-
-
-def _comment_counts(client: Bitrix24Client, task_ids: list[str], cutoff: dt.datetime) -> dict[str, int | None]:
-    cmd = {f"t{tid}": "task.commentitem.getlist?" + php_query(
-        {"TASKID": tid, "ORDER": {"ID": "asc"}, "FILTER": {"<=POST_DATE": cutoff.isoformat(timespec="seconds")}})
-        for tid in task_ids}
-    res = client.batch(cmd)
-    out: dict[str, int | None] = {}
-    for tid in task_ids:
-        key = f"t{tid}"
-        if key in res["result"]:
-            out[tid] = len(res["result"][key] or [])
-            continue
-        err = res["result_error"].get(key) or {}
-        text = str(err.get("error_description", "")).lower()
-        # the tasks module answers a missing task with "action failed" (#8); anything else (scope,
-        # access, arguments) says nothing about the comments
-        if "not found" not in text and "action_failed" not in text and "action failed" not in text:
-            # a scope or permission problem says nothing about the comments: the check cannot tell
-            raise ValueError(f"{client.name}: task.commentitem.getlist for task {tid} failed: {err.get('error')}")
-        out[tid] = None  # the task is not there
-    return out
-
-
-def check_task_comments(a: VerifyAccess, sample: int = 20) -> tuple:
-    if a.cutoff is None:
-        raise _NotRun("the backup's cutoff is not known: comments posted after it are not in the backup")
-    body = a.cloud.call("tasks.task.list", {"order": {"ID": "desc"}, "select": ["ID", "TITLE"],
-                                            "filter": {"<=CREATED_DATE": a.cutoff.isoformat(timespec="seconds")}})
-    tasks = (body.get("result") or {}).get("tasks") or []
-    ids = [str(t.get("id") or t.get("ID")) for t in tasks][: max(1, min(int(sample), 50))]
-    if not ids:
-        return True, "the cloud has no tasks from before the backup to compare", {"sampled": 0}, []
-    cloud, box = _comment_counts(a.cloud, ids, a.cutoff), _comment_counts(a.box, ids, a.cutoff)
-    ids = [tid for tid in ids if cloud[tid] is not None]  # gone from the cloud since the list: nothing to compare
-    short = [{"task": tid, "cloud_comments": cloud[tid], "box_comments": box[tid],
-              "problem": "task missing on the box" if box[tid] is None else "fewer comments on the box"}
-             for tid in ids if box[tid] is None or cloud[tid] > box[tid]]
-    evidence = {"sampled": len(ids), "cloud_comments": sum(v or 0 for v in cloud.values()),
-                "box_comments": sum(v or 0 for v in box.values())}
-    if short:
-        return False, f"{len(short)} of {len(ids)} sampled task(s) show fewer comments on the box", evidence, short
-    return True, f"{len(ids)} sampled task(s): {evidence['box_comments']} comment(s) posted before the backup, " \
-                 f"equal in both portals", evidence, []
-
+# --- the generic checks: each returns (ok, summary, evidence, items) -------------------------
 
 def check_https_certificate(a: VerifyAccess, min_days: float = 14) -> tuple:
+    """The box answers at ``https_url`` with a certificate the system (or ``ca_file``) trusts, valid
+    for at least ``min_days`` more days."""
     from cryptography import x509
 
     url = urlsplit(a.https_url)
     if url.scheme != "https" or not url.hostname:
-        raise _NotRun(f"{a.https_url!r} is not an https:// address")
+        raise CheckNotRun(f"{a.https_url!r} is not an https:// address")
     host, port = url.hostname, url.port or 443
     ctx = ssl.create_default_context(cafile=a.ca_file) if a.ca_file else ssl.create_default_context()
     trust_error = None
@@ -412,24 +240,17 @@ def check_https_certificate(a: VerifyAccess, min_days: float = 14) -> tuple:
     return True, f"valid until {not_after:%Y-%m-%d} ({days:.0f} days)", evidence, []
 
 
-def check_telephony(a: VerifyAccess) -> tuple:
-    """At least one outgoing line in the telephony module (``voximplant.line.get``, allowed for a
-    webhook): the customer's PBX connected as a SIP line (``sip<N>``), or a rented number. The
-    apps' external lines (``telephony.externalLine.get``) answer only in an app's context."""
-    lines = a.box.call("voximplant.line.get").get("result") or {}
-    lines = lines if isinstance(lines, dict) else {}  # PHP sends an empty object as []
-    evidence = {"lines": lines}
-    if not lines:
-        return False, "no line in the box's telephony module: calls would not reach the CRM", evidence, []
-    return True, f"{len(lines)} line(s): " + ", ".join(f"{k} ({v})" for k, v in list(lines.items())[:5]), evidence, []
+GENERIC_KINDS: dict[str, Callable[..., tuple]] = {"https_certificate": check_https_certificate}
 
 
-KINDS: dict[str, Callable[..., tuple]] = {
-    "crm_counts": check_crm_counts, "users": check_users, "notification_domain": check_notification_domain,
-    "push_pull": check_push_pull, "search_index": check_search_index, "marketplace_apps": check_marketplace_apps,
-    "task_comments": check_task_comments, "https_certificate": check_https_certificate,
-    "telephony": check_telephony,
-}
+def kinds_of(platform: Platform) -> dict[str, Callable[..., tuple]]:
+    """The check kinds that run for ``platform``: the generic ones and the platform's own."""
+    return {**GENERIC_KINDS, **(platform.checks.kinds() if platform.checks else {})}
 
-__all__ = ["Check", "CheckList", "CheckResult", "Verification", "VerifyAccess", "load_checks", "run_check",
-           "run_checks"]
+
+#: every kind a check may name: the generic ones and every registered platform's (a kind the
+#: configured platform lacks is reported not run)
+KINDS: frozenset[str] = frozenset(kind for p in platforms.load_all() for kind in kinds_of(p))
+
+__all__ = ["Check", "CheckList", "CheckResult", "Verification", "VerifyAccess", "kinds_of", "load_checks",
+           "run_check", "run_checks"]

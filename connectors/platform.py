@@ -27,9 +27,9 @@ from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-__all__ = ["BackupDelivery", "BackupFormat", "CrmEndpoint", "CrmEvents", "ErrorCodes", "PartHeaderInfo",
-           "Platform", "PlatformChecks", "RestoreSpec", "SecretLookup", "SweepHistory", "SweepOutcome",
-           "SweepPolicy"]
+__all__ = ["BackupDelivery", "BackupFormat", "CheckNotRun", "CrmEndpoint", "CrmEvents", "ErrorCodes",
+           "PartHeaderInfo", "Platform", "PlatformChecks", "RestoreSpec", "SecretLookup", "SweepHistory",
+           "SweepOutcome", "SweepPolicy"]
 
 #: ``lookup(secret_name, problems, what)`` → the resolved value, or None after appending a problem
 #: (the flows' ``ActionContext.secret_value``).
@@ -50,6 +50,8 @@ class BackupFormat(Protocol):
 
     header_len: int  # bytes at the start of a part needed to parse its header
     header_members: int  # archive members that make up the header
+    size_field: str  # what the format calls the header's size field, for messages
+    count_field: str  # … and the first part's part-count field
 
     def parse_header(self, head: bytes) -> PartHeaderInfo: ...
     def part_number(self, name: str) -> int | None: ...
@@ -59,7 +61,10 @@ class BackupFormat(Protocol):
 
 @runtime_checkable
 class BackupDelivery(Protocol):
-    """The platform's own delivery of backup parts (a ``connectors.http_download`` ``BackupSource``)."""
+    """The platform's own delivery of backup parts (a ``connectors.http_download`` ``BackupSource``).
+
+    ``section`` is its ``[backup]`` model, tagged by ``source: Literal[name]`` (the other member of
+    the config's union is the generic ``source = "urls"``)."""
 
     section: type[BaseModel]
 
@@ -72,7 +77,8 @@ class RestoreSpec(Protocol):
     """Restoring the platform's backup on the box host."""
 
     agent_source: Path  # the stdlib-only agent uploaded to the host
-    box_defaults: dict[str, Any]  # [box_host] defaults (DB user, site root …)
+    box_defaults: dict[str, Any]  # [box_host] layout: site_root, staging_dir, db.user, db.database
+    # post_restore_section: the [post_restore] model, tagged by a ``platform`` field like CrmEndpoint.section
     dump_hint: str  # where the dump sits in the archive, for messages
     post_restore_section: type[BaseModel]
 
@@ -82,7 +88,12 @@ class RestoreSpec(Protocol):
 
 @runtime_checkable
 class CrmEndpoint(Protocol):
-    """The CRM records, at the level the flows call: two clients (cloud, box) and what runs on them."""
+    """The CRM records, at the level the flows call: two clients (cloud, box) and what runs on them.
+
+    ``section`` is the ``[crm_delta]`` model; its ``platform`` field (``Literal[name]``, defaulting to
+    the name) tags it in the config's union. The clients ``endpoints`` returns are the platform's own;
+    the flows use only their ``requests`` count, ``timeout``, ``budget`` slot and ``session.close()``.
+    """
 
     entities: tuple[str, ...]
     section: type[BaseModel]
@@ -105,12 +116,27 @@ class CrmEvents(Protocol):
     def receiver(self, token: str, on_event: Callable[[str, str | None], None], *, host: str, port: int) -> Any: ...
 
 
+class CheckNotRun(Exception):
+    """A check kind cannot run with what it was given (the message says what is missing): the
+    check is reported "not run", never passed."""
+
+
 @runtime_checkable
 class PlatformChecks(Protocol):
-    """The platform's verification check kinds and the options they read from the config."""
+    """The platform's verification check kinds and the options they read from the config.
 
-    def kinds(self) -> dict[str, Callable]: ...
-    def access_options(self, config: Any) -> dict[str, Any]: ...
+    A kind is ``kind(access, **params) -> (ok, summary, evidence, items)``, run by
+    checklists/verify.py: ``access`` is a ``checklists.verify.VerifyAccess`` whose ``cloud``/``box``
+    are this platform's clients (:meth:`CrmEndpoint.endpoints`) and whose ``options`` are what
+    :meth:`access_options` returned; ``params`` come from the check's TOML. It raises
+    :class:`CheckNotRun` when it cannot run.
+    """
+
+    def kinds(self) -> dict[str, Callable]:
+        """Check kind (verify.toml ``kind``) → the function that runs it; a fresh dict."""
+
+    def access_options(self, config: Any) -> dict[str, Any]:
+        """The platform's own settings its kinds read, from ``config`` (its defaults without one)."""
 
 
 @runtime_checkable

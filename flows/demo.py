@@ -120,11 +120,9 @@ class DemoPeople:
     During 3.1 some sales people keep working in the cloud; the sweeps move their records."""
 
     def __init__(self, sandbox, out: Path) -> None:
-        from connectors.bitrix24.rest import Bitrix24Client
-
         self.pair = sandbox.services["crm"]
         self.box_host = sandbox.services["box_host"]
-        self.box = Bitrix24Client(self.pair.box_webhook, name="the sandbox box portal", timeout=30)
+        self.box = self.pair.box.store  # people work in the box's admin UI: on the sandbox, its store
         self.journal_url = f"sqlite:///{out / 'journal.db'}"
         self.notes: dict[str, str] = {}
 
@@ -139,18 +137,17 @@ class DemoPeople:
         return reply
 
     def _step_2_6(self, prompt) -> str:
-        lines = self.box.call("voximplant.line.get").get("result") or {}
-        if not lines:  # connecting the office PBX is done in the box's admin UI (Telephony → Connect)
-            self.pair.box.store.add_sip_line("Office PBX (Asterisk)")
+        if not self.box.sip_lines:  # connecting the office PBX is done in the box's admin UI (Telephony → Connect)
+            self.box.add_sip_line("Office PBX (Asterisk)")
         return "telephony module: the office PBX (Asterisk) connected over SIP"
 
     def _step_2_8(self, prompt) -> str:
         fixed = []
-        box_mails = {str(u.get("EMAIL", "")).lower() for u in self.box.call("user.get").get("result") or []}
+        box_mails = {str(u.get("EMAIL", "")).lower() for u in self.box.users.values()}
         for u in self.pair.dataset.new_users:
             if u["EMAIL"].lower() not in box_mails:
-                self.box.call("user.add", {"EMAIL": u["EMAIL"], "NAME": u["NAME"], "LAST_NAME": u["LAST_NAME"],
-                                           "UF_DEPARTMENT": [1]})
+                self.box.add_user({"EMAIL": u["EMAIL"], "NAME": u["NAME"], "LAST_NAME": u["LAST_NAME"],
+                                  "UF_DEPARTMENT": [1]})
                 fixed.append(f"invited {u['EMAIL']} (hired after the backup)")
         indexed = self.box_host.reindex_search()
         fixed.append(f"search reindexed ({indexed} items)")

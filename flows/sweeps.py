@@ -1,6 +1,6 @@
 """Straggler sweeps while a step's pause is open (runbook ``sweep = true``: step 3.1).
 
-A :class:`StragglerSweeper` thread runs :func:`connectors.bitrix24.sweep.run_sweep` every
+A :class:`StragglerSweeper` thread runs the platform's sweep (``Platform.crm.sweep``) every
 ``[sweeps] interval_minutes`` (or at once when :meth:`trigger` is called), journals each sweep,
 alerts the contractor when the loop guard quarantines a record or a request budget is spent, and
 tells the people who still work in the cloud. When the step is confirmed the flow stops it, and
@@ -17,11 +17,8 @@ import time
 from pathlib import Path
 
 from connectors.budget import RequestBudget
-from connectors.bitrix24.configuration import SweepSection
-from connectors.bitrix24.delta import backup_max_id
-from connectors.bitrix24.importer import map_users
-from connectors.bitrix24.sweep import SweepOutcome, SweepPolicy, run_sweep
 from connectors.errors import BudgetExhausted, ConfigError, MigrationError
+from connectors.platform import SweepOutcome, SweepPolicy
 from connectors.secrets import redact
 from journal.configuration import resolve_notice_urls
 from journal.events import EventKind
@@ -32,6 +29,7 @@ from journal.sweeps import JournalSweepHistory, record_sweep, requests_today, sw
 
 from .actions import ActionContext
 from .actions.crm_delta import crm_clients, crm_section, cutoff_of
+from .config import SweepSection
 
 log = logging.getLogger("cloud2box.sweeps")
 
@@ -58,6 +56,7 @@ class StragglerSweeper:
         self.ctx, self.section, self.clock = ctx, section, clock
         self.users_notifier = users_notifier
         self.alerts = alerts or alert_notifier(ctx, section)
+        self.crm = ctx.platform.crm
         crm = crm_section(ctx)
         self.cutoff = cutoff_of(ctx, crm)
         self.cloud, self.box = crm_clients(ctx, crm)
@@ -80,15 +79,18 @@ class StragglerSweeper:
         """The cloud's outgoing webhook events wake the sweeper early (``[sweeps] events_listen``)."""
         if not self.section.events_listen:
             return None
-        from connectors.bitrix24.events import EventReceiver
-
+        events = self.ctx.platform.events
+        if events is None:
+            raise ConfigError(self.ctx.config.source, [f"[sweeps] events_listen is set, but the platform "
+                                                       f"{self.ctx.platform.name!r} sends no change events; "
+                                                       "leave it empty"])
         problems: list[str] = []
         token = self.ctx.secret_value(self.section.events_token_secret, problems, "the events' application_token")
         if problems:
             raise ConfigError(self.ctx.config.source, problems)
         host, _, port = self.section.events_listen.rpartition(":")
         try:
-            return EventReceiver(token, lambda event, record_id: self.trigger(), host=host, port=int(port))
+            return events.receiver(token, lambda event, record_id: self.trigger(), host=host, port=int(port))
         except OSError as exc:  # e.g. the port is taken: say so at the start of the step
             raise ConfigError(self.ctx.config.source, [f"[sweeps] events_listen = {self.section.events_listen!r} "
                                                        f"cannot listen: {exc.strerror or exc}"]) from None
@@ -173,11 +175,12 @@ class StragglerSweeper:
                 since = self._since(done)
                 try:
                     if self.backup_max_ids is None:
-                        self.backup_max_ids = {e: backup_max_id(self.box, e, self.cutoff) for e in self.entities}
-                    user_map = map_users(self.cloud, self.box)  # again each time: users are invited meanwhile
-                    outcome = run_sweep(self.cloud, self.box, self.idmap, self.history, since=since,
-                                        backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(done),
-                                        user_map=user_map, policy=self.policy, entities=self.entities, now=now)
+                        self.backup_max_ids = {e: self.crm.backup_max_id(self.box, e, self.cutoff)
+                                               for e in self.entities}
+                    user_map = self.crm.map_users(self.cloud, self.box)  # each time: users are invited meanwhile
+                    outcome = self.crm.sweep(self.cloud, self.box, self.idmap, self.history, since=since,
+                                             backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(done),
+                                             user_map=user_map, policy=self.policy, entities=self.entities, now=now)
                 except BudgetExhausted as exc:
                     outcome = SweepOutcome(started_at=now, since=since, stopped=exc.message)
                 finally:

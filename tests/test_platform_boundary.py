@@ -8,8 +8,7 @@ chosen by path in the config.
 
 A module leaks if (a) it imports a platform package (every kind of import, see
 tests/sandbox/test_independence.py), or (b) a name, string, comment or docstring spells a
-platform. Until the boundary is complete, ``KNOWN_LEAKS`` lists the modules that still leak:
-a leak anywhere else fails; a listed module that no longer leaks is only reported (skip note).
+platform. Any leak fails.
 """
 
 from __future__ import annotations
@@ -20,41 +19,17 @@ import re
 import tokenize
 from pathlib import Path
 
-import pytest
-
+from connectors.platforms import names
 from tests.sandbox.test_independence import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 SCOPE = ("flows", "connectors", "checklists", "journal")
 REGISTRY = "connectors/platforms.py"
-try:
-    from connectors.platforms import names as _names
-
-    PLATFORMS = tuple(_names())
-except ImportError:  # the registry is not there yet: the one platform of today
-    PLATFORMS = ("bitrix24",)
+PLATFORMS = tuple(names())
 
 PATTERN = re.compile("|".join([r"(?i:bitrix|\bb24\b)", *(re.escape(p) for p in PLATFORMS),
                                *(re.escape(p.upper()) for p in PLATFORMS)]))
 
-KNOWN_LEAKS = {  # module → what it still knows (issue 12, plan section 1.1); only ever shrinks
-    "flows/actions/box_host.py": "backup_format: part names, header; the dump path",
-    "flows/actions/crm_delta.py": "delta, importer, reconcile, REST client; the webhook URL",
-    "flows/actions/transfer.py": "the vendor's backup source",
-    "flows/config.py": "CrmDeltaSection, SweepSection; an example portal",
-    "flows/demo.py": "the REST client for the demo's people",
-    "flows/sweeps.py": "budget, sweep, delta, importer, events",
-    "checklists/verify.py": "the platform's check kinds, REST client, SQL",
-    "connectors/box_host/configuration.py": "box defaults, PostRestoreSection",
-    "connectors/box_host/host.py": "the box OS message",
-    "connectors/box_host/post_restore.py": "the portal's settings after restore",
-    "connectors/box_host/restore_agent.py": "the vendor's archive format and settings files",
-    "connectors/http_download/__init__.py": "docstring",
-    "connectors/http_download/configuration.py": "source tag, vendor info URL",
-    "connectors/http_download/source.py": "docstring",
-    "connectors/http_download/transfer.py": "backup_format helpers",
-    "connectors/http_download/verify.py": "PartHeader, the part layout",
-}
 
 
 def platform_imports(source: str, package: str) -> list[str]:
@@ -101,12 +76,8 @@ def _all_leaks() -> dict[str, list[str]]:
 
 def test_no_module_outside_a_platform_knows_it():
     found = _all_leaks()
-    new = {m: hits for m, hits in found.items() if m not in KNOWN_LEAKS}
-    assert not new, "generic code names a platform (use connectors.platforms / the Platform protocols):\n" + \
-        "\n".join(f"{m}:{hit}" for m, hits in new.items() for hit in hits)
-    fixed = sorted(set(KNOWN_LEAKS) - set(found))
-    if fixed:
-        pytest.skip(f"no longer leak, drop from KNOWN_LEAKS: {', '.join(fixed)}")
+    assert not found, "generic code names a platform (use connectors.platforms / the Platform protocols):\n" + \
+        "\n".join(f"{m}:{hit}" for m, hits in found.items() for hit in hits)
 
 
 def test_the_check_sees_every_kind_of_leak():

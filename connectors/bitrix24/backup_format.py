@@ -110,3 +110,16 @@ __all__ = [
     "BLOCK", "HEADER_LEN", "PartHeader", "parse_header", "part_name", "split_part_name",
     "check_part_names", "check_part_count",
 ]
+
+
+def dump_order(sql_files: list[str]) -> list[str]:
+    """The dump files in import order: ``NAME.sql``, ``NAME.sql.1`` … then ``NAME_after_connect.sql``."""
+    main, after = [], []
+    for f in sql_files:
+        if f.endswith("_after_connect.sql"):
+            after.append(f)
+            continue
+        m = re.search(r"\.sql(?:\.(\d+))?$", f)
+        if m:
+            main.append((int(m.group(1) or 0), f))
+    return [f for _, f in sorted(main)] + sorted(after)

@@ -1,10 +1,14 @@
-"""Config section ``[crm_delta]``: step 2.11, moving the CRM records changed since the backup."""
+"""Config sections ``[crm_delta]`` (step 2.11, moving the CRM records changed since the backup) and
+``[backup]`` with the vendor's own delivery (step 2.3, ``source = "bitrix24"``)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from connectors.http_download.configuration import BackupSection
 
 ENTITIES = ("company", "contact", "lead", "deal")
 
@@ -14,6 +18,7 @@ class CrmDeltaSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    platform: Literal["bitrix24"] = Field("bitrix24", description="the platform these settings are for")
     cloud_webhook_secret: str = Field("cloud_webhook", description="[secrets] entry holding the cloud's incoming "
                                       "webhook code (or its whole URL https://PORTAL/rest/USER_ID/CODE/)")
     box_webhook_secret: str = Field("box_webhook", description="[secrets] entry holding the box's webhook code or URL")
@@ -50,52 +55,20 @@ class CrmDeltaSection(BaseModel):
         return [e for e in ENTITIES if e in v]  # dependency order, whatever order was written
 
 
-class SweepSection(BaseModel):
-    """Phase 3 straggler sweeps and their loop guard (seed 000): cadence, quarantine, budgets."""
+class Bitrix24BackupSection(BackupSection):
+    """The backup from the vendor's backup service (``backup.php``): the portal's licence key and
+    the backup password find and sign the parts."""
 
-    model_config = ConfigDict(extra="forbid")
+    source: Literal["bitrix24"] = Field(default="bitrix24", description="the vendor's delivery protocol")
+    info_url: str = Field(default="https://www.1c-bitrix.ru/buy_tmp/backup.php",
+                          description="the vendor's backup.php endpoint")
+    licence_key_secret: str = Field(default="backup_licence_key",
+                                    description="[secrets] entry: the portal's licence key")
+    password_secret: str = Field(default="backup_password", description="[secrets] entry: the backup password")
 
-    enabled: bool = Field(True, description="sweep while the sweep step (3.1) is open")
-    interval_minutes: float = Field(15.0, gt=0, description="a sweep every N minutes")
-    quarantine_changes: int = Field(4, ge=1, description="K: a record seen changed by more than K sweeps within "
-                                                         "the window is quarantined (not synced) and alerted")
-    quarantine_window_minutes: float = Field(120.0, gt=0, description="M: the window of the change count")
-    requests_per_sweep: int = Field(300, ge=10, description="hard cap of REST requests of one sweep")
-    requests_per_day: int = Field(5000, ge=10, description="hard cap of the sweeps' REST requests per UTC day")
-    overlap_seconds: float = Field(120.0, ge=0, description="each sweep re-lists this much before the last one")
-    max_sweeps: int = Field(1000, ge=1, description="a bound on sweeps per step (3 days at 5 min is 864)")
-    alert_urls: list[str] = Field(default_factory=list,
-                                  description="apprise URLs (or [secrets] names) of the contractor, for sync alerts; "
-                                              "empty: alerts are journaled and written next to the notices")
-    notify_stragglers: bool = Field(True, description="send the users still working in the cloud a notice")
-    events_listen: str = Field("", description="host:port to receive the cloud's outgoing webhook events "
-                                               "(ONCRMLEADADD …) and sweep early; empty: interval only")
-    events_token_secret: str = Field("", description="[secrets] entry holding the outgoing webhook's "
-                                                     "application_token (events without it are refused)")
-    min_gap_seconds: float = Field(30.0, ge=0, description="events never start sweeps closer than this")
-
-    @field_validator("events_listen")
+    @field_validator("info_url")
     @classmethod
-    def _host_port(cls, v: str) -> str:
-        if v:
-            host, _, port = v.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError(f"{v!r} is not host:port, e.g. 127.0.0.1:8765")
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"info_url {v!r} is not an http(s) URL")
         return v
-
-    @model_validator(mode="after")
-    def _quarantine_reachable(self) -> "SweepSection":
-        # a sweep sees one modification time per record: the window holds at most window/interval + 1
-        sweeps_in_window = int(self.quarantine_window_minutes / self.interval_minutes) + 1
-        if self.quarantine_changes >= sweeps_in_window:
-            raise ValueError(f"quarantine_changes = {self.quarantine_changes} can never be passed: a window of "
-                             f"{self.quarantine_window_minutes:g} min holds only {sweeps_in_window} sweeps every "
-                             f"{self.interval_minutes:g} min; lower quarantine_changes or widen the window")
-        return self
-
-    @model_validator(mode="after")
-    def _token_with_listener(self) -> "SweepSection":
-        if self.events_listen and not self.events_token_secret:
-            raise ValueError("events_listen needs events_token_secret: the outgoing webhook's application_token "
-                             "is the only proof an event comes from the portal")
-        return self

@@ -11,14 +11,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from connectors.box_host import host as _host
-from connectors.box_host.configuration import PostRestoreSection
 from connectors.errors import ConfigError
-from connectors.http_download.configuration import BackupSection
 from connectors.platform import Platform, SecretLookup, SweepHistory, SweepOutcome
 
 from . import backup_format, delta, importer, reconcile, sweep
-from .configuration import ENTITIES, CrmDeltaSection
+from . import post_restore as portal_fixes
+from .configuration import ENTITIES, Bitrix24BackupSection, CrmDeltaSection
 from .errors import BITRIX24_CODES
 from .rest import Bitrix24Client
 
@@ -29,6 +27,7 @@ WEBHOOK_CODE = re.compile(r"(/rest/\d+/)([^/\s?#\"']+)")
 class _Format:
     header_len = backup_format.HEADER_LEN
     header_members = 1  # CTar's first member carries the part's size and the last part's number
+    size_field, count_field = "BX", "LN"  # the extra field's subfield ids (CTar::createEmptyGzipExtra)
 
     def parse_header(self, head: bytes) -> backup_format.PartHeader:
         return backup_format.parse_header(head)
@@ -47,9 +46,9 @@ class _Format:
 class _Delivery:
     """The vendor's cloud backup service (``[backup] source = "bitrix24"``)."""
 
-    section = BackupSection
+    section = Bitrix24BackupSection
 
-    def source(self, section: BackupSection, secret: SecretLookup, problems: list[str]):
+    def source(self, section: Bitrix24BackupSection, secret: SecretLookup, problems: list[str]):
         from .backup_source import Bitrix24BackupSource
 
         key = secret(section.licence_key_secret, problems, "the portal's licence key")
@@ -62,9 +61,9 @@ class _Delivery:
 
 
 class _Restore:
-    agent_source = _host.AGENT_SOURCE
+    agent_source = Path(__file__).with_name("restore_agent.py")
     dump_hint = "bitrix/backup/*.sql"
-    post_restore_section = PostRestoreSection
+    post_restore_section = portal_fixes.PostRestoreSection
 
     @property
     def box_defaults(self) -> dict[str, Any]:
@@ -73,12 +72,10 @@ class _Restore:
                 "db": {"user": "bitrix", "database": "sitemanager"}}
 
     def dump_order(self, files: list[str]) -> list[str]:
-        return _host.dump_order(files)
+        return backup_format.dump_order(files)
 
-    def post_restore(self, sql: Callable, settings: PostRestoreSection, *, domain: str) -> list:
-        from connectors.box_host.post_restore import run_fixes
-
-        return run_fixes(sql, settings, domain=domain)
+    def post_restore(self, sql: Callable, settings: portal_fixes.PostRestoreSection, *, domain: str) -> list:
+        return portal_fixes.run_fixes(sql, settings, domain=domain)
 
 
 def webhook_url(value: str, portal: str, user_id: int) -> str | None:
@@ -155,11 +152,15 @@ class _Events:
 
 
 class _Checks:
+    """The post-migration check kinds of :mod:`.checks` and the ``[post_restore]`` settings they read."""
+
     def kinds(self) -> dict[str, Callable]:
-        return {}  # the check kinds are still in checklists/verify.py (issue 12, WP-C step 3 moves them here)
+        from .checks import KINDS
+
+        return dict(KINDS)
 
     def access_options(self, config) -> dict[str, Any]:
-        post = getattr(config, "post_restore", None) or PostRestoreSection()
+        post = getattr(config, "post_restore", None) or portal_fixes.PostRestoreSection()
         return {"pull_options": dict(post.pull_options), "network_auth_ids": list(post.network_auth_ids)}
 
 

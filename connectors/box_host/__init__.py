@@ -1,8 +1,8 @@
-"""The self-hosted box over SSH: preflight, staging, restore of files and DB, post-restore fixes."""
+"""The self-hosted box over SSH: preflight, staging, restore of files and DB; the shapes of step 2.4's fixes."""
 
-from .configuration import BoxDbSettings, BoxHostSection, PostRestoreSection, PreflightSettings
-from .host import BoxHost, Check, LocalPart, PreflightReport, StageReport, UnsafeArchiveError, dump_order
-from .post_restore import FixResult, run_fixes
+from .configuration import BoxDbSettings, BoxHostSection, PreflightSettings
+from .host import BoxHost, Check, LocalPart, PreflightReport, StageReport, UnsafeArchiveError
+from .post_restore import FixResult
 
-__all__ = ["BoxDbSettings", "BoxHostSection", "PostRestoreSection", "PreflightSettings", "BoxHost", "Check",
-           "LocalPart", "PreflightReport", "StageReport", "UnsafeArchiveError", "dump_order", "FixResult", "run_fixes"]
+__all__ = ["BoxDbSettings", "BoxHostSection", "PreflightSettings", "BoxHost", "Check", "LocalPart", "PreflightReport",
+           "StageReport", "UnsafeArchiveError", "FixResult"]

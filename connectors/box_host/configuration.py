@@ -1,4 +1,7 @@
-"""Configuration of the box host (``[box_host]``) and the post-restore fixes (``[post_restore]``)."""
+"""Configuration of the box host (``[box_host]``).
+
+The platform's box layout (site root, staging dir, the portal's DB login and database) has no
+default here: the config fills it from ``Platform.restore.box_defaults`` under what the file says."""
 
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ class BoxDbSettings(_Model):
 
     host: str = Field(default="localhost", description="DB host as the box host reaches it")
     port: int = Field(default=3306, ge=1, le=65535)
-    user: str = Field(default="bitrix", description="DB login of the portal")
+    user: str = Field(min_length=1, description="DB login of the portal")
     password_secret: str | None = Field(default="box_db_password", description="[secrets] entry: the DB password")
-    database: str = Field(default="sitemanager", pattern=r"^[A-Za-z0-9_$]{1,64}$",
+    database: str = Field(pattern=r"^[A-Za-z0-9_$]{1,64}$",
                           description="the portal's database; DROPPED and recreated by the restore")
     client: str = Field(default="", description="mysql client on the host (default: mariadb, then mysql)")
     site_host: str = Field(default="", description="DB host written into the site's settings (default: host)")
@@ -44,27 +47,13 @@ class PreflightSettings(_Model):
 class BoxHostSection(SshHostSettings):
     """The self-hosted box: SSH access, where things go, its DB, preflight thresholds."""
 
-    site_root: str = Field(default="/home/bitrix/www", description="the portal's document root on the host")
-    staging_dir: str = Field(default="/home/bitrix/c2b-staging", description="where the parts are staged")
+    site_root: str = Field(min_length=1, description="the portal's document root on the host")
+    staging_dir: str = Field(min_length=1, description="where the parts are staged")
     python: str = Field(default="python3", description="the host's Python 3 (runs the restore agent)")
     parts_on_host: bool = Field(default=False,
                                 description="the downloader ran on the host: parts are already in staging_dir")
     archive_password_secret: str | None = Field(
         default=None, description="[secrets] entry: the backup's encryption password (encrypted backups only)")
     command_timeout_s: float = Field(default=6 * 3600, gt=0, description="limit of one restore/import command")
-    db: BoxDbSettings = BoxDbSettings()
+    db: BoxDbSettings
     preflight: PreflightSettings = PreflightSettings()
-
-
-class PostRestoreSection(_Model):
-    """Step 2.4: each fix is a check plus a fix; switch any off here."""
-
-    domain: str = Field(default="", description="the portal's domain on the box (default: [migration] box_portal)")
-    set_domain: bool = True
-    enable_push_pull: bool = True
-    queue_search_reindex: bool = True
-    list_password_resets: bool = True
-    pull_options: dict[str, str] = Field(default_factory=lambda: {"nginx": "Y", "push": "Y"},
-                                         description="b_option values of the pull module that enable push & pull")
-    network_auth_ids: list[str] = Field(default_factory=lambda: ["bitrix24"],
-                                        description="b_user.EXTERNAL_AUTH_ID of Bitrix24.Network users")

@@ -1,9 +1,10 @@
 """The box host over SSH: preflight, staging of verified parts, restore of files and database.
 
-The heavy lifting runs ON the host: :mod:`connectors.box_host.restore_agent` (stdlib only) is
-uploaded into the staging dir and run with the host's python3 — the parts never travel back, and
-the restore needs nothing installed but Python and the DB client. Requests (with the DB and
-archive passwords) go over stdin; the agent answers with one JSON line.
+The heavy lifting runs ON the host: the platform's restore agent (one stdlib-only Python file,
+``Platform.restore.agent_source``) is uploaded into the staging dir and run with the host's
+python3 — the parts never travel back, and the restore needs nothing installed but Python and
+the DB client. Requests (with the DB and archive passwords) go over stdin; the agent answers
+with one JSON line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from connectors.ssh import RemoteHost
 
 from .configuration import BoxHostSection, PreflightSettings
 
-AGENT_SOURCE = Path(__file__).with_name("restore_agent.py")
 AGENT_DIR = ".c2b"
 
 
@@ -96,17 +96,18 @@ def _gib(n: float) -> str:
 class BoxHost:
     """Operations on the box host. ``remote`` is a connected-on-demand :class:`RemoteHost`."""
 
-    def __init__(self, settings: BoxHostSection, remote: RemoteHost, *, db_password: str | None = None,
-                 archive_password: str | None = None) -> None:
+    def __init__(self, settings: BoxHostSection, remote: RemoteHost, *, agent_source: Path,
+                 db_password: str | None = None, archive_password: str | None = None) -> None:
         self.settings = settings
         self.remote = remote
+        self.agent_source = agent_source
         self._db_password = db_password
         self._archive_password = archive_password
         self._agent_ready = False
 
     @property
     def agent_path(self) -> str:
-        return f"{self.settings.staging_dir.rstrip('/')}/{AGENT_DIR}/restore_agent.py"
+        return f"{self.settings.staging_dir.rstrip('/')}/{AGENT_DIR}/{self.agent_source.name}"
 
     def _db(self, database: str | None = None) -> dict:
         d = self.settings.db
@@ -124,10 +125,10 @@ class BoxHost:
         """Upload the agent unless the host already has this exact version."""
         if self._agent_ready:
             return
-        local = AGENT_SOURCE.read_bytes()
+        local = self.agent_source.read_bytes()
         self.mkdir(f"{self.settings.staging_dir.rstrip('/')}/{AGENT_DIR}")
         if self.remote.sha256(self.agent_path) != hashlib.sha256(local).hexdigest():
-            self.remote.put(AGENT_SOURCE, self.agent_path, resume=False)
+            self.remote.put(self.agent_source, self.agent_path, resume=False)
         self._agent_ready = True
 
     def call(self, op: str, request: dict, *, timeout: float | None = None) -> dict:
@@ -185,7 +186,7 @@ class BoxHost:
 
         add("deploy", "SSH login and host key", True, self.remote.label, "verified host key", "")
         add("deploy", "operating system", facts["system"] == "Linux", f"{facts.get('os')} ({facts['release']})",
-            "Linux", "the box edition runs on Linux (BitrixVM or a LAMP/LEMP host)")
+            "Linux", "the box runs on a Linux host")
         add("deploy", "python for the restore agent", _version(facts["python"]) >= (3, 8), facts["python"], "≥ 3.8",
             "install python3 ≥ 3.8 on the host")
         for path, info in facts["paths"].items():
@@ -290,16 +291,3 @@ class BoxHost:
     def sql(self, statements: list[str]) -> list[list[list[str | None]]]:
         """Result rows of each statement, run on the portal's DB."""
         return self.call("sql", {"db": self._db(), "statements": statements}, timeout=600)["results"]
-
-
-def dump_order(sql_files: list[str]) -> list[str]:
-    """The dump files in import order: ``NAME.sql``, ``NAME.sql.1`` … then ``NAME_after_connect.sql``."""
-    main, after = [], []
-    for f in sql_files:
-        if f.endswith("_after_connect.sql"):
-            after.append(f)
-            continue
-        m = re.search(r"\.sql(?:\.(\d+))?$", f)
-        if m:
-            main.append((int(m.group(1) or 0), f))
-    return [f for _, f in sorted(main)] + sorted(after)

@@ -41,27 +41,32 @@ class MirrorSettings(SshHostSettings):
 
 
 class BackupSection(BaseModel):
-    """Where the backup comes from and where it goes (``[backup]``)."""
+    """Where the backup goes and how (``[backup]``); ``source`` says where it comes from.
+
+    Each source is a subclass that fixes ``source`` to its tag: :class:`UrlsBackupSection` here,
+    and each platform's own delivery (``connectors.platform.BackupDelivery.section``). The config
+    picks the subclass by ``source``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["bitrix24", "urls"] = Field(
-        default="bitrix24", description="bitrix24: the vendor's delivery protocol; urls: plain part URLs")
-    info_url: str = Field(default="https://www.1c-bitrix.ru/buy_tmp/backup.php",
-                          description="the vendor's backup.php endpoint (source = bitrix24)")
-    licence_key_secret: str = Field(default="backup_licence_key", description="[secrets] entry: the portal's licence key")
-    password_secret: str = Field(default="backup_password", description="[secrets] entry: the backup password")
-    part_urls: list[str] = Field(default_factory=list, description="one URL per part (source = urls)")
-    manifest_url: str = Field(default="", description="optional JSON {part: {sha256, md5}} (source = urls)")
+    source: str = Field(description="where the parts come from: urls (plain part URLs) or the platform's name "
+                                    "(its own delivery)")
     dest_dir: Path = Field(default=Path("backup"),
                            description="where the parts go; relative paths are under the run's work directory")
     download: DownloadSettings = DownloadSettings()
     mirror: MirrorSettings | None = Field(default=None, description="SSH host with good copies, for repairs")
 
+
+class UrlsBackupSection(BackupSection):
+    """The parts as plain URLs (``[backup] source = "urls"``)."""
+
+    source: Literal["urls"]
+    part_urls: list[str] = Field(default_factory=list, description="one URL per part")
+    manifest_url: str = Field(default="", description="optional JSON {part: {sha256, md5}}")
+
     @model_validator(mode="after")
-    def _source_complete(self) -> "BackupSection":
-        if self.source == "urls" and not self.part_urls:
+    def _urls_given(self) -> "UrlsBackupSection":
+        if not self.part_urls:
             raise ValueError("source = 'urls' needs part_urls (one URL per part)")
-        if self.source == "bitrix24" and not self.info_url.startswith(("http://", "https://")):
-            raise ValueError(f"info_url {self.info_url!r} is not an http(s) URL")
         return self

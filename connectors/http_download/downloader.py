@@ -35,6 +35,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tqdm import tqdm
 
 from connectors.errors import FatalError, IntegrityError, MigrationError, TransientError
+from connectors.platform import BackupFormat
 from connectors.retry import backoff_wait
 from connectors.secrets import redact
 
@@ -124,6 +125,7 @@ class Downloader:
 
     Args:
         settings: connections, chunk size, timeouts, retry bounds.
+        fmt: the platform's backup format, which the parts' verifiers read their headers with.
         session_factory: makes one ``requests.Session`` per connection (tests plug in here).
         on_progress: called about twice a second with a :class:`Progress`.
     Raises:
@@ -131,10 +133,11 @@ class Downloader:
             from a newer release.
     """
 
-    def __init__(self, dest_dir: str | Path, settings: DownloadSettings | None = None, *,
+    def __init__(self, dest_dir: str | Path, settings: DownloadSettings | None = None, *, fmt: BackupFormat,
                  session_factory: Callable[[], requests.Session] = requests.Session,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.dest = Path(dest_dir)
+        self.fmt = fmt
         try:
             make_private_dir(self.dest)
         except OSError as exc:
@@ -229,7 +232,8 @@ class Downloader:
         if st and st.verified and st.size == remote.size and complete:
             result = PartResult(name, remote.size, "verified", sha256=st.sha256, md5=st.md5, source=st.source,
                                 resumed_bytes=remote.size, checks=("verified-earlier",))
-            return _Job(remote, st, partial, final, -1, PartVerifier(name, remote.size), result, status="verified")
+            return _Job(remote, st, partial, final, -1, PartVerifier(name, remote.size, fmt=self.fmt), result,
+                        status="verified")
         chunk_size = self.settings.chunk_size
         if st and st.size != remote.size:
             restarted = f"size changed from {st.size} to {remote.size} bytes since the last run"
@@ -258,7 +262,8 @@ class Downloader:
         except OSError:
             os.close(fd)
             raise
-        verifier = PartVerifier(name, remote.size, sha256=remote.sha256, md5=remote.md5, etag_md5=etag_md5(st.etag))
+        verifier = PartVerifier(name, remote.size, fmt=self.fmt, sha256=remote.sha256, md5=remote.md5,
+                                etag_md5=etag_md5(st.etag))
         disk = {i for i, c in enumerate(st.done) if c == "1"}
         result = PartResult(name, remote.size, "running", resumed_bytes=st.bytes_done(), restarted=restarted)
         return _Job(remote, st, partial, final, fd, verifier, result, disk=disk, started=time.monotonic())

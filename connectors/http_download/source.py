@@ -1,6 +1,6 @@
 """Where backup parts come from: the :class:`BackupSource` interface and the plain URL-list source.
 
-The vendor's delivery protocol is :class:`connectors.bitrix24.backup_source.Bitrix24BackupSource`.
+The platform's own delivery (``connectors.platform.BackupDelivery``) makes another :class:`BackupSource`.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ verified while written, compared with the mirror's own sha256, and only then put
 Without a mirror it is downloaded once more over HTTP. Every part that stays corrupt is named
 in one error, together with any missing part.
 
-The first part's ``LN`` field (how many parts there are) is read only from a verified first
+The first part's part-count field (how many parts there are) is read only from a verified first
 part, and since no gzip CRC covers it, a disagreement with the part list makes the first part
 suspect before the backup: it is fetched again over HTTP, then from the mirror. The backup is
-reported incomplete only when two copies agree on an ``LN`` that the list contradicts.
+reported incomplete only when two copies agree on a part count that the list contradicts.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Callable
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from connectors.bitrix24.backup_format import HEADER_LEN, check_part_count, check_part_names, parse_header
 from connectors.errors import IntegrityError, TransientError
+from connectors.platform import BackupFormat
 from connectors.retry import tenacity_wait
 from connectors.ssh.client import RemoteHost
 
@@ -95,23 +95,24 @@ def _repaired(fixed: PartResult, bad: PartResult, why: str) -> PartResult:
     return fixed
 
 
-def _last_part(path: Path) -> int | None:
-    """The LN field of a part that passed verification, read back from disk."""
+def _last_part(path: Path, fmt: BackupFormat) -> int | None:
+    """The part-count field of a part that passed verification, read back from disk."""
     with open(path, "rb") as f:
-        return parse_header(f.read(HEADER_LEN)).last_part
+        return fmt.parse_header(f.read(fmt.header_len)).last_part
 
 
-def _count(last_part: int | None) -> str:
-    return f"{(last_part or 0) + 1} part(s)" + (" (no LN field)" if last_part is None else "")
+def _count(last_part: int | None, fmt: BackupFormat) -> str:
+    return f"{(last_part or 0) + 1} part(s)" + (f" (no {fmt.count_field} field)" if last_part is None else "")
 
 
 def transfer_backup(source: BackupSource, dest_dir: str | Path, settings: DownloadSettings | None = None, *,
-                    mirror: Callable[[], RemoteHost] | None = None, mirror_path: str = "",
+                    fmt: BackupFormat, mirror: Callable[[], RemoteHost] | None = None, mirror_path: str = "",
                     session_factory: Callable[[], requests.Session] = requests.Session,
                     on_progress: Callable[[Progress], None] | None = None) -> TransferReport:
     """Download, verify and (if needed) repair every part of the backup into ``dest_dir``.
 
     Args:
+        fmt: the platform's backup format: the part names, each part's header, the part count.
         mirror: makes a :class:`RemoteHost` holding good copies under ``mirror_path``.
     Raises:
         IntegrityError: missing/extra parts or parts that stay corrupt, all named in one error.
@@ -120,10 +121,10 @@ def transfer_backup(source: BackupSource, dest_dir: str | Path, settings: Downlo
     started = time.monotonic()
     parts = source.list_parts()
     names = [p.name for p in parts]
-    problems = check_part_names(names)
+    problems = fmt.check_part_names(names)
     if problems:
         raise _part_count_error(problems)
-    downloader = Downloader(dest_dir, settings or DownloadSettings(), session_factory=session_factory,
+    downloader = Downloader(dest_dir, settings or DownloadSettings(), fmt=fmt, session_factory=session_factory,
                             on_progress=on_progress)
     results = {r.name: r for r in downloader.download(parts)}
     repaired: list[str] = []
@@ -171,26 +172,27 @@ def _repair(downloader: Downloader, part: RemotePart, mirror: Callable[[], Remot
 def _settle_part_count(downloader: Downloader, first: RemotePart, names: list[str],
                        mirror: Callable[[], RemoteHost] | None,
                        mirror_path: str) -> tuple[int | None, PartResult | None, str]:
-    """Check the verified first part's LN against the part list; returns the LN, and the copy
+    """Check the verified first part's part count against the list; returns its last part number, and the copy
     that replaced the first part (None when it was right) with the reason.
 
-    LN is not covered by any CRC, so a disagreement first means a corrupt first part: fetch it
+    The count is not covered by any CRC, so a disagreement first means a corrupt first part: fetch it
     again over HTTP, then from the mirror. Only two copies that agree make the backup incomplete.
     """
     path = downloader.dest / first.name
-    last = _last_part(path)
-    if not check_part_count(names, last):
+    fmt = downloader.fmt
+    last = _last_part(path, fmt)
+    if not fmt.check_part_count(names, last):
         return last, None, ""
-    why = f"its LN field said {_count(last)}, the list has {len(names)}"
-    log.warning("the first part %s says there are %s, the list has %d: fetching it again (LN is not covered by "
-                "the gzip CRC)", first.name, _count(last), len(names))
+    why = f"its {fmt.count_field} field said {_count(last, fmt)}, the list has {len(names)}"
+    log.warning("the first part %s says there are %s, the list has %d: fetching it again (%s is not covered by "
+                "the gzip CRC)", first.name, _count(last, fmt), len(names), fmt.count_field)
     copies = [("the first download", last)]
     notes: list[str] = []
     downloader.reset_part(first.name)
     again = downloader.download([first])[0]
     if again.status == "verified":
-        last = _last_part(path)
-        if not check_part_count(names, last):
+        last = _last_part(path, fmt)
+        if not fmt.check_part_count(names, last):
             return last, again, why
         copies.append(("a second download", last))
     else:
@@ -203,25 +205,25 @@ def _settle_part_count(downloader: Downloader, first: RemotePart, names: list[st
         else:
             fixed.bytes_fetched += again.bytes_fetched
             fixed.retries += again.retries
-            last = _last_part(path)
-            if not check_part_count(names, last):
+            last = _last_part(path, fmt)
+            if not fmt.check_part_count(names, last):
                 return last, fixed, why
             copies.append(("the mirror's copy", last))
-    said = "; ".join(f"{who} says {_count(value)}" for who, value in copies) + "".join(f"; {n}" for n in notes)
+    said = "; ".join(f"{who} says {_count(value, fmt)}" for who, value in copies) + "".join(f"; {n}" for n in notes)
     values = [value for _, value in copies]
     agreed = [v for v in dict.fromkeys(values) if values.count(v) > 1]
     if agreed:
-        raise _part_count_error(check_part_count(names, agreed[0]) + [f"copies agree: {said}"])
+        raise _part_count_error(fmt.check_part_count(names, agreed[0]) + [f"copies agree: {said}"])
     downloader.reset_part(first.name)  # no two copies agree: the one on disk is not trusted either
     raise IntegrityError(
-        f"backup part {first.name} is corrupt: its LN field (the part count, not covered by the gzip CRC) "
+        f"backup part {first.name} is corrupt: its {fmt.count_field} field (the part count, not covered by the gzip CRC) "
         f"disagrees with the list of {len(names)} part(s) and no two copies agree ({said})",
         fix=(f"put a good copy of {first.name} on the mirror, then re-run" if mirror is not None else _NO_MIRROR_FIX))
 
 
-def _resume_ssh_copy(tmp: Path, part: RemotePart) -> PartVerifier:
+def _resume_ssh_copy(tmp: Path, part: RemotePart, fmt: BackupFormat) -> PartVerifier:
     """A verifier fed with what an interrupted SFTP copy left in ``tmp`` (removed when damaged)."""
-    verifier = PartVerifier(part.name, part.size, sha256=part.sha256, md5=part.md5)
+    verifier = PartVerifier(part.name, part.size, fmt=fmt, sha256=part.sha256, md5=part.md5)
     if not tmp.exists() or tmp.stat().st_size > part.size:
         tmp.unlink(missing_ok=True)
         return verifier
@@ -231,14 +233,15 @@ def _resume_ssh_copy(tmp: Path, part: RemotePart) -> PartVerifier:
                 verifier.update(block)
     except IntegrityError:  # the earlier copy is damaged: start it over
         tmp.unlink()
-        return PartVerifier(part.name, part.size, sha256=part.sha256, md5=part.md5)
+        return PartVerifier(part.name, part.size, fmt=fmt, sha256=part.sha256, md5=part.md5)
     return verifier
 
 
 def repair_from_mirror(downloader: Downloader, part: RemotePart, mirror: Callable[[], RemoteHost],
                        mirror_path: str, *, attempts: int = 5) -> PartResult:
-    """Fetch ``part`` from the SSH mirror (resume by offset), verify it while writing, compare it
-    with the mirror's own sha256, and only then replace the bad copy and mark it verified.
+    """Fetch ``part`` from the SSH mirror (resume by offset), verify it while writing (in the
+    downloader's format), compare it with the mirror's own sha256, and only then replace the bad
+    copy and mark it verified.
 
     The copy and the repaired part are private (0600). Raises IntegrityError naming the mirror's
     copy (``user@host:port:path``) when that copy is wrong, and the one disk error of
@@ -260,7 +263,7 @@ def repair_from_mirror(downloader: Downloader, part: RemotePart, mirror: Callabl
                                  f"the backup lists {part.size}",
                                  fix=f"put the right copy of {name} on the mirror, then re-run")
         try:
-            verifier = _resume_ssh_copy(tmp, part)
+            verifier = _resume_ssh_copy(tmp, part, downloader.fmt)
         except OSError as exc:
             raise write_error(tmp, exc, dest, part.size, "read") from None
         resumed = verifier.fed

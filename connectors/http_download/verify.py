@@ -3,15 +3,16 @@
 Every byte goes through :meth:`PartVerifier.update` in file order, right after it is written, so
 no second read of the part is needed. The structural check needs no manifest: each part is one
 or more gzip members that must inflate with the right CRC32 and length (the inflater checks both
-trailers), and the inflated size must equal the part's ``BX`` field.
+trailers), and the inflated size must equal the size the part's header states (its size field),
+read by the platform's :class:`~connectors.platform.BackupFormat`.
 
 What the structure covers, without a manifest: the deflate data, the CRC32 and length trailers,
-the gzip magic, method and flags, and the ``BX`` size. Not covered — only a manifest's or an
+the gzip magic, method and flags, and the header's size. Not covered — only a manifest's or an
 ETag's hash sees a change there: each member's mtime, XFL and OS bytes (4–9 of a member), the
 FTEXT flag and the rare deflate bits whose change still decodes to the same bytes (the padding to
 a byte boundary, unused code lengths), none of which changes one restored byte; and the first
-part's ``LN`` number. So the header is reported only in the :class:`VerifyResult` of a part that
-passed every check, and its ``LN`` is proven only when a hash check is listed there too.
+part's part-count field. So the header is reported only in the :class:`VerifyResult` of a part that
+passed every check, and its part count is proven only when a hash check is listed there too.
 
 Memory per verifier, whatever the chunk size or the compression ratio (a part of zeros inflates
 1000-fold): at most :data:`MEMORY_BOUND` bytes (2.75 MiB) besides the caller's chunk — one output
@@ -27,8 +28,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from connectors.bitrix24.backup_format import HEADER_LEN, PartHeader, parse_header
 from connectors.errors import IntegrityError
+from connectors.platform import BackupFormat, PartHeaderInfo
 
 try:  # zlib-ng inflates 1.5-3 times faster than zlib and refuses exactly what zlib refuses
     from zlib_ng import zlib_ng as _inflater
@@ -50,9 +51,9 @@ class VerifyResult:
     size: int
     sha256: str
     md5: str  # "" when neither a manifest nor an ETag asked for it
-    data_size: int  # inflated bytes (equals the BX field)
-    members: int  # gzip members, including the header member
-    header: PartHeader  # BX proven by bx-size; LN only by a hash check (sha256-manifest, md5-*)
+    data_size: int  # inflated bytes (equals the header's size field)
+    members: int  # gzip members, including the header member(s)
+    header: PartHeaderInfo  # size proven by bx-size; part count only by a hash check (sha256-manifest, md5-*)
     checks: tuple[str, ...]  # which checks passed, e.g. ("gzip", "bx-size", "sha256-manifest")
 
 
@@ -62,18 +63,21 @@ class PartVerifier:
     Args:
         name: the part's name (for messages).
         expected_size: bytes the part must have.
+        fmt: the platform's backup format: reads the part's header (size, last part number).
         sha256, md5: expected hashes from a manifest, when there is one.
         etag_md5: a single-part S3-style ETag (the part's md5), when the server gives one. It may
             also be set before the first byte is fed; one learnt later is not checked (md5 is
             computed only when something will compare it).
-        on_header: called once with the part's :class:`PartHeader` from :meth:`finish`, after
+        on_header: called once with the part's header (``fmt.parse_header``) from :meth:`finish`, after
             every check passed (never with a header read from unverified bytes).
     """
 
-    def __init__(self, name: str, expected_size: int, *, sha256: str | None = None, md5: str | None = None,
-                 etag_md5: str | None = None, on_header: Callable[[PartHeader], None] | None = None) -> None:
+    def __init__(self, name: str, expected_size: int, *, fmt: BackupFormat, sha256: str | None = None,
+                 md5: str | None = None, etag_md5: str | None = None,
+                 on_header: Callable[[PartHeaderInfo], None] | None = None) -> None:
         self.name = name
         self.expected_size = expected_size
+        self.fmt = fmt
         self.want_sha256 = sha256.lower() if sha256 else None
         self.want_md5 = md5.lower() if md5 else None
         self.on_header = on_header
@@ -85,7 +89,7 @@ class PartVerifier:
         self._etag_md5: str | None = None
         self.etag_md5 = etag_md5
         self._head = bytearray()
-        self._header: PartHeader | None = None
+        self._header: PartHeaderInfo | None = None
         self._member = None  # the inflater of the gzip member being read
         self._member_fed = 0  # input bytes the current member consumed so far
 
@@ -117,11 +121,12 @@ class PartVerifier:
             raise self._fail(f"more than the {self.expected_size} bytes listed for it")
         self.fed += size
         view = memoryview(data).cast("B")
-        if len(self._head) < HEADER_LEN:
-            self._head += view[:HEADER_LEN - len(self._head)]
-            if len(self._head) == HEADER_LEN:
+        header_len = self.fmt.header_len
+        if len(self._head) < header_len:
+            self._head += view[:header_len - len(self._head)]
+            if len(self._head) == header_len:
                 try:
-                    self._header = parse_header(bytes(self._head))
+                    self._header = self.fmt.parse_header(bytes(self._head))
                 except ValueError as exc:
                     raise self._fail(f"bad part header: {exc}") from None
         try:
@@ -165,7 +170,7 @@ class PartVerifier:
             piece = rest
 
     def finish(self) -> VerifyResult:
-        """All bytes were fed: check the end of the gzip stream, BX size, length and hashes;
+        """All bytes were fed: check the end of the gzip stream, the header size, length and hashes;
         then (and only then) report the header."""
         checks: list[str] = []
         if self.fed != self.expected_size:
@@ -174,11 +179,12 @@ class PartVerifier:
             raise self._fail("shorter than a part header")
         if self._member is not None:
             raise self._fail("the last gzip member is truncated (no CRC32/length trailer)")
-        if self.members < 2:
+        if self.members <= self.fmt.header_members:
             raise self._fail("no data after the header member")
         checks.append("gzip-crc32-length")
         if self.data_size != self._header.size:
-            raise self._fail(f"inflates to {self.data_size} bytes but its BX field says {self._header.size}")
+            raise self._fail(f"inflates to {self.data_size} bytes but its {self.fmt.size_field} field says "
+                             f"{self._header.size}")
         checks.append("bx-size")
         sha256 = self._sha256.hexdigest()
         md5 = self._md5.hexdigest() if self._md5 is not None else ""

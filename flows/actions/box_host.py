@@ -17,8 +17,7 @@ import csv
 import time
 from pathlib import Path
 
-from connectors.bitrix24.backup_format import HEADER_LEN, parse_header, split_part_name
-from connectors.box_host import BoxHost, BoxHostSection, LocalPart, dump_order, run_fixes
+from connectors.box_host import BoxHost, BoxHostSection, LocalPart
 from connectors.box_host.post_restore import evidence as fix_evidence
 from connectors.errors import ConfigError, FatalError, IntegrityError
 from connectors.ssh import CommandRecord, RemoteHost
@@ -57,7 +56,8 @@ def open_box_host(ctx: ActionContext) -> BoxHost:
         raise ConfigError(ctx.config.source, problems)
     remote = RemoteHost.from_settings(section, password=password, key_passphrase=passphrase,
                                       on_command=_journal_command(ctx))
-    return BoxHost(section, remote, db_password=db_password, archive_password=archive)
+    return BoxHost(section, remote, agent_source=ctx.platform.restore.agent_source, db_password=db_password,
+                   archive_password=archive)
 
 
 def _preflight(ctx: ActionContext, groups: tuple[str, ...], required_bytes: int = 0) -> ActionResult:
@@ -120,15 +120,17 @@ def _local_parts(ctx: ActionContext, *, required: bool = True) -> list[LocalPart
             raise IntegrityError("no verified backup parts in the journal for this run",
                                  fix="run step 2.3's download_backup first (action = download_backup+restore_backup)")
         return []
-    ordered = sorted(rows.values(), key=lambda r: (split_part_name(r.part) or ("", 0))[1])
+    number = ctx.platform.format.part_number
+    ordered = sorted(rows.values(), key=lambda r: number(r.part) or 0)
     return [LocalPart(r.part, directory / r.part, r.size, r.sha256) for r in ordered]
 
 
-def _unpacked_size(path: Path) -> int:
-    """The part's BX field: its tar bytes (0 when the part is not on this machine)."""
+def _unpacked_size(ctx: ActionContext, path: Path) -> int:
+    """The archive bytes the part's header announces (0 when the part is not on this machine)."""
+    fmt = ctx.platform.format
     try:
         with open(path, "rb") as f:
-            return parse_header(f.read(HEADER_LEN)).size
+            return fmt.parse_header(f.read(fmt.header_len)).size
     except (OSError, ValueError):
         return 0
 
@@ -139,7 +141,7 @@ def restore_backup(ctx: ActionContext) -> ActionResult:
     host = open_box_host(ctx)
     parts = _local_parts(ctx)
     names = [p.name for p in parts]
-    tar_bytes = sum(_unpacked_size(p.path) for p in parts)
+    tar_bytes = sum(_unpacked_size(ctx, p.path) for p in parts)
     total = sum(p.size for p in parts)
     sent = 0
 
@@ -168,9 +170,9 @@ def restore_backup(ctx: ActionContext) -> ActionResult:
                               f"{files['files']} file(s), {files['dirs']} dir(s) into {host.settings.site_root}"
                               + (" (already restored: skipped)" if files.get("skipped") else ""),
                               data=files, step_id=ctx.step_id)
-        sql_files = dump_order(files["sql_files"])
+        sql_files = ctx.platform.restore.dump_order(files["sql_files"])
         if not sql_files:
-            raise IntegrityError("the backup holds no database dump (bitrix/backup/*.sql)",
+            raise IntegrityError(f"the backup holds no database dump ({ctx.platform.restore.dump_hint})",
                                  fix="ask the vendor's support for a full backup")
         db = host.import_db(sql_files)
         ctx.journal.add_event(ctx.run_id, EventKind.RESTORED_DB,
@@ -202,7 +204,7 @@ def post_restore_fixes(ctx: ActionContext) -> ActionResult:
                           ["[post_restore] domain (or [migration] box_portal) is needed to set the portal domain"])
     host = open_box_host(ctx)
     with host.remote:
-        results = run_fixes(host.sql, settings, domain=domain or "-")
+        results = ctx.platform.restore.post_restore(host.sql, settings, domain=domain or "-")
     for r in results:
         ctx.journal.add_event(ctx.run_id, EventKind.POST_RESTORE, f"{r.name}: {r.status} — {r.before}"
                               + (f" → {r.after}" if r.after else ""),

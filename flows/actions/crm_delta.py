@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
-from connectors.bitrix24.configuration import CrmDeltaSection
-from connectors.bitrix24.delta import export_delta, write_csvs
-from connectors.bitrix24.importer import import_delta, map_users
-from connectors.bitrix24.reconcile import reconcile
-from connectors.bitrix24.rest import Bitrix24Client
 from connectors.errors import ConfigError, IntegrityError, RunNotFound, TransientError
 from journal.counters import StepCounters
 from journal.events import EventKind
@@ -19,12 +15,12 @@ from journal.idmap import IdMap
 from . import ActionContext, ActionResult, register
 
 
-def crm_section(ctx: ActionContext) -> CrmDeltaSection:
-    """``[crm_delta]``, or its defaults when it is absent (then the webhook secrets are missing)."""
-    return ctx.config.crm_delta or CrmDeltaSection()
+def crm_section(ctx: ActionContext) -> Any:
+    """``[crm_delta]``, or the platform's defaults when it is absent (then the webhook secrets are missing)."""
+    return ctx.config.crm_delta or ctx.platform.crm.section()
 
 
-def cutoff_of(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
+def cutoff_of(ctx: ActionContext, section: Any) -> dt.datetime:
     """The backup's cutoff: from ``[crm_delta] cutoff``, else the journal of this run."""
     if section.cutoff is not None:
         return section.cutoff
@@ -39,37 +35,11 @@ def cutoff_of(ctx: ActionContext, section: CrmDeltaSection) -> dt.datetime:
     return cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=dt.timezone.utc)
 
 
-def _webhook(ctx: ActionContext, section: CrmDeltaSection, secret: str, portal: str, key: str) -> str:
-    """The webhook URL: the secret is either the whole URL or the code alone (then the URL is
-    built from ``[migration].portal``/``box_portal``)."""
-    value = ctx.secrets[secret].get_secret_value().strip()
-    if value.startswith(("http://", "https://")):
-        return value
-    if not portal:
-        raise ConfigError(ctx.config.source,
-                          [f"[migration].{key} is empty: the webhook code in [secrets.{secret}] needs the "
-                           "portal's address (or put the whole webhook URL into the secret)"])
-    return f"{portal.rstrip('/')}/rest/{section.webhook_user_id}/{value}/"
-
-
-def crm_clients(ctx: ActionContext, section: CrmDeltaSection | None = None, *,
-                budget=None) -> tuple[Bitrix24Client, Bitrix24Client]:
-    """The cloud's and the box's REST clients from ``[crm_delta]`` and its secrets.
+def crm_clients(ctx: ActionContext, section: Any = None, *, budget=None) -> tuple[Any, Any]:
+    """The cloud's and the box's CRM clients from ``[crm_delta]`` and its secrets.
     ``budget``: a :class:`connectors.budget.RequestBudget` both clients spend from."""
-    section = section or crm_section(ctx)
-    problems = [f"[secrets.{name}] is not defined ({what})"
-                for name, what in ((section.cloud_webhook_secret, "the cloud's webhook URL"),
-                                   (section.box_webhook_secret, "the box's webhook URL")) if name not in ctx.secrets]
-    if problems:
-        raise ConfigError(ctx.config.source, problems)
-    migration = ctx.config.migration
-    cloud_url = _webhook(ctx, section, section.cloud_webhook_secret, migration.portal, "portal")
-    box_url = _webhook(ctx, section, section.box_webhook_secret, migration.box_portal, "box_portal")
-    common = dict(timeout=section.timeout_s, max_attempts=section.max_attempts, max_wait_s=section.max_wait_s,
-                  budget=budget)
-    cloud = Bitrix24Client(cloud_url, rate=section.rate, burst=section.burst, name="the cloud portal", **common)
-    box = Bitrix24Client(box_url, rate=section.box_rate, burst=section.box_burst, name="the box portal", **common)
-    return cloud, box
+    return ctx.platform.crm.endpoints(section or crm_section(ctx), ctx.secrets, ctx.config.migration,
+                                      source=ctx.config.source, budget=budget)
 
 
 @register("transfer_crm_delta", requires=("crm_delta",))
@@ -84,6 +54,7 @@ def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
 
 def _transfer(ctx: ActionContext) -> ActionResult:
     section = crm_section(ctx)
+    crm = ctx.platform.crm
     cloud, box = crm_clients(ctx, section)
     cutoff = cutoff_of(ctx, section)
     # The map belongs to the box as restored for this run: a new run restores a new box. Within a run
@@ -93,10 +64,10 @@ def _transfer(ctx: ActionContext) -> ActionResult:
 
     t0 = time.monotonic()
     ctx.progress(0, None, "listing the cloud's records changed since the backup")
-    delta = export_delta(cloud, box, cutoff, entities=section.entities, detect_deleted=section.detect_deleted,
-                         progress=lambda n, msg: ctx.progress(n, None, f"export: {msg}"))
+    delta = crm.export(cloud, box, cutoff, entities=section.entities, detect_deleted=section.detect_deleted,
+                       progress=lambda n, msg: ctx.progress(n, None, f"export: {msg}"))
     out_dir = ctx.work_dir / "crm-delta"
-    files = write_csvs(delta, out_dir)
+    files = crm.write_review_files(delta, out_dir)
     ctx.journal.add_event(ctx.run_id, EventKind.CRM_DELTA_EXPORT,
                           f"delta since {cutoff.isoformat()}: {delta.records} records in {delta.seconds:.1f} s",
                           data={"cutoff": cutoff.isoformat(), "entities": delta.summary(),
@@ -107,11 +78,11 @@ def _transfer(ctx: ActionContext) -> ActionResult:
                               "records of the backup deleted in the cloud since: the customer decides "
                               "(nothing was deleted on the box)", data={"ids": deleted}, step_id=ctx.step_id)
 
-    user_map = map_users(cloud, box)
+    user_map = crm.map_users(cloud, box)
     t_import = time.monotonic()
-    report = import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
-                          use_batch_import=section.use_batch_import,
-                          progress=lambda d, t, msg: ctx.progress(d, t, f"import: {msg}"))
+    report = crm.import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
+                              use_batch_import=section.use_batch_import,
+                              progress=lambda d, t, msg: ctx.progress(d, t, f"import: {msg}"))
     import_s = time.monotonic() - t_import
     if report.fallback_users:
         ctx.journal.add_event(ctx.run_id, EventKind.CRM_FALLBACK_USERS,
@@ -124,7 +95,7 @@ def _transfer(ctx: ActionContext) -> ActionResult:
                               f"{sum(len(v) for v in twins.values())} cloud record(s) have twins on the box (an "
                               "earlier run wrote them twice); the first twin is kept in the map, the customer "
                               "decides about the others", data={"cloud_ids": twins}, step_id=ctx.step_id)
-    rec = reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id)
+    rec = crm.reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id)
     elapsed = time.monotonic() - t0
     evidence = {"cutoff": cutoff.isoformat(), "export": delta.summary(), "import": report.summary(),
                 "import_method": report.method, "reconciliation": rec.evidence(), "reconciliation_ok": rec.ok,

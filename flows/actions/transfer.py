@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from connectors.bitrix24.backup_source import Bitrix24BackupSource
 from connectors.errors import ConfigError, MigrationError
-from connectors.http_download import BackupSection, Progress, UrlListSource, transfer_backup
+from connectors.http_download import (BackupSection, BackupSource, Progress, UrlListSource, UrlsBackupSection,
+                                      transfer_backup)
 from connectors.ssh import RemoteHost
 from journal.events import EventKind
 from journal.counters import StepCounters
@@ -29,6 +29,13 @@ def _section(ctx: ActionContext) -> BackupSection:
     if ctx.config.backup is None:
         raise ConfigError(ctx.config.source, ["[backup] is missing: step 2.3 needs to know where the backup comes from"])
     return ctx.config.backup
+
+
+def _source(ctx: ActionContext, section: BackupSection, problems: list[str]) -> BackupSource | None:
+    """Plain part URLs, or else the platform's own delivery; None after appending to ``problems``."""
+    if isinstance(section, UrlsBackupSection):
+        return UrlListSource(section.part_urls, manifest=section.manifest_url or None)
+    return ctx.platform.delivery.source(section, ctx.secret_value, problems)
 
 
 class _EtaReporter:
@@ -67,9 +74,7 @@ def download_backup(ctx: ActionContext) -> ActionResult:
     """Download every backup part into the work directory, verify, repair, journal the evidence."""
     section = _section(ctx)
     problems: list[str] = []
-    if section.source == "bitrix24":
-        key = ctx.secret_value(section.licence_key_secret, problems, "the portal's licence key")
-        password = ctx.secret_value(section.password_secret, problems, "the backup password")
+    source = _source(ctx, section, problems)
     mirror = None
     if section.mirror is not None:
         m = section.mirror
@@ -78,16 +83,12 @@ def download_backup(ctx: ActionContext) -> ActionResult:
         mirror = lambda: RemoteHost.from_settings(m, password=ssh_password, key_passphrase=passphrase)  # noqa: E731
     if problems:
         raise ConfigError(ctx.config.source, problems)
-    if section.source == "bitrix24":
-        source = Bitrix24BackupSource(section.info_url, key, password)
-    else:
-        source = UrlListSource(section.part_urls, manifest=section.manifest_url or None)
     dest = section.dest_dir if Path(section.dest_dir).is_absolute() else Path(ctx.work_dir) / section.dest_dir
     reporter = _EtaReporter(ctx)
     ctx.logger.info("downloading the backup into %s with %d connection(s)%s", dest, section.download.connections,
                     "; corrupt parts are repaired from the SSH mirror" if mirror else "")
     try:
-        report = transfer_backup(source, dest, section.download, mirror=mirror,
+        report = transfer_backup(source, dest, section.download, fmt=ctx.platform.format, mirror=mirror,
                                  mirror_path=section.mirror.path if section.mirror else "", on_progress=reporter)
     except MigrationError as exc:
         ctx.journal.add_event(ctx.run_id, EventKind.DOWNLOAD_FAILED, exc.message,

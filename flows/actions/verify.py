@@ -1,6 +1,7 @@
 """Action ``verify_migration``: the post-migration checks (checklists/verify.toml) with whatever
-access the config gives — the portals' webhooks (``[crm_delta]``), the box's database over SSH
-(``[box_host]``), the box's HTTPS address (``[verify]``). What is missing is reported "not run".
+access the config gives — the portals' clients (``[crm_delta]``, built by the platform), the box's
+database over SSH (``[box_host]``), the box's HTTPS address (``[verify]``), the platform's own
+options. What is missing is reported "not run".
 
 The flow runs it before the steps marked ``verify = true`` (2.8, 2.9, 3.2) and shows the result in
 their prompts; it can also be a step's action of its own.
@@ -20,7 +21,7 @@ from journal.sweeps import quarantined
 from journal.verification import record_verification
 
 from . import ActionContext, ActionResult, register
-from .crm_delta import crm_clients, crm_section, cutoff_of
+from .crm_delta import crm_clients, cutoff_of
 
 
 def _delta_moved(ctx: ActionContext) -> bool:
@@ -36,13 +37,13 @@ def build_access(ctx: ActionContext, stack: contextlib.ExitStack) -> VerifyAcces
     section = cfg.verify
     post = cfg.post_restore
     box_portal = cfg.migration.box_portal
-    access = VerifyAccess(pull_options=dict(post.pull_options), network_auth_ids=list(post.network_auth_ids),
+    checks = ctx.platform.checks
+    access = VerifyAccess(options=checks.access_options(cfg) if checks else {},
                           cloud_apps=list(section.cloud_apps), timeout_s=section.timeout_s)
     if cfg.crm_delta is not None:
         try:
-            crm = crm_section(ctx)
-            access.cloud, access.box = crm_clients(ctx, crm)
-            access.cutoff = cutoff_of(ctx, crm)
+            access.cloud, access.box = crm_clients(ctx, cfg.crm_delta)
+            access.cutoff = cutoff_of(ctx, cfg.crm_delta)
         except ConfigError as exc:
             access.unavailable.update(cloud=exc.message, box=exc.message)
     if cfg.box_host is not None:
@@ -75,7 +76,7 @@ def verify(ctx: ActionContext):
     checks = load_checks(ctx.config.verify.path)
     with contextlib.ExitStack() as stack:
         access = build_access(ctx, stack)
-        result = run_checks(access, checks, skip=ctx.config.verify.skip,
+        result = run_checks(access, checks, platform=ctx.platform, skip=ctx.config.verify.skip,
                             progress=lambda n, total, name: ctx.progress(n, total, f"check {name}"))
     changes = record_verification(ctx.journal, ctx.run_id, result, step_id=ctx.step_id)
     for r in result.results:

@@ -9,12 +9,15 @@ machine's MariaDB reached the product's way (SSH to the sandbox box host, the re
 from __future__ import annotations
 
 import tomllib
+from types import SimpleNamespace
 
 import pytest
 
 from checklists.verify import VerifyAccess, load_checks, run_check, run_checks
+from connectors.bitrix24.platform import PLATFORM
+from connectors.bitrix24.post_restore import PostRestoreSection, run_fixes
 from connectors.bitrix24.rest import Bitrix24Client
-from connectors.box_host import BoxHost, BoxHostSection, PostRestoreSection, run_fixes
+from connectors.box_host import BoxHost, BoxHostSection
 from connectors.ssh import RemoteHost
 from journal.store import Journal
 from journal.triage import issues, open_fires
@@ -44,9 +47,10 @@ def sandbox(tmp_path_factory):
             box_host.sql(statement)
         section = BoxHostSection.model_validate(tomllib.loads("\n".join(box_host.toml_lines()))["box_host"])
         remote = RemoteHost.from_settings(section, password=None, key_passphrase=None)
-        host = BoxHost(section, remote, db_password=box_host.db_password)
+        host = BoxHost(section, remote, agent_source=PLATFORM.restore.agent_source, db_password=box_host.db_password)
+        settings = PostRestoreSection()
         with remote:
-            run_fixes(host.sql, PostRestoreSection(), domain=box_host.domain)
+            run_fixes(host.sql, settings, domain=box_host.domain)
             box_host.reindex_search()
             cloud = Bitrix24Client(pair.cloud_webhook, name="the cloud portal", timeout=30)
             box = Bitrix24Client(pair.box_webhook, name="the box portal", timeout=30)
@@ -55,7 +59,8 @@ def sandbox(tmp_path_factory):
                 box.call("user.add", {"EMAIL": u["EMAIL"], "NAME": u["NAME"], "LAST_NAME": u["LAST_NAME"],
                                       "UF_DEPARTMENT": [1]})
             access = VerifyAccess(cloud=cloud, box=box, box_sql=host.sql, https_url=web.url, ca_file=str(web.ca_file),
-                                  domain=box_host.domain, cloud_apps=sorted(SANDBOX_REST_APPS), cutoff=pair.cutoff)
+                                  domain=box_host.domain, cloud_apps=sorted(SANDBOX_REST_APPS), cutoff=pair.cutoff,
+                                  options=PLATFORM.checks.access_options(SimpleNamespace(post_restore=settings)))
             yield {"access": access, "pair": pair, "box_host": box_host, "web": web, "tmp": tmp}
 
 

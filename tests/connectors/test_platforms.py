@@ -65,18 +65,29 @@ from pathlib import Path
 from pydantic import BaseModel
 from connectors.platform import Platform
 
-class Section(BaseModel):
+from typing import Literal
+from pydantic import ConfigDict
+
+class Section(BaseModel):  # [crm_delta] and [post_restore]: tagged by the platform's name
+    model_config = ConfigDict(extra="forbid")
+    platform: Literal["fakecrm"] = "fakecrm"
     token_secret: str = "fake_token"
+
+class BackupSection(BaseModel):  # [backup]: tagged by its source
+    source: Literal["fakecrm"] = "fakecrm"
+    token_secret: str = "fake_token"
+    dest_dir: Path = Path("backup")
 
 class Format:
     header_len, header_members = 8, 1
+    size_field, count_field = "SIZE", "COUNT"
     def parse_header(self, head): return type("H", (), {"size": int(head), "last_part": None})()
     def part_number(self, name): return int(name.rsplit(".", 1)[1]) if name[-1].isdigit() else None
     def check_part_names(self, names): return []
     def check_part_count(self, names, last_part): return []
 
 class Delivery:
-    section = Section
+    section = BackupSection
     def source(self, section, secret, problems): return secret(section.token_secret, problems, "the token")
 
 class Restore:
@@ -118,6 +129,46 @@ def test_one_package_and_one_registry_line_make_a_platform(registry, tmp_path, m
     assert fake.error_codes.kind_of("SLOW") == "rate" and fake.events is None
     assert redact("GET https://crm.example.com/fake-api/s3cr3tToken/tickets") == \
         "GET https://crm.example.com/fake-api/***/tickets"
+
+
+def test_the_config_tells_the_platforms_sections_apart(tmp_path):
+    """With a second platform registered, [migration] platform picks its sections from the union
+    (a fresh interpreter: the config builds its unions from the registry when it is imported)."""
+    package = tmp_path / "fakecrm"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "platform.py").write_text(textwrap.dedent(FAKE))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from connectors import platforms
+        platforms._REGISTRY["fakecrm"] = "fakecrm.platform"
+        from connectors.errors import ConfigError
+        from flows.config import config_from_dict
+        def load(platform, **sections):
+            return config_from_dict({{"migration": {{"name": "t", "portal": "https://crm.example.com",
+                                                     "platform": platform}}, **sections}})
+        fake = load("fakecrm", crm_delta={{}}, backup={{}})
+        assert type(fake.crm_delta).__module__ == "fakecrm.platform", type(fake.crm_delta)
+        assert type(fake.backup).__name__ == "BackupSection" and fake.platform.name == "fakecrm"
+        assert type(fake.post_restore).__module__ == "fakecrm.platform"
+        default = load(platforms.DEFAULT, crm_delta={{}}, backup={{}})
+        assert type(default.crm_delta) is platforms.default().crm.section
+        assert type(default.backup) is platforms.default().delivery.section
+        try:
+            load("fakecrm", crm_delta={{"rate": 2}})
+        except ConfigError as exc:
+            assert "[crm_delta.rate]" in str(exc), exc  # the fake's section has no rate: no tag in the key
+        else:
+            raise AssertionError("another platform's key was accepted")
+        try:
+            load("fakecrm", crm_delta={{"platform": platforms.DEFAULT}})
+        except ConfigError as exc:
+            assert "does not fit [migration] platform = 'fakecrm'" in str(exc), exc
+        else:
+            raise AssertionError("another platform's section was accepted")
+        """)
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_platform_module_must_define_a_named_platform(registry, tmp_path, monkeypatch):

@@ -76,3 +76,34 @@ licence = { prefect_secret = "acme-licence" }
     assert "k9v2x7q4cloudcode" not in repr(values) and "k9v2x7q4cloudcode" not in str(config.snapshot())
     assert redact("url https://p.example/rest/1/k9v2x7q4cloudcode/crm.lead.list and LIC-0001-XYZ") == \
         "url https://p.example/rest/1/***/crm.lead.list and ***"
+
+
+def _config(**sections):
+    from flows.config import config_from_dict
+
+    return config_from_dict({"migration": {"name": "t", "portal": "https://crm.example.com", **sections.pop(
+        "migration", {})}, **sections}, source="t.toml")
+
+
+def test_the_platform_fills_in_its_sections():
+    """[migration] platform is said once: it tags the platform's sections and gives the box's layout."""
+    from connectors import platforms
+
+    platform = platforms.default()
+    config = _config(box_host={"host": "box.example.com", "username": "u", "site_root": "/srv/portal"}, crm_delta={})
+    assert config.platform is platform and config.migration.platform == platforms.DEFAULT
+    assert type(config.crm_delta) is platform.crm.section and config.crm_delta.platform == platform.name
+    assert type(config.post_restore) is platform.restore.post_restore_section
+    layout = platform.restore.box_defaults
+    assert config.box_host.site_root == "/srv/portal"  # what the file says wins
+    assert config.box_host.staging_dir == layout["staging_dir"]
+    assert (config.box_host.db.user, config.box_host.db.database) == (layout["db"]["user"], layout["db"]["database"])
+
+
+def test_an_unknown_platform_or_a_section_of_another_platform_is_refused():
+    with pytest.raises(ConfigError) as err:
+        _config(migration={"platform": "nosuchcrm"}, crm_delta={})
+    assert "nosuchcrm" in str(err.value) and "known:" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        _config(crm_delta={"platform": "nosuchcrm"})
+    assert "crm_delta" in str(err.value)

@@ -93,7 +93,7 @@ def test_host_steps_on_the_sandbox_box_host(tmp_path, box, caplog):
     assert after_reindex["search index"]["status"] == "ok"
     assert after_reindex["search index"]["before"] == f"{leads} indexed item(s)"
 
-    from tests.connectors.box_host.conftest import mariadb_connect
+    from tests.connectors.conftest import mariadb_connect
 
     conn = mariadb_connect(box.database)
     cur = conn.cursor()

@@ -103,13 +103,13 @@ def test_only_a_missing_run_means_no_cutoff_a_journal_outage_is_not_that(tmp_pat
 
 
 def test_a_failed_transfer_says_which_step_to_run_again(pair, tmp_path, monkeypatch):
-    import flows.actions.crm_delta as action
+    from connectors import platforms
 
     def box_down(*args, **kwargs):
         raise TransientError("box: lead writes kept failing with unknown outcome (8 rounds)",
                              fix="check the box's health")
 
-    monkeypatch.setattr(action, "import_delta", box_down)
+    monkeypatch.setattr(platforms.get("bitrix24").crm, "import_delta", box_down)
     journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
     run, _ = journal.open_run(name="acme", portal="http://127.0.0.1", mode="rehearsal", timezone="UTC",
                               config_snapshot={})

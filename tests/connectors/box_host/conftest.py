@@ -3,35 +3,11 @@ database on the machine's MariaDB per test."""
 
 from __future__ import annotations
 
-import uuid
-
-import pytest
-
+from connectors import platforms
 from connectors.box_host import BoxDbSettings, BoxHost, BoxHostSection, PreflightSettings
 from connectors.ssh import RemoteHost
 
-MARIADB = dict(host="127.0.0.1", port=3306, user="root", password="")
-
-
-def mariadb_connect(database: str | None = None):
-    pymysql = pytest.importorskip("pymysql")
-    try:
-        return pymysql.connect(**MARIADB, database=database, connect_timeout=5, autocommit=True)
-    except pymysql.err.OperationalError as exc:
-        pytest.skip(f"no MariaDB on 127.0.0.1:3306: {exc}")
-
-
-@pytest.fixture
-def db_name():
-    """A database name c2b_test_<random>; dropped afterwards (the restore creates it)."""
-    name = f"c2b_test_{uuid.uuid4().hex[:10]}"
-    conn = mariadb_connect()
-    try:
-        yield name
-    finally:
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
-
+AGENT_SOURCE = platforms.default().restore.agent_source  # the host is generic; the agent is the platform's
 
 def box_section(sshd, tmp, db_name: str = "c2b_unused", **kw) -> BoxHostSection:
     base = dict(host=sshd.host, port=sshd.port, username=sshd.username, key_file=sshd.key_file,
@@ -46,4 +22,4 @@ def box_section(sshd, tmp, db_name: str = "c2b_unused", **kw) -> BoxHostSection:
 
 def box_host(section: BoxHostSection, records: list | None = None, **kw) -> BoxHost:
     remote = RemoteHost.from_settings(section, on_command=records.append if records is not None else None)
-    return BoxHost(section, remote, **kw)
+    return BoxHost(section, remote, agent_source=AGENT_SOURCE, **kw)

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from connectors.box_host import LocalPart, UnsafeArchiveError, dump_order
+from connectors.bitrix24.backup_format import dump_order
+from connectors.box_host import LocalPart, UnsafeArchiveError
 from connectors.errors import AuthError, IntegrityError, TransientError
 from connectors.ssh import RemoteHost
 from sandbox.backup_maker import make_backup, tar_member, write_parts
+from tests.connectors.conftest import mariadb_connect
 
-from .conftest import box_host, box_section, mariadb_connect
+from .conftest import AGENT_SOURCE, box_host, box_section
 
 pytestmark = [pytest.mark.sshd, pytest.mark.mariadb]
 
@@ -148,7 +150,7 @@ def test_staging_detects_a_remote_hash_mismatch(sshd, tmp_path):
     from connectors.box_host import BoxHost
 
     with flaky, pytest.raises(IntegrityError, match=f"{bad.name} on the host has sha256") as info:
-        BoxHost(section, flaky).stage(local_parts(made))
+        BoxHost(section, flaky, agent_source=AGENT_SOURCE).stage(local_parts(made))
     assert "disk" in info.value.fix
 
 

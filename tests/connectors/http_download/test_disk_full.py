@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors import platforms
 from connectors.errors import FatalError
 from connectors.http_download import UrlListSource, transfer_backup
 from connectors.http_download import disk as disk_module
@@ -23,6 +24,7 @@ from sandbox.backup_server import BackupServer
 
 from .test_download import assert_same_backup, state_of
 
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 FIX = re.compile(r"free \d+\.\d [MG]iB on (\S+) or set \[backup\] dest_dir elsewhere, then re-run: "
                  r"verified parts and written chunks are kept")
 
@@ -105,7 +107,7 @@ def test_too_little_space_fails_before_the_first_byte(small_disk, server, backup
     small_disk.fill(leave=10 * 2**20)
     dest = small_disk.path / "backup"
     with pytest.raises(FatalError, match="not enough free space") as err:
-        transfer_backup(UrlListSource(server.part_urls()), dest, settings)
+        transfer_backup(UrlListSource(server.part_urls()), dest, settings, fmt=FMT)
     assert str(dest) in err.value.message and "64.0 MiB margin" in err.value.message
     assert FIX.search(err.value.fix)
     if small_disk.real:
@@ -126,7 +128,8 @@ def test_disk_full_mid_download_keeps_everything_and_resumes(small_disk, backup,
 
     with BackupServer(backup.directory, rate=256 * 1024) as server:  # slow enough to fill the disk mid-way
         with pytest.raises(FatalError) as err:
-            transfer_backup(UrlListSource(server.part_urls()), dest, settings, on_progress=fill_after_first_part)
+            transfer_backup(UrlListSource(server.part_urls()), dest, settings, fmt=FMT,
+                            on_progress=fill_after_first_part)
         assert small_disk.full and verified_when_full
         message, fix = err.value.message, err.value.fix
         assert message.startswith(f"cannot write {dest}/") and "No space left on device (ENOSPC)" in message
@@ -138,7 +141,7 @@ def test_disk_full_mid_download_keeps_everything_and_resumes(small_disk, backup,
         first_run = server.stats.body_bytes
 
         small_disk.release()
-        report = transfer_backup(UrlListSource(server.part_urls()), dest, settings)
+        report = transfer_backup(UrlListSource(server.part_urls()), dest, settings, fmt=FMT)
         sent = server.stats.body_bytes
     assert_same_backup(dest, backup)
     assert stamps(dest, verified_when_full) == verified_when_full
@@ -173,7 +176,7 @@ def test_disk_full_during_the_mirror_repair(small_disk, server, backup, settings
                                             key_file=sshd.key_file, known_hosts=sshd.known_hosts),
                   mirror_path=str(mirror_dir))
     with pytest.raises(FatalError) as err:
-        transfer_backup(UrlListSource(server.part_urls()), dest, settings, **mirror)
+        transfer_backup(UrlListSource(server.part_urls()), dest, settings, fmt=FMT, **mirror)
     tmp = dest / (bad.name + ".c2b-ssh")
     assert err.value.message.startswith(f"cannot write {tmp}: No space left on device")
     assert FIX.search(err.value.fix) and not thread_errors
@@ -181,7 +184,7 @@ def test_disk_full_during_the_mirror_repair(small_disk, server, backup, settings
     assert all(s["verified"] for n, s in state_of(dest).items() if n != bad.name)
     small_disk.release()
     monkeypatch.setattr(RemoteHost, "get", real_get)
-    report = transfer_backup(UrlListSource(server.part_urls()), dest, settings, **mirror)
+    report = transfer_backup(UrlListSource(server.part_urls()), dest, settings, fmt=FMT, **mirror)
     assert_same_backup(dest, backup)
     fixed = next(p for p in report.parts if p.name == bad.name)
     assert fixed.source == "ssh" and fixed.resumed_bytes > 0

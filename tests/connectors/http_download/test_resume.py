@@ -14,19 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from connectors import platforms
 from connectors.http_download import UrlListSource, transfer_backup
 from connectors.http_download.state import STATE_NAME
 from sandbox.backup_server import BackupServer
 
 from .test_download import assert_same_backup
 
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 ROOT = Path(__file__).resolve().parents[3]
 CHILD = """
 import json, sys
+from connectors import platforms
 from connectors.http_download import DownloadSettings, UrlListSource, transfer_backup
 urls, dest, chunk_mib, connections = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 transfer_backup(UrlListSource(urls), dest, DownloadSettings(connections=connections, chunk_mib=chunk_mib,
-                show_progress=False))
+                show_progress=False), fmt=platforms.get("bitrix24").format)
 """
 
 
@@ -67,7 +70,7 @@ def test_kill_9_and_restart_resumes(backup, settings, tmp_path, chunk_mibs):
                 if final.exists() and not state[part.name]["verified"]:
                     assert hashlib.sha256(final.read_bytes()).hexdigest() == part.sha256, part.name
         settings = settings.model_copy(update={"connections": connections, "chunk_mib": chunk_mibs[-1]})
-        report = transfer_backup(UrlListSource(urls), tmp_path, settings)
+        report = transfer_backup(UrlListSource(urls), tmp_path, settings, fmt=FMT)
         sent = server.stats.body_bytes
     assert_same_backup(tmp_path, backup)
     assert sum(p.resumed_bytes for p in report.parts) > 0

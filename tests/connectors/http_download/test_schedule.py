@@ -11,6 +11,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors import platforms
 from connectors.http_download import DownloadSettings, UrlListSource, transfer_backup
 from connectors.http_download.downloader import MIN_PIECE, Downloader, PartResult, _Job
 from connectors.http_download.source import RemotePart
@@ -19,6 +20,8 @@ from connectors.http_download.verify import PartVerifier
 from sandbox.backup_server import BackupServer
 
 from .test_download import assert_same_backup
+
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 
 MiB = 2**20
 
@@ -30,7 +33,7 @@ def jobs_for(sizes: list[int], chunk: int) -> list[_Job]:
         st_ = PartState.new(name, size, chunk)
         nowhere = Path("/nonexistent")
         jobs.append(_Job(RemotePart(name, size, "http://127.0.0.1:9/x"), st_, nowhere, nowhere, -1,
-                         PartVerifier(name, size), PartResult(name, size, "running")))
+                         PartVerifier(name, size, fmt=FMT), PartResult(name, size, "running")))
     return jobs
 
 
@@ -39,7 +42,7 @@ def jobs_for(sizes: list[int], chunk: int) -> list[_Job]:
        connections=st.sampled_from([1, 4, 8, 16, 64]))
 def test_work_tiles_every_part_once_and_the_tail_is_shared(tmp_path_factory, sizes, chunk_mib, connections):
     settings_ = DownloadSettings(connections=connections, chunk_mib=chunk_mib, show_progress=False)
-    downloader = Downloader(tmp_path_factory.mktemp("dl"), settings_)
+    downloader = Downloader(tmp_path_factory.mktemp("dl"), settings_, fmt=FMT)
     downloader._window = lambda: 10**9  # no verification here: never wait for a cursor
     jobs = jobs_for(sizes, settings_.chunk_size)
     issued: dict[str, list[tuple[int, int]]] = {j.remote.name: [] for j in jobs}
@@ -66,7 +69,7 @@ def test_work_tiles_every_part_once_and_the_tail_is_shared(tmp_path_factory, siz
 def test_pieces_are_put_together_in_order_before_the_chunk_is_returned(tmp_path):
     data = random.Random(5).randbytes(3 * MiB)
     settings_ = DownloadSettings(connections=8, chunk_mib=2, show_progress=False)
-    downloader = Downloader(tmp_path, settings_)
+    downloader = Downloader(tmp_path, settings_, fmt=FMT)
     job = jobs_for([len(data)], settings_.chunk_size)[0]
 
     def fake_range(session, job, start, end, blocks):
@@ -87,7 +90,7 @@ def test_download_with_a_shared_tail_is_exact(backup, tmp_path):
     """Chunks bigger than the pieces: the last chunks are fetched by several connections."""
     with BackupServer(backup.directory, rate=2 * MiB) as server:
         settings_ = DownloadSettings(connections=8, chunk_mib=1, show_progress=False, backoff_s=0.01)
-        report = transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings_)
+        report = transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings_, fmt=FMT)
         sent = server.stats.body_bytes
     assert all(p.status == "verified" for p in report.parts)
     assert_same_backup(tmp_path, backup)
@@ -102,7 +105,7 @@ def test_connections_finish_together(tmp_path_factory, sizes, connections):
     settings_ = DownloadSettings(connections=connections, show_progress=False)
     if sum(sizes) < 2 * connections * settings_.chunk_size:
         return
-    downloader = Downloader(tmp_path_factory.mktemp("dl"), settings_)
+    downloader = Downloader(tmp_path_factory.mktemp("dl"), settings_, fmt=FMT)
     downloader._window = lambda: 10**9
     jobs = jobs_for(sizes, settings_.chunk_size)
     now, running, idle_since = 0.0, [], {}

@@ -8,11 +8,14 @@ import os
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from connectors import platforms
 from connectors.errors import FatalError
 from connectors.http_download import UrlListSource, transfer_backup
 from connectors.http_download.state import STATE_NAME, PartState, StateFile
 
 from .test_download import assert_same_backup, state_of
+
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 
 KIB64 = 64 * 1024
 
@@ -98,7 +101,7 @@ def test_resume_with_another_chunk_size_keeps_what_is_on_disk(server, backup, se
                                                               new_kib):
     kept = _half_done(backup, tmp_path, old_kib * 1024, version)
     settings = settings.model_copy(update={"chunk_mib": new_kib / 1024})
-    report = transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings)
+    report = transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings, fmt=FMT)
     assert_same_backup(tmp_path, backup)
     part = report.parts[1]
     reused = _leftovers(part.name, part.size, old_kib * 1024).rechunk(new_kib * 1024).bytes_done()
@@ -109,11 +112,11 @@ def test_resume_with_another_chunk_size_keeps_what_is_on_disk(server, backup, se
 
 
 def test_lost_state_file_keeps_complete_parts(server, backup, settings, tmp_path):
-    transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings)
+    transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings, fmt=FMT)
     inodes = {p.name: os.stat(tmp_path / p.name).st_ino for p in backup.parts}
     (tmp_path / STATE_NAME).unlink()
     before = server.stats.body_bytes
-    report = transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings)
+    report = transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings, fmt=FMT)
     assert server.stats.body_bytes == before  # checked again from disk, nothing fetched
     assert [p.status for p in report.parts] == ["verified"] * len(backup.parts)
     assert {p.name: os.stat(tmp_path / p.name).st_ino for p in backup.parts} == inodes

@@ -10,12 +10,15 @@ import stat
 
 import pytest
 
+from connectors import platforms
 from connectors.errors import IntegrityError
 from connectors.http_download import UrlListSource, transfer_backup
 from connectors.ssh import RemoteHost
 from sandbox.backup_server import BackupServer
 
 from .test_download import assert_same_backup, sha256, state_of
+
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 
 LN_VALUE = 14  # bytes 12-13 of the first part are "LN", 14-15 the number of the last part
 
@@ -48,7 +51,7 @@ def mirror_dir(sshd, backup, tmp_path):
 def test_corrupt_ln_on_the_wire_is_a_corrupt_first_part(bare_server, backup, settings, tmp_path, offset):
     first = backup.parts[0].name
     bare_server.faults.corrupt_part(first, offsets=[offset], times=1)
-    report = transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings)
+    report = transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings, fmt=FMT)
     assert_same_backup(tmp_path, backup)
     assert report.repaired == [first] and report.last_part == len(backup.parts) - 1
     fixed = report.parts[0]
@@ -59,8 +62,8 @@ def test_corrupt_ln_on_the_wire_is_a_corrupt_first_part(bare_server, backup, set
 def test_ln_wrong_at_the_source_is_taken_from_the_mirror(bare_server, backup, settings, tmp_path, sshd, mirror_dir):
     first = backup.parts[0].name
     bare_server.faults.corrupt_part(first, offsets=[LN_VALUE])  # every HTTP copy carries it
-    report = transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings, mirror=lambda: host(sshd),
-                             mirror_path=str(mirror_dir))
+    report = transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings, fmt=FMT,
+                             mirror=lambda: host(sshd), mirror_path=str(mirror_dir))
     assert_same_backup(tmp_path, backup)
     assert report.repaired == [first] and report.parts[0].source == "ssh"
     assert "sha256-mirror" in report.parts[0].checks
@@ -70,7 +73,7 @@ def test_ln_that_two_copies_agree_on_means_an_incomplete_backup(bare_server, bac
     first = backup.parts[0].name
     bare_server.faults.corrupt_part(first, offsets=[LN_VALUE])  # 3 -> 252: both HTTP copies say 253 parts
     with pytest.raises(IntegrityError) as err:
-        transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings)
+        transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings, fmt=FMT)
     message = err.value.message
     assert "says there are 253 part(s); missing: " in message and "copies agree" in message
     missing = re.search(r"missing: ([^;]*)", message).group(1).split(", ")
@@ -87,7 +90,8 @@ def test_ln_that_no_two_copies_agree_on_is_a_corrupt_first_part(bare_server, bac
             bare_server.faults.corrupt_part(first.name, offsets=[first.size // 2])
 
     with pytest.raises(IntegrityError) as err:
-        transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings, on_progress=then_break_its_data)
+        transfer_backup(UrlListSource(bare_server.part_urls()), tmp_path, settings, fmt=FMT,
+                        on_progress=then_break_its_data)
     message = err.value.message
     assert message.startswith(f"backup part {first.name} is corrupt: its LN field") and "missing" not in message
     assert "the first download says 253 part(s); a second download is corrupt" in message
@@ -98,7 +102,7 @@ def test_ln_that_no_two_copies_agree_on_is_a_corrupt_first_part(bare_server, bac
 def test_short_list_confirmed_by_the_mirror_is_incomplete(server, backup, settings, tmp_path, sshd, mirror_dir):
     last = backup.parts[-1].name
     with pytest.raises(IntegrityError, match=r"missing: " + re.escape(last)) as err:
-        transfer_backup(UrlListSource(server.part_urls()[:-1]), tmp_path, settings, mirror=lambda: host(sshd),
+        transfer_backup(UrlListSource(server.part_urls()[:-1]), tmp_path, settings, fmt=FMT, mirror=lambda: host(sshd),
                         mirror_path=str(mirror_dir))
     assert "the mirror's copy says 4 part(s)" in err.value.message
     assert sha256(tmp_path / backup.parts[0].name) == backup.parts[0].sha256  # the agreed copy is kept
@@ -114,7 +118,7 @@ def test_every_bad_part_is_named_at_once(backup, settings, tmp_path):
     with BackupServer(served, rate=0) as server:
         urls = server.part_urls()[:-1]  # and the last part is not listed at all
         with pytest.raises(IntegrityError) as err:
-            transfer_backup(UrlListSource(urls), tmp_path / "dest", settings)
+            transfer_backup(UrlListSource(urls), tmp_path / "dest", settings, fmt=FMT)
     message = err.value.message
     assert message.startswith("3 problems")
     for name in truncated:
@@ -132,7 +136,7 @@ def test_corrupt_mirror_copy_is_named_as_the_mirrors(server, backup, settings, t
     data[bad.size // 2] ^= 0xFF
     (mirror_dir / bad.name).write_bytes(bytes(data))
     with pytest.raises(IntegrityError) as err:
-        transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings, mirror=lambda: host(sshd),
+        transfer_backup(UrlListSource(server.part_urls()), tmp_path, settings, fmt=FMT, mirror=lambda: host(sshd),
                         mirror_path=str(mirror_dir))
     where = f"{sshd.username}@{sshd.host}:{sshd.port}:{mirror_dir}/{bad.name}"
     assert f"the mirror's copy of {bad.name} ({where}) is corrupt too" in err.value.message
@@ -145,7 +149,7 @@ def test_everything_written_is_private(server, backup, settings, tmp_path, sshd,
     server.faults.corrupt_part(bad.name)  # repaired over SSH in both runs below
     mirror = dict(mirror=lambda: host(sshd), mirror_path=str(mirror_dir))
     fresh = tmp_path / "new" / "backup"  # created by the download
-    report = transfer_backup(UrlListSource(server.part_urls()), fresh, settings, **mirror)
+    report = transfer_backup(UrlListSource(server.part_urls()), fresh, settings, fmt=FMT, **mirror)
     assert report.repaired == [bad.name]
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in fresh.iterdir()}
@@ -155,7 +159,7 @@ def test_everything_written_is_private(server, backup, settings, tmp_path, sshd,
     old.mkdir(mode=0o755)
     (old / (bad.name + ".c2b-ssh")).write_bytes(bad.path.read_bytes()[: bad.size // 2])
     (old / (bad.name + ".c2b-ssh")).chmod(0o644)
-    report = transfer_backup(UrlListSource(server.part_urls()), old, settings, **mirror)
+    report = transfer_backup(UrlListSource(server.part_urls()), old, settings, fmt=FMT, **mirror)
     assert report.parts[1].source == "ssh" and report.parts[1].resumed_bytes == bad.size // 2
     assert_same_backup(old, backup)
     assert {stat.S_IMODE(p.stat().st_mode) for p in old.iterdir()} == {0o600}

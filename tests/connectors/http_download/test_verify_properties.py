@@ -21,10 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors import platforms
 from connectors.errors import IntegrityError
 from connectors.http_download import verify
 from connectors.http_download.verify import MEMORY_BOUND, PartVerifier
 
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 MiB = 2**20
 PROPERTY = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -120,7 +122,8 @@ def inflater(request, monkeypatch):
 def test_good_parts_verify_in_any_chunk_schedule(inflater, part, schedule):
     data, content, members, last_part = part
     seen = []
-    res = feed(PartVerifier("p.tar.gz", len(data), sha256=hashlib.sha256(data).hexdigest(), on_header=seen.append),
+    res = feed(PartVerifier("p.tar.gz", len(data), fmt=FMT, sha256=hashlib.sha256(data).hexdigest(),
+                            on_header=seen.append),
                data, schedule)
     assert res.data_size == len(content) == res.header.size
     assert res.header.last_part == last_part
@@ -141,7 +144,7 @@ def test_a_corrupted_byte_is_caught_unless_it_changes_nothing(part, schedule, wh
     bad = bytes(bad)
     seen = []
     try:
-        res = feed(PartVerifier("p.tar.gz", len(bad), on_header=seen.append), bad, schedule)
+        res = feed(PartVerifier("p.tar.gz", len(bad), fmt=FMT, on_header=seen.append), bad, schedule)
     except IntegrityError as exc:
         assert "p.tar.gz" in exc.message
         assert seen == []  # a header is never reported from a part that failed
@@ -152,7 +155,7 @@ def test_a_corrupted_byte_is_caught_unless_it_changes_nothing(part, schedule, wh
     assert res.data_size == len(content)
     # With a manifest the same byte is caught.
     with pytest.raises(IntegrityError, match="sha256"):
-        feed(PartVerifier("p.tar.gz", len(bad), sha256=hashlib.sha256(data).hexdigest()), bad, schedule)
+        feed(PartVerifier("p.tar.gz", len(bad), fmt=FMT, sha256=hashlib.sha256(data).hexdigest()), bad, schedule)
 
 
 @PROPERTY
@@ -168,7 +171,7 @@ def test_covered_bytes_always_fail_and_uncovered_ones_pass(part, where):
     pos = int(where * len(data))
     bad = bytearray(data)
     bad[pos] ^= 0xFF
-    verifier = PartVerifier("p.tar.gz", len(bad))
+    verifier = PartVerifier("p.tar.gz", len(bad), fmt=FMT)
     if pos in uncovered:
         assert feed(verifier, bytes(bad), [64 * 1024]).data_size == len(content)
     elif 16 <= pos < 22 or pos < 4 or pos in {s + i for s in starts for i in range(4)}:
@@ -182,7 +185,7 @@ def test_truncated_or_padded_parts_fail(part, where, schedule):
     data, _, members, _ = part
     cut = data[:int(where * len(data))]
     with pytest.raises(IntegrityError, match="short part"):
-        feed(PartVerifier("p", len(data)), cut, schedule)
+        feed(PartVerifier("p", len(data), fmt=FMT), cut, schedule)
     ends, offset = [], len(data) - sum(map(len, members))
     for m in members:
         offset += len(m)
@@ -192,10 +195,10 @@ def test_truncated_or_padded_parts_fail(part, where, schedule):
         zlib.decompress(m, 31) == b"" for end, m in ends if end > len(cut))
     if cut and not whole:
         with pytest.raises(IntegrityError):  # told the short length: the gzip stream or BX gives it away
-            feed(PartVerifier("p", len(cut)), cut, schedule)
+            feed(PartVerifier("p", len(cut), fmt=FMT), cut, schedule)
     padded = data + bytes(int(where * 600) + 1)  # trailing zeros are not a gzip member
     with pytest.raises(IntegrityError):
-        feed(PartVerifier("p", len(padded)), padded, schedule)
+        feed(PartVerifier("p", len(padded), fmt=FMT), padded, schedule)
 
 
 @pytest.mark.timeout(120)  # the old verifier spun here forever
@@ -207,7 +210,7 @@ def test_256_mib_of_zeros_in_16_mib_chunks_ends_in_bounded_memory(inflater):
     body = b"".join(comp.compress(bytes(MiB)) for _ in range(size // MiB)) + comp.flush()
     data = header_member(size + 4) + body + gzip_member(b"tail", 6, False, 0)
     chunks = [data[i:i + 16 * MiB] for i in range(0, len(data), 16 * MiB)]
-    verifier = PartVerifier("zeros.tar.gz", len(data))
+    verifier = PartVerifier("zeros.tar.gz", len(data), fmt=FMT)
     tracemalloc.start()
     try:
         for chunk in chunks:
@@ -226,7 +229,7 @@ def test_memory_stays_bounded_with_a_member_ending_in_every_inflate_step():
     steps that inflated the full output step."""
     one = gzip_member(bytes(3 * MiB), 9, False, 0)
     data = header_member(200 * 3 * MiB) + one * 200
-    verifier = PartVerifier("p", len(data))
+    verifier = PartVerifier("p", len(data), fmt=FMT)
     tracemalloc.start()
     try:
         for i in range(0, len(data), 16 * MiB):

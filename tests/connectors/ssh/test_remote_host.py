@@ -8,11 +8,14 @@ import os
 
 import pytest
 
+from connectors import platforms
 from connectors.errors import AuthError
 from connectors.http_download import UrlListSource, transfer_backup
 from connectors.ssh import RemoteHost
 from sandbox.backup_maker import make_backup
 from sandbox.backup_server import BackupServer
+
+FMT = platforms.get("bitrix24").format  # the sandbox makes its backups in this platform's format
 
 pytestmark = pytest.mark.sshd
 
@@ -66,7 +69,7 @@ def test_corrupt_part_is_repaired_from_a_real_sshd_mirror(sshd, tmp_path):
     settings = DownloadSettings(connections=3, chunk_mib=0.125, show_progress=False, backoff_s=0.01)
     with BackupServer(made.directory, rate=0) as server:
         server.faults.corrupt_part(bad.name)
-        report = transfer_backup(UrlListSource(server.part_urls()), dest, settings,
+        report = transfer_backup(UrlListSource(server.part_urls()), dest, settings, fmt=FMT,
                                  mirror=lambda: host(sshd), mirror_path=str(mirror_dir))
     fixed = next(p for p in report.parts if p.name == bad.name)
     assert report.repaired == [bad.name] and fixed.source == "ssh"

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.box_host import LocalPart, PostRestoreSection, dump_order, run_fixes
-from connectors.errors import ConfigError, IntegrityError
+from connectors.bitrix24.backup_format import dump_order
+from connectors.bitrix24.post_restore import PostRestoreSection, run_fixes
+from connectors.box_host import LocalPart
 from connectors.box_host.post_restore import domain_of
+from connectors.errors import ConfigError, IntegrityError
 from sandbox.backup_maker import make_backup
-
-from .conftest import box_host, box_section
+from tests.connectors.box_host.conftest import box_host, box_section
 
 pytestmark = [pytest.mark.sshd, pytest.mark.mariadb]
 
