@@ -1,6 +1,6 @@
 """Benchmark of the restore agent on this machine against GNU tar on the same parts.
 
-The agent (``connectors/bitrix24/restore_agent.py``) runs as the box host runs it: the host's
+The agent (``connectors/bitrix24/agent/restore_agent.py``) runs as the box host runs it: the host's
 ``python3`` (stdlib only; ``--python``), one JSON request on stdin, the parts of a sandbox backup
 (:func:`sandbox.backup_maker.make_backup`) restored into an empty directory, every check on
 (gzip CRC and sizes, tar checksums, path walk by descriptors, temp file + rename, final sync).
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox.backup_maker import make_backup  # noqa: E402
 
-AGENT = ROOT / "connectors" / "bitrix24" / "restore_agent.py"
+AGENT = ROOT / "connectors" / "bitrix24" / "agent" / "restore_agent.py"
 MiB = 2**20
 PASSWORD = "bench password"
 

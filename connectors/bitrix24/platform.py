@@ -61,7 +61,7 @@ class _Delivery:
 
 
 class _Restore:
-    agent_source = Path(__file__).with_name("restore_agent.py")
+    agent_source = Path(__file__).parent / "agent" / "restore_agent.py"
     dump_hint = "bitrix/backup/*.sql"
     post_restore_section = portal_fixes.PostRestoreSection
 

@@ -8,7 +8,7 @@ import os
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from connectors.bitrix24.restore_agent import _KNOWN, Blowfish
+from connectors.bitrix24.agent.restore_agent import _KNOWN, Blowfish
 
 try:
     from cryptography.hazmat.decrepit.ciphers.algorithms import Blowfish as OpenSslBlowfish

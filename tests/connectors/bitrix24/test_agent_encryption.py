@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.bitrix24 import restore_agent as agent
+from connectors.bitrix24.agent import restore_agent as agent
 from sandbox.backup_maker import make_backup
 
 AGENT = Path(agent.__file__)

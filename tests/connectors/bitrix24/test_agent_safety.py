@@ -42,7 +42,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from connectors.bitrix24 import restore_agent as agent
+from connectors.bitrix24.agent import restore_agent as agent
 from sandbox.backup_maker import write_parts
 
 MTIME = 1_700_000_000

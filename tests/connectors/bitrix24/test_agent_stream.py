@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.bitrix24 import restore_agent as agent
+from connectors.bitrix24.agent import restore_agent as agent
 from sandbox.backup_maker import write_parts
 
 MiB = 2**20
