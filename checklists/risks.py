@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from connectors.outputs import Markdown
+
 from .runbook import Owner
 from .toml_model import load_model, require_unique_ids
 
@@ -51,8 +53,8 @@ class RiskRegister(BaseModel):
         by :func:`journal.risks.risk_register_markdown`."""
         statuses = statuses or {}
         return [{"id": r.id, "risk": r.title, "owner": r.owner, "likelihood": r.likelihood, "impact": r.impact,
-                 "mitigation": r.mitigation or ("**NONE — needs the customer's acceptance**" if r.needs_acceptance
-                                                else "none"),
+                 "mitigation": r.mitigation or (Markdown("**NONE — needs the customer's acceptance**")
+                                                if r.needs_acceptance else "none"),
                  "verified_by": r.verified_by, "status": statuses.get(r.id, "open")} for r in self.risks]
 
 def load_risks(path: str | Path = RISKS_PATH) -> RiskRegister:

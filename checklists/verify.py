@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from connectors import platforms
 from connectors.box_host.post_restore import Sql
 from connectors.errors import MigrationError
+from connectors.outputs import Markdown, markdown_text
 from connectors.platform import CheckNotRun, Platform
 from connectors.secrets import redact
 
@@ -153,8 +154,9 @@ class Verification:
         """One row per check for a table (``check``, ``result``, ``severity``, ``finding``);
         rendered by :func:`journal.verification.verification_markdown`."""
         return [{"check": r.id, "result": _MARKS[r.status], "severity": r.severity,
-                 "finding": (r.summary + (f" — *fix:* {r.fix}" if r.status == "failed" and r.fix else ""))
-                 .replace("|", "/")} for r in self.results]
+                 "finding": Markdown(markdown_text(r.summary) + (f" — *fix:* {markdown_text(r.fix)}"
+                                                                 if r.status == "failed" and r.fix else ""))}
+                for r in self.results]
 
 
 def run_checks(access: VerifyAccess, checks: CheckList | None = None, *, platform: Platform | None = None,

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from connectors.outputs import write_private_text
 from flows.sandbox_services import start_sandbox
 from journal.events import EventKind
 
@@ -215,7 +216,7 @@ def _print_forecast_vs_actual(journal, cutover_run_id: str, out: Path) -> None:
         lines.append(f"| {r['step']} | {r['kind']} | {human_duration(r['p50_s'])} | {human_duration(r['p90_s'])} | "
                      f"{human_duration(r['actual_s'])} | {err} |")
     text = f"# Cutover: forecast (from rehearsal {forecast.rehearsal_run_id}) vs actual\n\n" + "\n".join(lines) + "\n"
-    (out / "forecast-vs-actual.md").write_text(text, encoding="utf-8")
+    write_private_text(out / "forecast-vs-actual.md", text)
     print("\ncutover forecast vs actual (automated steps; all steps in forecast-vs-actual.md):")
     for r in rows:
         if r["kind"] == "automated":

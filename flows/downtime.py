@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from prefect.flow_runs import pause_flow_run
 
 from connectors.errors import GateRejected
+from connectors.outputs import write_private_text
 from flows.forms import RollbackDecision
 from journal import ladder
 from journal.configuration import resolve_notice_urls
@@ -91,9 +92,7 @@ class DowntimeWatcher:
             elif action.level == "data-return":
                 plan = ladder.data_return_plan(self.journal, self.run_id, now=now,
                                                workaround=self.notifier.section.workaround)
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                path = self.out_dir / f"data-return-plan-{self.run_id}.md"
-                path.write_text(plan.to_markdown(), encoding="utf-8")
+                path = write_private_text(self.out_dir / f"data-return-plan-{self.run_id}.md", plan.to_markdown())
                 ladder.record_fired(self.journal, self.run_id, action, f"data-return plan written to {path.name}",
                                     data={"file": str(path)})
             # "decision" is a pause: the flow asks it between steps (decision_due)

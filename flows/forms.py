@@ -1,32 +1,61 @@
-"""The typed forms a person fills in the Prefect UI when a run pauses."""
+"""The typed forms a person fills in the Prefect UI when a run pauses.
+
+Every text field carries its limits in the model's JSON schema (``maxLength``, ``pattern``): the
+Prefect server validates a resume against that schema, so the UI refuses a bad answer while the
+person is still at the form, and whatever it accepts fits the journal on SQLite and PostgreSQL
+(names ≤ 120 characters, an issue line ≤ 500, no NUL or other control character, no bidi override
+that makes text read differently from what it is, a name not blank).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from prefect.input import RunInput
 
 from checklists.runbook import OWNER_LABELS, Phase, Step
 
 
-class ManualStepInput(RunInput):
+# characters no answer may hold: C0/C1 controls and the bidi embeddings, overrides and isolates;
+# one-line fields refuse tab and newlines too. Written for both regex dialects that read them:
+# ECMAScript (the UI, jsonschema on the server) and Python's re (pydantic, regex_engine below).
+_BAD = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069"
+_BAD_IN_LINE = _BAD + "\\t\\n\\r"
+NAME_PATTERN = f"^(?=.*\\S)[^{_BAD_IN_LINE}]*$"
+TEXT_PATTERN = f"^[^{_BAD}]*$"
+LINES_PATTERN = f"^(?:[^{_BAD}\\n]{{0,500}}\\n)*[^{_BAD}\\n]{{0,500}}$"  # each line ≤ 500 (an issue title)
+LINK_PATTERN = f"^(?:https?://[^{_BAD_IN_LINE} ]+)?$"
+
+Name = Annotated[str, Field(min_length=1, max_length=120, pattern=NAME_PATTERN)]
+Text = Annotated[str, Field(max_length=4000, pattern=TEXT_PATTERN)]
+IssueLines = Annotated[str, Field(max_length=4000, pattern=LINES_PATTERN)]
+Link = Annotated[str, Field(max_length=500, pattern=LINK_PATTERN)]
+
+
+class _Form(RunInput):
+    model_config = ConfigDict(regex_engine="python-re")  # the patterns use a look-ahead
+
+
+class ManualStepInput(_Form):
     """Confirmation of a manual runbook step."""
 
     done: bool = Field(default=False, description="Tick when the step is done. Leave unticked to report it as NOT done (the run stops here).")
-    done_by: str = Field(min_length=1, description="Your full name: who did the step")
-    notes: str = Field(default="", description="What was done, problems met, anything the auditor should know")
-    evidence_link: str = Field(default="", description="Link to evidence (ticket, screenshot, document), if any")
-    issues: str = Field(default="", description="Problems found, one per line (they are triaged: fire / emergency / sla)")
+    done_by: Name = Field(description="Your full name: who did the step")
+    notes: Text = Field(default="", description="What was done, problems met, anything the auditor should know")
+    evidence_link: Link = Field(default="", description="Link (https://…) to evidence (ticket, screenshot, "
+                                                         "document), if any")
+    issues: IssueLines = Field(default="", description="Problems found, one per line of at most 500 characters "
+                                                        "(they are triaged: fire / emergency / sla)")
 
 
-class GateSignOff(RunInput):
+class GateSignOff(_Form):
     """A customer's sign-off of a phase."""
 
-    signer: str = Field(min_length=1, description="Your full name")
-    role: str = Field(min_length=1, description="Your role at the customer, e.g. Head of Sales, IT Director")
+    signer: Name = Field(description="Your full name")
+    role: Name = Field(description="Your role at the customer, e.g. Head of Sales, IT Director")
     decision: Literal["approve", "reject"] = Field(description="approve: the next phase may start; reject: the run stops here")
-    comment: str = Field(default="", description="Why, and any conditions")
+    comment: Text = Field(default="", description="Why, and any conditions")
 
 
 class GateSignOffAcceptingRisks(GateSignOff):
@@ -38,14 +67,14 @@ class GateSignOffAcceptingRisks(GateSignOff):
                     "Approval is not taken without it.")
 
 
-class RollbackDecision(RunInput):
+class RollbackDecision(_Form):
     """The customer's decision when the user downtime passes the ladder's decision threshold."""
 
-    decided_by: str = Field(min_length=1, description="Your full name")
-    role: str = Field(min_length=1, description="Your role at the customer")
+    decided_by: Name = Field(description="Your full name")
+    role: Name = Field(description="Your role at the customer")
     decision: Literal["continue", "roll-back"] = Field(
         description="continue: go on with the move; roll-back: users go back to the cloud portal now")
-    comment: str = Field(default="", description="Why")
+    comment: Text = Field(default="", description="Why")
 
 
 def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int, extra_sections: list[str] = ()) -> str:

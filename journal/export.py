@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from connectors.outputs import markdown_text, write_csv, write_private_text
+
 from .models import StepExecution
 from .store import Journal
 
@@ -17,28 +19,6 @@ COLUMNS = [
     "planned_start_utc", "planned_end_utc", "planned_min", "actual_start_utc", "actual_end_utc", "actual_min",
     "over_plan_min", "downtime", "notes", "error", "evidence", "counters",
 ]
-
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_cell(value):
-    """Make a CSV cell inert in spreadsheets: text starting with = + - @ gets a leading apostrophe.
-
-    Plain numbers stay numbers (a negative count is not a formula).
-    """
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
-
-
-def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` with every text cell neutralised against formula injection."""
-    return df.map(neutralise_cell)
-
 
 def _iso(t: dt.datetime | None) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else ""
@@ -70,12 +50,12 @@ def journal_frame(journal: Journal, run_id: str) -> pd.DataFrame:
 
 
 def markdown_table(rows: list[dict], columns: list[str] | dict[str, str]) -> str:
-    """A GitHub-flavoured Markdown table (pipes escaped, newlines flattened), each line ending in a newline.
+    """A GitHub-flavoured Markdown table, each line ending in a newline; every cell is inert text
+    (:func:`connectors.outputs.markdown_text`: one line, pipes, HTML and Markdown escaped).
 
     ``columns``: the keys of ``rows`` to show, in order; a dict maps each key to its heading.
     """
-    def cell(v) -> str:
-        return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+    cell = markdown_text
 
     headings = columns if isinstance(columns, dict) else {c: c for c in columns}
     head = "| " + " | ".join(headings.values()) + " |\n|" + "---|" * len(headings) + "\n"
@@ -105,7 +85,7 @@ def render_markdown(journal: Journal, run_id: str) -> str:
         f"# Migration journal — {run.name} ({run.mode})",
         "",
         f"- Run: `{run.id}` · portal {run.portal} · status **{run.status}**"
-        + (f" — {run.status_detail}" if run.status_detail else ""),
+        + (f" — {markdown_text(run.status_detail)}" if run.status_detail else ""),
         f"- Started {_iso(run.created_at)} UTC ({run.created_at.astimezone(tz):%Y-%m-%d %H:%M} {run.timezone})"
         + (f", ended {_iso(run.ended_at)} UTC" if run.ended_at else ""),
         f"- Attempts (runs of the flow): {run.attempts}",
@@ -129,8 +109,5 @@ def render_markdown(journal: Journal, run_id: str) -> str:
 def export_run(journal: Journal, run_id: str, out_dir: str | Path) -> dict[str, Path]:
     """Write journal.csv (one row per step execution) and journal.md; return their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "journal.csv", out / "journal.md"
-    safe_frame(journal_frame(journal, run_id)).to_csv(csv_path, index=False, encoding="utf-8")
-    md_path.write_text(render_markdown(journal, run_id), encoding="utf-8")
-    return {"csv": csv_path, "markdown": md_path}
+    return {"csv": write_csv(journal_frame(journal, run_id), out / "journal.csv"),
+            "markdown": write_private_text(out / "journal.md", render_markdown(journal, run_id))}

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
+from connectors.outputs import write_private_text
 from connectors.secrets import redact
 
 from .configuration import TEMPLATES_DIR, NoticesSection
@@ -178,11 +179,9 @@ class Notifier:
         notice = self.render(kind, **values)
         result = NoticeResult(notice, next_update_at=values.get("next_update_at"))
         if self.section.dry_run:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            n = len(list(self.out_dir.glob("*.md"))) + 1
-            path = self.out_dir / f"{n:03d}-{now:%Y%m%dT%H%M%SZ}-{kind}.md"
-            path.write_text(f"# {notice.title}\n\n{notice.body}", encoding="utf-8")
-            result.file = path
+            n = len(list(self.out_dir.glob("*.md"))) + 1 if self.out_dir.exists() else 1
+            result.file = write_private_text(self.out_dir / f"{n:03d}-{now:%Y%m%dT%H%M%SZ}-{kind}.md",
+                                             f"# {notice.title}\n\n{notice.body}")
         else:
             for url in self.urls:
                 label = target_label(url)

@@ -30,7 +30,9 @@ from .chain import verify_run
 from .charts import data_uri, gantt_png, throughput_png
 from .configuration import TEMPLATES_DIR
 from .events import EventKind
-from .export import downtime_window, journal_frame, markdown_table, safe_frame
+from connectors.outputs import markdown_text as md, write_csv, write_private_text
+
+from .export import downtime_window, journal_frame, markdown_table
 from .forecast import compare, human_duration, recorded_forecast
 from .models import utcnow
 from .sweeps import sweep_totals
@@ -191,8 +193,8 @@ def render_markdown(context: dict) -> str:
     chain = context["chain"]
     down = context["downtime"]
     out = [f"# Migration report — {run.name} ({run.mode})", "",
-           f"- Run `{run.id}` · portal {run.portal} · mode **{run.mode}** · status **{run.status}**"
-           + (f" — {run.status_detail}" if run.status_detail else ""),
+           f"- Run `{run.id}` · portal {md(run.portal)} · mode **{run.mode}** · status **{run.status}**"
+           + (f" — {md(run.status_detail)}" if run.status_detail else ""),
            f"- Window: {both(context['window'][0])} → {both(context['window'][1])}",
            f"- Backup cutoff: {both(run.cutoff)}",
            f"- User downtime ({down['start_step'] or '?'} → {down['end_step'] or '?'}): {both(down['start'])} → "
@@ -200,7 +202,7 @@ def render_markdown(context: dict) -> str:
            f"- Journal integrity: {chain.status.upper()} — {chain.entries} chained entries, "
            f"head hash `{chain.head_hash}`"]
     if chain.status == "tampered":
-        out += [f"  - {p.message}" for p in chain.problems]
+        out += [f"  - {md(p.message)}" for p in chain.problems]
     cols = ["step", "title", "owner", "actor", "planned_start_utc", "planned_min", "actual_start_utc",
             "actual_end_utc", "actual_min", "outcome", "deviation", "evidence"]
     for phase in context["phases"]:
@@ -213,10 +215,10 @@ def render_markdown(context: dict) -> str:
                  "evidence": "; ".join(f"{k}: {v}" for k, v in s.evidence)} for s in phase["steps"]]
         out += ["", f"## Phase {phase['number']}", "", markdown_table(rows, cols)]
         for so in phase["signoffs"]:
-            out.append(f"- Sign-off: **{so.decision}** by {so.signer} ({so.role}) at {both(so.signed_at)}"
-                       + (f" — {so.comment}" if so.comment else ""))
+            out.append(f"- Sign-off: **{so.decision}** by {md(so.signer)} ({md(so.role)}) at {both(so.signed_at)}"
+                       + (f" — {md(so.comment)}" if so.comment else ""))
     out += ["", "## Deviations", ""]
-    out += [f"- {s.step_id} {s.title}: " + (f"failed — {s.error}" if s.outcome == "failed" else
+    out += [f"- {s.step_id} {s.title}: " + (f"failed — {md(s.error)}" if s.outcome == "failed" else
             f"{human_duration(s.actual_s)} against {human_duration(s.planned_s)} planned (+{human_duration(s.over_s)})")
             for s in context["deviations"]] or ["- none"]
     out += ["", "## Issues", ""]
@@ -236,7 +238,7 @@ def render_markdown(context: dict) -> str:
                 f"- {sw['count']} sweep(s): {sw['created']} created and {sw['updated']} updated on the box, "
                 f"{sw['echoes_skipped']} echo(es) of our own writes skipped, {sw['requests']} request(s), "
                 f"{sw['stopped']} stopped by a request budget"]
-        out += [f"- still in the cloud: {p['name']} ({p.get('email', '')}), {p['records']} record(s)"
+        out += [f"- still in the cloud: {md(p['name'])} ({md(p.get('email', ''))}), {p['records']} record(s)"
                 for p in sw["stragglers"]]
         out += [f"- quarantined: {q['entity']} {q['cloud_id']} ({q['changes']} changes)" for q in sw["quarantined"]]
     if context["forecast_rows"]:
@@ -247,43 +249,39 @@ def render_markdown(context: dict) -> str:
             ["step", "title", "kind", "p50", "p90", "actual", "error"])]
     if context["notices"]:
         out += ["", "## Notices", ""]
-        out += [f"- {_t(n.at)} UTC — {n.message}" for n in context["notices"]]
+        out += [f"- {_t(n.at)} UTC — {md(n.message)}" for n in context["notices"]]
     return "\n".join(out) + "\n"
 
 
 # -- files --------------------------------------------------------------------------------------
 
-def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    return safe_frame(pd.DataFrame(rows, columns=columns))
+SIGNOFF_COLUMNS = ["phase", "signer", "role", "decision", "signed_at_utc", "comment"]
+ISSUE_COLUMNS = ["id", "severity", "status", "step", "title", "detail", "reported_by", "at_utc", "source",
+                 "resolved_by", "resolved_at_utc", "resolution", "root_cause"]
 
 
 def write_report(journal, run_id: str, out_dir: str | Path) -> dict[str, Path]:
-    """``cloud2box report --run ID --out DIR``: write report.html, report.md and CSV files.
+    """``cloud2box report --run ID --out DIR``: write report.html, report.md and CSV files (each
+    0600, cells neutralised).
 
     Returns the paths: ``html``, ``markdown``, ``steps_csv``, ``signoffs_csv``, ``issues_csv``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     context = build_context(journal, run_id)
-    paths = {"html": out / "report.html", "markdown": out / "report.md", "steps_csv": out / "steps.csv",
-             "signoffs_csv": out / "signoffs.csv", "issues_csv": out / "issues.csv"}
-    paths["html"].write_text(render_html(context), encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(context), encoding="utf-8")
     steps = journal_frame(journal, run_id)
     steps["deviation"] = [("failed" if s.outcome == "failed" else "over plan") if s.deviation else ""
                           for s in context["steps"]]
-    safe_frame(steps).to_csv(paths["steps_csv"], index=False, encoding="utf-8")
-    _frame([{"phase": s.phase, "signer": s.signer, "role": s.role, "decision": s.decision,
-             "signed_at_utc": _t(s.signed_at), "comment": s.comment or ""} for s in context["signoffs"]],
-           ["phase", "signer", "role", "decision", "signed_at_utc", "comment"]
-           ).to_csv(paths["signoffs_csv"], index=False, encoding="utf-8")
-    _frame([{"id": i.id, "severity": i.severity, "status": i.status, "step": i.step_id or "", "title": i.title,
-             "detail": i.detail or "", "reported_by": i.reported_by, "at_utc": _t(i.at), "source": i.source,
-             "resolved_by": i.resolved_by or "", "resolved_at_utc": _t(i.resolved_at), "resolution": i.resolution or "",
-             "root_cause": i.root_cause or ""} for i in context["issues"]],
-           ["id", "severity", "status", "step", "title", "detail", "reported_by", "at_utc", "source", "resolved_by",
-            "resolved_at_utc", "resolution", "root_cause"]).to_csv(paths["issues_csv"], index=False, encoding="utf-8")
-    return paths
+    signoffs = [{"phase": s.phase, "signer": s.signer, "role": s.role, "decision": s.decision,
+                 "signed_at_utc": _t(s.signed_at), "comment": s.comment or ""} for s in context["signoffs"]]
+    issues = [{"id": i.id, "severity": i.severity, "status": i.status, "step": i.step_id or "", "title": i.title,
+               "detail": i.detail or "", "reported_by": i.reported_by, "at_utc": _t(i.at), "source": i.source,
+               "resolved_by": i.resolved_by or "", "resolved_at_utc": _t(i.resolved_at),
+               "resolution": i.resolution or "", "root_cause": i.root_cause or ""} for i in context["issues"]]
+    return {"html": write_private_text(out / "report.html", render_html(context)),
+            "markdown": write_private_text(out / "report.md", render_markdown(context)),
+            "steps_csv": write_csv(steps, out / "steps.csv"),
+            "signoffs_csv": write_csv(pd.DataFrame(signoffs, columns=SIGNOFF_COLUMNS), out / "signoffs.csv"),
+            "issues_csv": write_csv(pd.DataFrame(issues, columns=ISSUE_COLUMNS), out / "issues.csv")}
 
 
 def report_markdown(journal, run_id: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import threading
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors.errors import FatalError, RunNotFound, TransientError
+from connectors.http_download.disk import make_private_dir, open_private
 from connectors.secrets import redact, redact_obj
 
 from . import chain, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
@@ -47,7 +49,15 @@ def _engine_for(url: str) -> Engine:
             if url.startswith("sqlite"):
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    # the journal holds names, notes and evidence: 0600 (SQLite gives its -wal and -shm
+                    # files the database file's mode), in a 0700 directory when it creates one
+                    try:
+                        make_private_dir(Path(path).parent)
+                        os.close(open_private(path, os.O_RDWR))
+                    except OSError as exc:
+                        raise FatalError(f"the journal file {path} cannot be opened: {exc.strerror or exc}",
+                                         fix="set [journal] url to sqlite:///PATH.db in a directory you can "
+                                             "write") from None
                 engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:

@@ -21,8 +21,6 @@ from .rest import Bitrix24Client
 
 log = logging.getLogger("cloud2box.bitrix24")
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
 
 @dataclass
 class EntityDelta:
@@ -120,21 +118,15 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
     return DeltaExport(cutoff, out, time.monotonic() - t0, cloud.requests + box.requests - req0)
 
 
-def safe_cell(value) -> str:
-    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or tab/CR) gets a
-    leading apostrophe (OWASP's advice)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
-
-
 def write_csvs(delta: DeltaExport, out_dir: Path) -> list[Path]:
     """One UTF-8 CSV per entity (the delta, for the customer's review) and one of the records
-    deleted in the cloud. Multi-fields are joined with '; '. Returns the files written."""
+    deleted in the cloud, each 0600 with its cells neutralised (connectors.outputs). Multi-fields
+    are joined with '; '. Returns the files written."""
     import pandas as pd
 
+    from connectors.outputs import write_csv
     from connectors.secrets import redact
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for entity, d in delta.entities.items():
         records = []
@@ -143,14 +135,11 @@ def write_csvs(delta: DeltaExport, out_dir: Path) -> list[Path]:
             for k, v in row.items():
                 if k in MULTI[entity] or isinstance(v, list):
                     v = "; ".join(str(x.get("VALUE", "")) if isinstance(x, dict) else str(x) for x in v or [])
-                flat[k] = safe_cell(redact(v) if v is not None else "")
+                flat[k] = "" if v is None else redact(str(v))
             records.append(flat)
-        path = out_dir / f"crm-delta-{entity}.csv"
-        pd.DataFrame.from_records(records).to_csv(path, index=False, encoding="utf-8")
-        files.append(path)
+        files.append(write_csv(pd.DataFrame.from_records(records), out_dir / f"crm-delta-{entity}.csv"))
     deleted = [{"ENTITY": e, "ID": i, "ACTION": "deleted in the cloud after the backup: customer decides"}
                for e, d in delta.entities.items() for i in d.deleted_in_cloud]
-    path = out_dir / "crm-deleted-in-cloud.csv"
-    pd.DataFrame.from_records(deleted, columns=["ENTITY", "ID", "ACTION"]).to_csv(path, index=False, encoding="utf-8")
-    files.append(path)
+    files.append(write_csv(pd.DataFrame.from_records(deleted, columns=["ENTITY", "ID", "ACTION"]),
+                           out_dir / "crm-deleted-in-cloud.csv"))
     return files

@@ -13,13 +13,15 @@ Every remote command goes to the journal as an ``ssh-command`` event (redacted, 
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from connectors.box_host import BoxHost, BoxHostSection, LocalPart
 from connectors.box_host.post_restore import evidence as fix_evidence
 from connectors.errors import ConfigError, FatalError, IntegrityError
+from connectors.outputs import write_csv
 from connectors.ssh import CommandRecord, RemoteHost
 from journal.counters import StepCounters
 from journal.events import EventKind
@@ -213,12 +215,8 @@ def post_restore_fixes(ctx: ActionContext) -> ActionResult:
     resets = next((r for r in results if r.name == "password resets"), None)
     csv_path = None
     if resets is not None and resets.items:
-        csv_path = Path(ctx.work_dir) / "password-resets.csv"
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["id", "login", "email", "auth"])
-            writer.writeheader()
-            writer.writerows(resets.items)
+        csv_path = write_csv(pd.DataFrame(resets.items, columns=["id", "login", "email", "auth"]),
+                             Path(ctx.work_dir) / "password-resets.csv")
     fixed = [r.name for r in results if r.status == "fixed"]
     return ActionResult(
         summary=(f"fixed: {', '.join(fixed) or 'nothing'}; "

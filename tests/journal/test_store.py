@@ -10,7 +10,8 @@ from sqlalchemy import create_engine, text
 
 from connectors.errors import FatalError, RunNotFound, TransientError
 from connectors.secrets import register_secret
-from journal.export import export_run, neutralise_cell
+from connectors.outputs import neutralise_cell
+from journal.export import export_run
 from journal.store import Journal
 
 

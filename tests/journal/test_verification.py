@@ -16,6 +16,6 @@ def test_the_table_shows_every_check_with_its_fix_when_failed():
         "**Verification:** 1 passed, 1 failed (1 fire), 1 not run. A check that did not run is not a pass.\n\n"
         "| check | result | severity if failed | finding |\n"
         "|---|---|---|---|\n"
-        "| users | ❌ FAILED | fire | 2 users / no password — *fix:* reset them |\n"
+        "| users | ❌ FAILED | fire | 2 users \\| no password — *fix:* reset them |\n"
         "| search-index | ✅ passed | sla | indexed |\n"
         "| telephony | ⚪ not run | emergency | no access |")

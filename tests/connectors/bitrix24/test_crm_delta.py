@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.bitrix24.delta import export_delta, safe_cell, write_csvs
+from connectors.bitrix24.delta import export_delta, write_csvs
+from connectors.outputs import neutralise_cell as safe_cell
 from connectors.bitrix24.importer import import_delta, map_users
 from connectors.bitrix24.reconcile import reconcile
 from connectors.secrets import RedactingFilter
