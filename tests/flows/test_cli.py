@@ -55,6 +55,18 @@ def test_journal_show_and_export(tmp_path):
     assert res.returncode == 2 and "no migration run 'nope'" in res.stderr
 
 
+def test_verify_fails_when_a_fire_check_could_not_run(tmp_path):
+    """No access to the portals or the box: nothing failed, but the fire checks could not look."""
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    Journal(url).open_run(name="acme", portal="https://p", mode="rehearsal", timezone="UTC", config_snapshot={})
+    config = tmp_path / "c.toml"
+    config.write_text(f'[migration]\nname = "acme"\nportal = "https://p.example"\n[journal]\nurl = "{url}"\n'
+                      f'out_dir = "{tmp_path / "out"}"\n')
+    res = _cli("verify", "--config", str(config))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "not run, and a fire if it fails: crm-counts, users" in res.stdout and "Traceback" not in res.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
