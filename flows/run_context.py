@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from checklists.runbook import Runbook, Step, load_runbook
 from connectors.errors import ConfigError
+from connectors.http_download.disk import make_private_dir
 from connectors.secrets import install_log_redaction
 from flows.actions import MANUAL, ActionContext, known_actions, missing_requirements
 from flows.config import Config, Mode, load_config, resolve_secrets
@@ -113,7 +114,7 @@ class RunContext:
     def action_context(self, step: Step, logger, *, label: str | None = None) -> ActionContext:
         """What an automated action of ``step`` gets; ``label`` journals it under another name ("gate-2")."""
         work_dir = self.out_dir / "runs" / self.run_id
-        work_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(work_dir)  # the step's files hold customer data
         return ActionContext(
             config=self.config, secrets=self.secrets, journal=self.journal, run_id=self.run_id,
             step_id=label or step.id, mode=self.mode, work_dir=work_dir, logger=logger,

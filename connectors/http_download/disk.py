@@ -123,11 +123,12 @@ def open_private(path: str | Path, flags: int) -> int:
 
 
 def make_private_dir(directory: str | Path) -> None:
-    """Create ``directory`` (0700) and its parents if missing; an existing directory is left as it is."""
+    """Create ``directory`` and every missing parent, each 0700; existing directories are left as they are."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        directory.mkdir(mode=0o700)
-    except FileExistsError:
-        if not directory.is_dir():
-            raise
+    missing = [d for d in (directory, *directory.parents) if not d.is_dir()]
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            if not d.is_dir():
+                raise

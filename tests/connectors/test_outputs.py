@@ -59,6 +59,12 @@ def test_plain_text_drops_controls_and_bidi_overrides():
     assert plain_text("a\x00b\u202ecba\u2066 c\n\n# d\t") == "abcba c # d"
 
 
+def test_every_directory_it_creates_is_private(tmp_path):
+    path = write_private_text(tmp_path / "out" / "runs" / "r1" / "plan.md", "x")
+    assert [stat.S_IMODE(d.stat().st_mode) for d in (path.parent, path.parent.parent, path.parent.parent.parent)] \
+        == [0o700] * 3
+
+
 def test_a_rewritten_file_becomes_private(tmp_path):
     path = tmp_path / "report.md"
     path.write_text("old")
