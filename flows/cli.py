@@ -7,9 +7,11 @@ demo can choose an ephemeral server and ``journal`` commands work without Prefec
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from connectors.errors import MigrationError
@@ -83,11 +85,39 @@ def cmd_journal(args) -> int:
     return 0
 
 
+class _KnownFailureFilter(logging.Filter):
+    """Drops the traceback from log records of a known failure (a :class:`MigrationError`): its
+    message and fix say what to do, and Prefect would print the same traceback once per task,
+    subflow and flow, with the useful sentence last. ``--debug`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], MigrationError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_known_failures() -> None:
+    flt = _KnownFailureFilter()
+    for name in ["", *logging.Logger.manager.loggerDict]:
+        if name == "" or name.split(".")[0] == "prefect":
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(flt)
+
+
 def _print_outcome(state) -> int:
+    """The run's outcome; a known failure ends with its message and, on the last line, its fix."""
+    from connectors.secrets import redact
+
     if state.is_completed():
         print(f"migration completed: {state.result()}")
         return 0
-    print(f"migration stopped: {state.type.value}: {state.message}", file=sys.stderr)
+    exc = state.result(raise_on_failure=False) if state.is_failed() else None
+    if isinstance(exc, MigrationError):
+        print(f"migration stopped: {redact(exc.message)}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {redact(exc.fix)}", file=sys.stderr)
+    else:
+        print(f"migration stopped: {state.type.value}: {redact(state.message or '')}", file=sys.stderr)
     return 1
 
 
@@ -98,7 +128,11 @@ def cmd_run(args) -> int:
     from flows.migration import check_setup, migration
 
     check_setup(args.config)  # secrets, runbook, what its automated steps need
-
+    if not os.environ.get("PREFECT_API_URL"):
+        # a temporary server of our own: its telemetry heartbeat only adds SQLite lock errors to the output
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not args.debug:
+        _quiet_known_failures()
     state = migration(str(Path(args.config).resolve()), args.mode, args.new_run, return_state=True)
     return _print_outcome(state)
 
@@ -288,6 +322,7 @@ def cmd_sandbox(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud2box", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks of known failures too")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run the whole runbook on the sandbox with a scripted customer")
@@ -373,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     except MigrationError as exc:
         from connectors.secrets import redact
 
-        print(f"cloud2box: {redact(exc)}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"cloud2box: {redact(exc.message)}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {redact(exc.fix)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cloud2box: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -177,6 +177,26 @@ class BoxWebSandbox:
         self.close()
 
 
+def tls_context(out_dir: str | Path, *, host: str, cert_days: float, cert_name: str,
+                key_name: str) -> tuple[ssl.SSLContext, Path, datetime]:
+    """A server TLS context with a fresh certificate for ``host``: ``(context, CA file, not after)``.
+    The certificate is the CA file clients trust (``out_dir/cert_name``); its key goes next to it
+    (``out_dir/key_name``, mode 0600)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cert_pem, key_pem, not_after = make_self_signed(host, cert_days)
+    ca_file = (out / cert_name).resolve()
+    key_file = (out / key_name).resolve()
+    ca_file.write_bytes(cert_pem)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(ca_file, key_file)
+    return context, ca_file, not_after
+
+
 def start_box_web(out_dir: str | Path, *, cert_days: float = 90, host: str = "127.0.0.1",
                   port: int = 0) -> BoxWebSandbox:
     """Serve the sandbox box portal over HTTPS on ``host:port`` (0: a free port) with a fresh
@@ -185,18 +205,8 @@ def start_box_web(out_dir: str | Path, *, cert_days: float = 90, host: str = "12
     Writes ``out_dir/box_web_ca.pem`` (the certificate: the CA file clients trust) and
     ``out_dir/box_web_key.pem`` (its key, mode 0600).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cert_pem, key_pem, not_after = make_self_signed(host, cert_days)
-    ca_file = (out / CERT_FILE).resolve()
-    key_file = (out / KEY_FILE).resolve()
-    ca_file.write_bytes(cert_pem)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(ca_file, key_file)
+    context, ca_file, not_after = tls_context(out_dir, host=host, cert_days=cert_days, cert_name=CERT_FILE,
+                                              key_name=KEY_FILE)
     server = _TlsServer((host, port), context)
     bound_port = server.server_address[1]
     url_host = f"[{host}]" if ":" in host else host

@@ -154,6 +154,11 @@ class RemoteHost:
                                 fix=f"check the host's fingerprint, then add it: ssh-keyscan -p {self.port} {self.host}"
                                     f" >> {self.known_hosts}") from None
             raise TransientError(f"{self.label}: SSH error during {what}: {redact(text)}") from None
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:  # every address refused the connection
+            reasons = "; ".join(sorted({e.strerror or type(e).__name__ for e in exc.errors.values()}))
+            raise TransientError(f"{self.label}: nothing answers on port {self.port} during {what} ({reasons})",
+                                 fix=f"check that {self.host} is up, that sshd listens on port {self.port} and "
+                                     "that no firewall is in the way; then re-run") from None
         except (socket.timeout, TimeoutError, ConnectionError, EOFError) as exc:
             raise TransientError(f"{self.label}: connection problem during {what} ({type(exc).__name__})",
                                  fix="check that the host is up and reachable") from None

@@ -69,6 +69,44 @@ def test_verify_fails_when_a_fire_check_could_not_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.prefect
+def test_a_known_failure_ends_with_its_fix_and_no_traceback(tmp_path):
+    """Step 1.1 cannot reach the box host: one short message, the fix on the last line of ours."""
+    (tmp_path / "known_hosts").touch()
+    config = tmp_path / "c.toml"
+    config.write_text(f"""[migration]
+name = "unreachable"
+portal = "https://p.example"
+[journal]
+url = "sqlite:///{tmp_path / 'j.db'}"
+out_dir = "{tmp_path / 'out'}"
+[box_host]
+host = "127.0.0.1"
+port = 1
+username = "nobody"
+known_hosts = "{tmp_path / 'known_hosts'}"
+[box_host.db]
+password_secret = ""
+[runbook]
+manual_steps = ["1.2", "1.5", "2.3", "2.4", "2.11"]
+""")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a temporary server, as a newcomer has
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
+
+    def _cli(*args, **kw):
+        return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    res = _cli("run", "--config", str(config))
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    ours = [line for line in res.stderr.splitlines() if line.startswith(("migration stopped:", "fix:"))]
+    assert ours[0].startswith("migration stopped: nobody@127.0.0.1:1: nothing answers on port 1")
+    assert ours[-1].startswith("fix: check that 127.0.0.1 is up, that sshd listens on port 1")
+    debug = _cli("--debug", "run", "--config", str(config))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
 def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
     """README's first command: the whole runbook on an ephemeral Prefect server of its own."""
     out = tmp_path / "demo"
