@@ -95,6 +95,9 @@ class VerifyAccess:
     cloud_apps: list[str] = field(default_factory=list)
     cutoff: dt.datetime | None = None  # the backup's cutoff
     delta_moved: bool = False  # step 2.11 has moved the records created after the backup
+    # the backup's highest IDs and counts per entity ({"max_id", "count"}) as step 2.11 journaled them
+    # before its import; None: not taken yet (the platform reads them from the box)
+    backup_marks: dict[str, dict[str, int]] | None = None
     quarantined: dict[str, set[str]] = field(default_factory=dict)  # entity → cloud IDs kept out by the loop guard
     timeout_s: float = 20.0
     unavailable: dict[str, str] = field(default_factory=dict)  # access → why it is missing (overrides the hint)

@@ -93,6 +93,14 @@ class CrmEndpoint(Protocol):
     ``section`` is the ``[crm_delta]`` model; its ``platform`` field (``Literal[name]``, defaulting to
     the name) tags it in the config's union. The clients ``endpoints`` returns are the platform's own;
     the flows use only their ``requests`` count, ``timeout``, ``budget`` slot and ``session.close()``.
+
+    ``backup_marks`` reads the backup's high-water marks from the box: per entity ``{"max_id": the
+    backup's highest record ID, "count": the box's records up to it}``. They are right only while
+    nothing has been imported (a moved record may look like a backup record afterwards), so the
+    flows take them once, journal them, and pass ``max_ids`` to ``export``, the checks and the
+    sweeps from the journal; ``skip_ours`` for a box written to before (records carrying the
+    migration's own marker are left out). ``reconcile`` takes ``cloud=`` to list the cloud's records
+    created since the backup on its own.
     """
 
     entities: tuple[str, ...]
@@ -105,7 +113,8 @@ class CrmEndpoint(Protocol):
     def map_users(self, cloud: Any, box: Any) -> dict[str, str]: ...
     def import_delta(self, box: Any, delta: Any, idmap: Any, **kw: Any) -> Any: ...
     def reconcile(self, box: Any, delta: Any, idmap: Any, **kw: Any) -> Any: ...
-    def backup_max_id(self, box: Any, entity: str, cutoff: dt.datetime) -> int: ...
+    def backup_marks(self, box: Any, cutoff: dt.datetime, *, entities: tuple[str, ...] | list[str],
+                     skip_ours: bool = False) -> dict[str, dict[str, int]]: ...
     def sweep(self, cloud: Any, box: Any, idmap: Any, history: "SweepHistory", **kw: Any) -> "SweepOutcome": ...
 
 

@@ -22,13 +22,12 @@ from connectors.platform import SweepOutcome, SweepPolicy
 from connectors.secrets import redact
 from journal.configuration import resolve_notice_urls
 from journal.events import EventKind
-from journal.idmap import IdMap
 from journal.models import utcnow
 from journal.notices import Notifier
 from journal.sweeps import JournalSweepHistory, record_sweep, requests_today, sweeps
 
 from .actions import ActionContext
-from .actions.crm_delta import crm_clients, crm_section, cutoff_of
+from .actions.crm_delta import backup_marks, crm_clients, crm_section, cutoff_of, idmap_of
 from .config import SweepSection
 
 log = logging.getLogger("cloud2box.sweeps")
@@ -60,7 +59,7 @@ class StragglerSweeper:
         crm = crm_section(ctx)
         self.cutoff = cutoff_of(ctx, crm)
         self.cloud, self.box = crm_clients(ctx, crm)
-        self.idmap = IdMap(ctx.journal, crm.migration_key or ctx.run_id, run_id=ctx.run_id)
+        self.idmap = idmap_of(ctx, crm)
         self.policy = SweepPolicy(quarantine_changes=section.quarantine_changes,
                                   quarantine_window_s=section.quarantine_window_minutes * 60,
                                   overlap_s=section.overlap_seconds, fallback_user_id=crm.fallback_user_id,
@@ -174,9 +173,9 @@ class StragglerSweeper:
                 self.cloud.budget = self.box.budget = budget
                 since = self._since(done)
                 try:
-                    if self.backup_max_ids is None:
-                        self.backup_max_ids = {e: self.crm.backup_max_id(self.box, e, self.cutoff)
-                                               for e in self.entities}
+                    if self.backup_max_ids is None:  # as step 2.11 journaled them (or taken now, before any write)
+                        marks = backup_marks(self.ctx, self.box, self.cutoff, self.idmap)
+                        self.backup_max_ids = {e: marks[e]["max_id"] for e in self.entities}
                     user_map = self.crm.map_users(self.cloud, self.box)  # each time: users are invited meanwhile
                     outcome = self.crm.sweep(self.cloud, self.box, self.idmap, self.history, since=since,
                                              backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(done),

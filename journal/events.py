@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     DOWNLOAD_FAILED = "download-failed"
     PART_REPAIRED = "part-repaired"
     # the CRM delta
+    CRM_BACKUP_MARKS = "crm-backup-marks"  # the backup's highest IDs and counts, taken before the import
     CRM_DELTA_EXPORT = "crm_delta_export"
     CRM_DELETED_IN_CLOUD = "crm_deleted_in_cloud"
     CRM_FALLBACK_USERS = "crm_fallback_users"

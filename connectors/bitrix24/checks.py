@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from connectors.platform import CheckNotRun
 
-from .delta import backup_max_id
+from .delta import backup_marks
 from .lists import iter_rows, php_query
 from .model import ENTITIES, ORIGINATOR
 from .post_restore import REINDEX_OPTION, option
@@ -33,12 +33,20 @@ def check_crm_counts(a: VerifyAccess) -> tuple:
     """Every record of the backup the cloud still has is on the box (by ID: the box keeps the
     backup's IDs); after step 2.11 every record created in the cloud since the backup has a box
     twin (by ORIGIN_ID), except what the loop guard holds in quarantine. Counts alone could hide a
-    missing record behind one deleted in the cloud."""
+    missing record behind one deleted in the cloud.
+
+    Which IDs are the backup's: the marks step 2.11 journaled before its import (``a.backup_marks``);
+    read from the box now only when there are none (before 2.11 the box is still the backup; a moved
+    record created before the cutoff would otherwise pass for one of the backup's)."""
     if a.cutoff is None:
         raise CheckNotRun("the backup's cutoff is not known ([crm_delta] cutoff or the journal of step 2.3)")
     evidence, items, bad = {}, [], []
+    journaled = a.backup_marks or {}
+    unknown = tuple(e for e in ENTITIES if e not in journaled)
+    measured = backup_marks(a.box, a.cutoff, unknown, skip_ours=a.delta_moved) if unknown else {}
     for entity in ENTITIES:
-        max_id = backup_max_id(a.box, entity, a.cutoff)
+        marks = journaled.get(entity) or measured[entity]
+        max_id = int(marks["max_id"])
         cloud_old = _ids(a.cloud, entity, {"<=ID": max_id})
         box_old = _ids(a.box, entity, {"<=ID": max_id})
         # echoes of our own writes in the cloud (ORIGINATOR_ID = cloud2box) are not records to move
@@ -48,7 +56,9 @@ def check_crm_counts(a: VerifyAccess) -> tuple:
         held_back = cloud_new & a.quarantined.get(entity, set())
         missing_old = sorted(cloud_old - box_old, key=int)
         missing_new = sorted(cloud_new - moved - held_back, key=int)
-        evidence[entity] = {"backup_max_id": max_id, "cloud_backup_records": len(cloud_old),
+        evidence[entity] = {"backup_max_id": max_id, "backup_records": int(marks["count"]),
+                            "marks": "journaled before step 2.11's import" if entity in journaled else "read now",
+                            "cloud_backup_records": len(cloud_old),
                             "box_backup_records": len(box_old), "deleted_in_cloud": len(box_old - cloud_old),
                             "cloud_created_since": len(cloud_new), "box_moved": len(cloud_new & moved),
                             "quarantined": len(held_back), "pending_2_11": 0 if a.delta_moved else len(missing_new)}

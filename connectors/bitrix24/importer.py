@@ -9,8 +9,17 @@ backup already has are updated with the cloud's values. Every box record written
 
 Why it never duplicates: before writing, the map is completed from the box itself (records with
 our ORIGINATOR_ID, by ORIGIN_ID), so a crash between a box write and the map write is repaired on
-the next run; a write whose outcome is unknown (connection lost) is never blindly retried — the
-box is re-read and only what is still missing is written.
+the next run; a write whose outcome is unknown (timed out, connection lost) is never blindly
+retried — the box may still be executing it, so the importer first waits until that write must have
+ended (every record it carried is on the box, or nothing changed for as long as a request may take:
+:func:`_settle`), then re-reads the box and writes only what is still missing. A timed-out write also
+makes the next ones smaller (:class:`_Pace`). A command refused by a limit inside a batch was not
+executed: it is planned again.
+
+Why it never loses one: whatever a run did not finish is planned again from the delta and the
+box; a record created in the cloud after the backup but dated before its cutoff, whose creation time
+the box refuses (imports go in ascending creation time), is still moved, with the box's newest
+creation time (:func:`_write_retimed`), and listed.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from connectors.errors import FatalError, TransientError
+from connectors.errors import FatalError, RateLimitedError, TransientError
 
 from .delta import DeltaExport
 from .lists import ITEM_ENTITY_TYPE, iter_rows, php_query
@@ -30,17 +39,57 @@ from .rest import AmbiguousWriteError, Bitrix24Client
 
 log = logging.getLogger("cloud2box.bitrix24")
 
-ITEM_NAMES = {"DATE_CREATE": "createdTime", "DATE_MODIFY": "updatedTime", "CREATED_BY_ID": "createdBy",
-              "MODIFY_BY_ID": "updatedBy", "PHONE": "phone", "EMAIL": "email"}
-MAX_ROUNDS = 5  # re-plans after writes of unknown outcome, per entity
+MAX_ROUNDS = 5  # re-plans in a row that got no record further, per entity
+MAX_ROUNDS_TOTAL = 200  # re-plans at all, per entity (each follows a write resolved on the box)
+SETTLE_MAX_S = 600.0  # longest wait for an in-flight write to end on the box (at least 10 × the timeout)
+
+# crm.item.batchImport's name for each field we write with crm.<entity>.add, per entity. Each item
+# of its ``data`` is the ``fields`` of crm.item.import (bitrix-tools/b24-rest-docs
+# api-reference/crm/universal/import/crm-item-batch-import.md), whose names are in the per-object
+# tables of api-reference/crm/universal/import/crm-item-import.md ("Параметр fields"): a lead's
+# status is ``stageId`` (table "Лид"), a company's type ``typeId`` (table "Компания"). The history
+# fields are from import/index.md ("Как сохранить историю элемента"); the multi-fields keep the
+# names PHONE/EMAIL with lists of {VALUE, VALUE_TYPE}, as crm-item-import.md says for them (not
+# crm.item.add's ``fm``, not the read-only ``phone``/``email`` strings). No name is derived: a field
+# missing here is a KeyError in the tests, never a name the box silently ignores.
+_ITEM_COMMON = {"ASSIGNED_BY_ID": "assignedById", "ORIGINATOR_ID": "originatorId", "ORIGIN_ID": "originId",
+                "COMMENTS": "comments", "DATE_CREATE": "createdTime", "DATE_MODIFY": "updatedTime",
+                "CREATED_BY_ID": "createdBy", "MODIFY_BY_ID": "updatedBy"}
+_ITEM_MULTI = {"PHONE": "PHONE", "EMAIL": "EMAIL"}
+ITEM_NAMES: dict[str, dict[str, str]] = {
+    "company": {**_ITEM_COMMON, **_ITEM_MULTI, "TITLE": "title", "COMPANY_TYPE": "typeId", "INDUSTRY": "industry"},
+    "contact": {**_ITEM_COMMON, **_ITEM_MULTI, "NAME": "name", "LAST_NAME": "lastName", "POST": "post",
+                "SOURCE_ID": "sourceId", "COMPANY_ID": "companyIds"},
+    "lead": {**_ITEM_COMMON, **_ITEM_MULTI, "TITLE": "title", "NAME": "name", "LAST_NAME": "lastName",
+             "STATUS_ID": "stageId", "SOURCE_ID": "sourceId", "OPPORTUNITY": "opportunity",
+             "CURRENCY_ID": "currencyId", "CONTACT_ID": "contactIds", "COMPANY_ID": "companyId"},
+    "deal": {**_ITEM_COMMON, "TITLE": "title", "STAGE_ID": "stageId", "CATEGORY_ID": "categoryId",
+             "OPPORTUNITY": "opportunity", "CURRENCY_ID": "currencyId", "CONTACT_ID": "contactIds",
+             "COMPANY_ID": "companyId", "LEAD_ID": "leadId"},
+}
+# Contacts and companies are bound through the lists (contactIds/companyIds in the same tables; a
+# deal's single CONTACT_ID is "Устаревшее", api-reference/crm/deals/crm-deal-add.md): our one link
+# goes as a one-entry list, an empty link as no entry.
+_ITEM_AS_LIST = {("lead", "CONTACT_ID"), ("deal", "CONTACT_ID"), ("contact", "COMPANY_ID")}
 
 
-def item_name(field: str) -> str:
-    """``COMPANY_ID`` → ``companyId`` (crm.item.* spelling)."""
-    if field in ITEM_NAMES:
-        return ITEM_NAMES[field]
-    head, *rest = field.lower().split("_")
-    return head + "".join(p.capitalize() for p in rest)
+def item_name(entity: str, field: str) -> str:
+    """crm.item.batchImport's name of ``field`` of ``entity`` (``STATUS_ID`` of a lead → ``stageId``).
+
+    Raises:
+        KeyError: a field nobody has looked up in the import page (see ``ITEM_NAMES``).
+    """
+    return ITEM_NAMES[entity][field]
+
+
+def batch_import_item(entity: str, fields: dict) -> dict:
+    """One entry of crm.item.batchImport's ``data`` from the fields we give crm.<entity>.add."""
+    out = {}
+    for f, v in fields.items():
+        if (entity, f) in _ITEM_AS_LIST:
+            v = [v] if str(v or "") not in ("", "0") else []
+        out[item_name(entity, f)] = v
+    return out
 
 
 @dataclass
@@ -52,6 +101,7 @@ class EntityImport:
     duplicates_in_box: list[str] = field(default_factory=list)
     unresolved_relations: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    times_not_kept: list[str] = field(default_factory=list)  # cloud IDs the box refused the creation time of
 
 
 @dataclass
@@ -62,6 +112,8 @@ class ImportReport:
     seconds: float = 0.0
     requests: int = 0
     rounds: int = 0
+    unknown_outcomes: int = 0  # writes whose answer was lost, resolved on the box
+    settle_s: float = 0.0  # seconds spent waiting for such writes to end on the box
 
     @property
     def written(self) -> int:
@@ -75,7 +127,8 @@ class ImportReport:
         return {e: {"created": r.created, "updated": r.updated, "unchanged": r.unchanged,
                     "map_rebuilt": r.map_rebuilt, "failures": len(r.failures),
                     "unresolved_relations": len(r.unresolved_relations),
-                    "duplicates_in_box": r.duplicates_in_box[:50]} for e, r in self.entities.items()}
+                    "duplicates_in_box": r.duplicates_in_box[:50],
+                    "creation_time_not_kept": r.times_not_kept[:50]} for e, r in self.entities.items()}
 
 
 def _users(client: Bitrix24Client) -> list[dict]:
@@ -100,11 +153,43 @@ def map_users(cloud: Bitrix24Client, box: Bitrix24Client) -> dict[str, str]:
     return out
 
 
+class _Pace:
+    """Records per write request, so that the box answers well within the client's timeout: halved
+    after a timeout, else sized from the measured seconds per record to half the timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.limit = 50 * 20  # a full batch of crm.item.batchImport commands
+        self.per_record: float | None = None
+
+    def records(self, per_cmd: int) -> int:
+        """Records in the next request (commands of ``per_cmd`` records, at most 50 commands)."""
+        return max(1, min(self.limit, 50 * per_cmd))
+
+    def answered(self, records: int, seconds: float) -> None:
+        if records <= 0 or seconds <= 0:
+            return
+        per = seconds / records
+        self.per_record = per if self.per_record is None else (self.per_record + per) / 2
+        self.limit = max(1, int(self.timeout * 0.5 / self.per_record))
+
+    def timed_out(self, records: int) -> None:
+        self.limit = max(1, min(self.limit, records) // 2)
+
+
+class _Replan(Exception):
+    """Records of this round are not (or not surely) written: plan again from the box."""
+
+
 class _Context:
-    def __init__(self, box, idmap, delta, user_map, fallback_user_id, report):
+    def __init__(self, box, idmap, delta, user_map, fallback_user_id, report, *, quiet_s: float,
+                 settle_max_s: float, sleep: Callable[[float], None]):
         self.box, self.idmap, self.delta = box, idmap, delta
         self.user_map, self.fallback = user_map, str(fallback_user_id)
         self.report = report
+        self.pace = _Pace(box.timeout)
+        self.failed: dict[str, set[str]] = {}  # entity → cloud IDs whose write failed for good (reported)
+        self.quiet_s, self.settle_max_s, self.sleep = quiet_s, settle_max_s, sleep
         self.maps: dict[str, dict[str, str]] = {}
 
     def box_user(self, cloud_user) -> str:
@@ -175,23 +260,129 @@ def _rebuild_map(ctx: _Context, entity: str, rep: EntityImport) -> dict[str, str
 
 
 def _fetch_box(ctx: _Context, entity: str, box_ids: list[str]) -> dict[str, dict]:
-    """Box records by ID (50 IDs per list command, 50 commands per request)."""
+    """Box records by ID (50 IDs per list command, 50 commands per request). Complete or raising:
+    a command refused by a limit is sent again (a record read as missing would be written twice)."""
     out: dict[str, dict] = {}
     for group in chunks(box_ids, 50 * 50):
         cmd = {f"g{i}": f"crm.{entity}.list?" + php_query({"filter": {"@ID": ids}, "select": SELECT[entity],
                                                            "start": -1})
                for i, ids in enumerate(chunks(group, 50))}
-        res = ctx.box.batch(cmd)
-        for key in cmd:
-            for row in res["result"].get(key) or []:
+        for answer in ctx.box.batch_each(cmd).values():
+            for row in answer["result"] or []:
                 out[str(row["ID"])] = row
     return out
 
 
+def _on_box(ctx: _Context, entity: str, cloud_ids) -> dict[str, tuple[str, ...]]:
+    """Our records on the box whose ORIGIN_ID is one of ``cloud_ids``: cloud ID → box IDs, ascending."""
+    found: dict[str, list[str]] = {}
+    for group in chunks(sorted({str(c) for c in cloud_ids}, key=int), 100):
+        for row in iter_rows(ctx.box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR, "@ORIGIN_ID": group},
+                             select=["ID", "ORIGIN_ID"], commands_per_batch=5):
+            found.setdefault(str(row.get("ORIGIN_ID")), []).append(str(row["ID"]))
+    return {c: tuple(sorted(ids, key=int)) for c, ids in found.items()}
+
+
+def _same(entity: str, current: dict, want: dict, cloud_id: str) -> bool:
+    """The box record already holds what we would write (creation times aside: never updated)."""
+    return comparable(entity, {**current, "DATE_CREATE": None}) == comparable(entity, {**want, "DATE_CREATE": None}) \
+        and str(current.get("ORIGINATOR_ID") or "") == ORIGINATOR and str(current.get("ORIGIN_ID")) == cloud_id
+
+
+def _settle(ctx: _Context, what: str, look: Callable[[], tuple[bool, object]]) -> object:
+    """Wait until a write whose answer was lost must have ended on the box; returns the last state.
+
+    The box may still be executing it (a timed-out request goes on): planning again now would
+    write its records a second time. ``look()`` → ``(done, state)``: done when every record the
+    write carried is on the box as written; else the write has ended once ``state`` has not changed
+    for ``ctx.quiet_s`` seconds (the client's timeout: a box still working on our request saves
+    a record well within the time we allow a whole request). Bounded by ``ctx.settle_max_s``.
+
+    Raises:
+        TransientError: the box was still changing them at the bound (run the step again later).
+    """
+    t0 = time.monotonic()
+    last: object = None
+    since = t0
+    poll = min(1.0, max(0.05, ctx.quiet_s / 4))
+    for n in range(1_000_000):  # the deadline below ends it
+        done, state = look()
+        now = time.monotonic()
+        if done:
+            break
+        if n == 0 or state != last:
+            last, since = state, now
+        elif now - since >= ctx.quiet_s:
+            break
+        if now - t0 >= ctx.settle_max_s:
+            ctx.report.settle_s += now - t0
+            raise TransientError(f"box: {what} was still being written {now - t0:.0f} s after its answer was lost",
+                                 fix="the box is overloaded: wait until it is idle")
+        ctx.sleep(poll)
+    ctx.report.settle_s += time.monotonic() - t0
+    return state
+
+
+def _send(ctx: _Context, entity: str, cmd: dict, records: int, what: str,
+          look: Callable[[], tuple[bool, object]], resolved: Callable[[object], None], *, halt: bool = False) -> dict:
+    """One write request. Its answer lost: wait until the box has ended it (:func:`_settle`), keep
+    what it wrote (``resolved(state)``), and plan again (:class:`_Replan`)."""
+    t0, waited0 = time.monotonic(), ctx.box.waited_s
+    try:
+        res = ctx.box.batch(cmd, halt=halt, idempotent=False)
+    except AmbiguousWriteError as exc:
+        ctx.report.unknown_outcomes += 1
+        if exc.timed_out:
+            ctx.pace.timed_out(records)
+        log.warning("%s: %s; waiting until the box has finished %s, then re-reading it", entity, exc, what)
+        resolved(_settle(ctx, what, look))
+        raise _Replan(f"{what}: {exc.message}") from None
+    ctx.pace.answered(records, time.monotonic() - t0 - (ctx.box.waited_s - waited0))
+    return res
+
+
+def _created_look(ctx: _Context, entity: str, cloud_ids: list[str]) -> Callable[[], tuple[bool, object]]:
+    def look() -> tuple[bool, object]:
+        found = _on_box(ctx, entity, cloud_ids)
+        return all(c in found for c in cloud_ids), found
+    return look
+
+
+def _map_found(ctx: _Context, entity: str, rep: EntityImport, found) -> None:
+    """Map what a write of unknown outcome created (the first twin, as :func:`_rebuild_map` does)."""
+    rep.created += ctx.idmap.put(entity, [(c, ids[0]) for c, ids in (found or {}).items() if ids])
+
+
+def _updated_look(ctx: _Context, entity: str, plans: list[tuple]) -> Callable[[], tuple[bool, object]]:
+    def look() -> tuple[bool, object]:
+        rows = _fetch_box(ctx, entity, [bid for _, bid, _, _ in plans])
+        state = tuple(sorted((bid, repr(comparable(entity, rows.get(bid) or {}))) for _, bid, _, _ in plans))
+        done = all(bid in rows and _same(entity, rows[bid], want, cid) for cid, bid, want, _ in plans)
+        return done, state
+    return look
+
+
+def _unwritten(ctx: _Context, cmd: dict, res: dict, key: str) -> str | None:
+    """Why the failed command ``key`` wrote nothing for sure ("limit", "not run"), "unknown" when it
+    may have written, None when it failed for good (a refusal the portal explained)."""
+    if key not in res["result_error"]:
+        return "not run"
+    err = ctx.box.command_error(cmd, res, key)
+    if isinstance(err, RateLimitedError):
+        return "limit"
+    return "unknown" if isinstance(err, TransientError) else None
+
+
 def _write_updates(ctx: _Context, entity: str, plans: list[tuple[str, str, dict, dict]], rep: EntityImport) -> None:
     """plans: (cloud ID, box ID, desired fields, current box row). Multi-fields are replaced:
-    the box's values are deleted by their IDs, the cloud's added."""
-    for group in chunks(plans, 50):
+    the box's values are deleted by their IDs, the cloud's added (so an update is never sent twice
+    on a stale plan: the second would add the phones again)."""
+    rest = list(plans)
+    for _ in range(len(plans) + 1):  # every request takes at least one plan
+        if not rest:
+            return
+        size = ctx.pace.records(1)
+        group, rest = rest[:size], rest[size:]
         cmd = {}
         for i, (cid, bid, fields, current) in enumerate(group):
             f = dict(fields)
@@ -201,34 +392,62 @@ def _write_updates(ctx: _Context, entity: str, plans: list[tuple[str, str, dict,
                 else:
                     f[m] = [{"ID": x["ID"], "DELETE": "Y"} for x in current.get(m) or []] + f[m]
             cmd[f"u{i}"] = f"crm.{entity}.update?" + php_query({"id": bid, "fields": f})
-        res = ctx.box.batch(cmd, idempotent=False)
-        ok = []
-        for i, (cid, bid, _, _) in enumerate(group):
-            if f"u{i}" in res["result"]:
+        res = _send(ctx, entity, cmd, len(group), f"an update of {len(group)} {entity}(s)",
+                    _updated_look(ctx, entity, group), lambda state: None)
+        ok, again, unsure = [], [], []
+        for i, plan in enumerate(group):
+            cid, bid = plan[0], plan[1]
+            key = f"u{i}"
+            if key in res["result"]:
                 ok.append((cid, bid))
                 rep.updated += 1
+                continue
+            why = _unwritten(ctx, cmd, res, key)
+            if why is None:
+                rep.failures.append(f"{entity} {cid} → box {bid}: update failed: {res['result_error'].get(key)}")
+                ctx.failed.setdefault(entity, set()).add(cid)
             else:
-                rep.failures.append(f"{entity} {cid} → box {bid}: update failed: {res['result_error'].get(f'u{i}')}")
+                (unsure if why == "unknown" else again).append(plan)
         ctx.idmap.put(entity, ok)
+        if unsure:
+            _settle(ctx, f"an update of {len(unsure)} {entity}(s)", _updated_look(ctx, entity, unsure))
+        if unsure or again:
+            raise _Replan(f"{len(unsure) + len(again)} {entity} update(s) not surely written (limits, errors)")
 
 
 def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], rep: EntityImport,
-                   use_import: bool) -> None:
-    """plans: (cloud ID, box fields) in ascending creation time."""
+                   use_import: bool, *, retimed: bool = False) -> None:
+    """plans: (cloud ID, box fields) in ascending creation time. ``retimed``: the times are the
+    box's (:func:`_write_retimed`), the last way in.
+
+    The box keeps creation times only in ascending order, so a request stops at its first failed
+    command (``halt``): what follows is planned again, never written past a record left behind.
+    A record that failed for good is remembered (``ctx.failed``) and not planned again."""
     per_cmd = 20 if use_import else 1
-    for group in chunks(plans, 50 * per_cmd):
+    rest = list(plans)
+    for _ in range(len(plans) + 1):  # every request takes at least one plan
+        if not rest:
+            return
+        size = ctx.pace.records(per_cmd)
+        group, rest = rest[:size], rest[size:]
         cmd, members = {}, {}
         for i, items in enumerate(chunks(group, per_cmd)):
             if use_import:
-                data = [{item_name(k): v for k, v in f.items()} for _, f in items]
+                data = [batch_import_item(entity, f) for _, f in items]
                 cmd[f"c{i}"] = "crm.item.batchImport?" + php_query(
                     {"entityTypeId": ITEM_ENTITY_TYPE[entity], "data": data})
             else:
                 cmd[f"c{i}"] = f"crm.{entity}.add?" + php_query({"fields": items[0][1], "params": {"IMPORT": "Y"}})
             members[f"c{i}"] = items
-        res = ctx.box.batch(cmd, idempotent=False)
+        in_flight = [cid for cid, _ in group]
+        res = _send(ctx, entity, cmd, len(group), f"a write of {len(group)} new {entity}(s)",
+                    _created_look(ctx, entity, in_flight), lambda found: _map_found(ctx, entity, rep, found),
+                    halt=True)
         ok: list[tuple[str, str]] = []
         with_add: list[tuple[str, dict]] = []
+        again: list[str] = []
+        unsure: list[str] = []
+        retime: list[tuple[str, dict]] = []
         for key, items in members.items():
             if key not in res["result"]:
                 err = res["result_error"].get(key) or {}
@@ -236,7 +455,15 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
                     ctx.report.method = "add"  # an older box: no crm.item.batchImport
                     with_add.extend(items)
                     continue
+                why = _unwritten(ctx, cmd, res, key)
+                if why is not None:  # refused by a limit / not run: plan again; else it may have run
+                    (unsure if why == "unknown" else again).extend(cid for cid, _ in items)
+                    continue
+                if not use_import and not retimed and _backdated(ctx, items[0][1]):
+                    retime.extend(items)  # the box refuses its creation time: see _write_retimed
+                    continue
                 rep.failures.extend(f"{entity} {cid}: create failed: {err}" for cid, _ in items)
+                ctx.failed.setdefault(entity, set()).update(cid for cid, _ in items)
                 continue
             if use_import:
                 answers = (res["result"][key] or {}).get("items") or []
@@ -251,15 +478,53 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
                 ok.append((items[0][0], str(res["result"][key])))
         ctx.idmap.put(entity, ok)  # right after the box write: the window a crash can hit is this line
         rep.created += len(ok)
+        if retimed:
+            rep.times_not_kept.extend(cid for cid, _ in ok)
+        if unsure:
+            _map_found(ctx, entity, rep, _settle(ctx, f"{len(unsure)} new {entity}(s)",
+                                                 _created_look(ctx, entity, unsure)))
+        if retime:  # dated by the box's newest record: no order to keep
+            _write_retimed(ctx, entity, retime, rep)
+        if unsure or again:
+            # nothing past a record left behind: planned again in order (with_add too)
+            raise _Replan(f"{len(unsure) + len(again)} new {entity}(s) not surely written (limits, errors)")
         if with_add:
             _write_creates(ctx, entity, with_add, rep, use_import=False)
         if ctx.report.method == "add":
             use_import, per_cmd = False, 1
 
 
+def _backdated(ctx: _Context, fields: dict) -> bool:
+    """Created in the cloud after the backup (a higher ID) but dated at or before its cutoff."""
+    created = parse_date(fields.get("DATE_CREATE"))
+    return created is not None and created <= ctx.delta.cutoff
+
+
+def _write_retimed(ctx: _Context, entity: str, plans: list[tuple[str, dict]], rep: EntityImport) -> None:
+    """Records created in the cloud after the backup but dated before its cutoff (an import in the
+    cloud, a clock): the box keeps creation times only in ascending order, and the backup's records
+    are newer, so it refuses theirs. They still move, in import mode (no robots), dated as the box's
+    newest record — the oldest time it accepts, so no later import is refused for them — and are
+    listed (``times_not_kept``, the reconciliation's ``creation_time_not_kept``)."""
+    body = ctx.box.call(f"crm.{entity}.list", {"order": {"DATE_CREATE": "DESC"}, "select": ["ID", "DATE_CREATE"],
+                                               "start": -1})
+    rows = body.get("result") or []
+    newest = rows[0].get("DATE_CREATE") if rows else None
+    log.warning("%s: %d record(s) created in the cloud after the backup but dated before it: the box refuses "
+                "their creation times; moved with %s", entity, len(plans), newest or "the box's time")
+    fixed = []
+    for cid, fields in plans:
+        f = {k: v for k, v in fields.items() if k not in ("DATE_CREATE", "DATE_MODIFY")}
+        if newest:
+            f.update(DATE_CREATE=newest, DATE_MODIFY=newest)
+        fixed.append((cid, f))
+    _write_creates(ctx, entity, fixed, rep, use_import=False, retimed=True)
+
+
 def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[str, str],
                  fallback_user_id: int = 1, use_batch_import: bool = True,
-                 progress: Callable[[int, int, str], None] | None = None) -> ImportReport:
+                 progress: Callable[[int, int, str], None] | None = None, settle_quiet_s: float | None = None,
+                 settle_max_s: float | None = None, sleep: Callable[[float], None] = time.sleep) -> ImportReport:
     """Write the delta into the box; safe to run again at any time (see the module doc).
 
     Args:
@@ -267,11 +532,21 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
         delta: what :func:`connectors.bitrix24.delta.export_delta` found.
         idmap: a :class:`journal.idmap.IdMap` of this migration.
         user_map: cloud user ID → box user ID (:func:`map_users`); others go to ``fallback_user_id``.
+        settle_quiet_s: after a write whose answer was lost, how long the box must show no change to
+            its records before the write counts as ended (default: the client's timeout).
+        settle_max_s: the longest such wait (default: the larger of 600 s and 10 timeouts).
+
+    Raises:
+        TransientError: writes kept ending without an answer, or the box was still executing one
+            at the bound; nothing is lost, the next run continues.
     """
     t0 = time.monotonic()
     req0 = box.requests
     report = ImportReport(method="batchImport" if use_batch_import else "add")
-    ctx = _Context(box, idmap, delta, user_map, fallback_user_id, report)
+    quiet = settle_quiet_s if settle_quiet_s is not None else max(1.0, box.timeout)
+    ctx = _Context(box, idmap, delta, user_map, fallback_user_id, report, quiet_s=quiet,
+                   settle_max_s=settle_max_s if settle_max_s is not None else max(SETTLE_MAX_S, 10 * box.timeout),
+                   sleep=sleep)
     total = delta.records
     done = 0
     for entity in [e for e in ENTITIES if e in delta.entities]:
@@ -280,15 +555,24 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
         if not d.rows:
             continue  # nothing to write: no need to read the box (sweeps mostly find nothing)
         order = sorted(d.rows, key=lambda c: (parse_date(d.rows[c].get("DATE_CREATE")) or delta.cutoff, int(c)))
-        for round_no in range(MAX_ROUNDS):
+        stalled, progress_was = 0, None
+        for round_no in range(MAX_ROUNDS_TOTAL):
             report.rounds += 1
             idm = _rebuild_map(ctx, entity, rep)
+            progress_now = (sum(1 for c in order if c in idm), rep.updated)
+            stalled = stalled + 1 if progress_now == progress_was else 0
+            progress_was = progress_now
+            if stalled >= MAX_ROUNDS:
+                raise TransientError(f"box: {entity} writes kept ending without a sure outcome ({MAX_ROUNDS} "
+                                     "rounds without progress)", fix="check the box's health")
             twins_wanted = [idm.get(c) or c for c in order if c in idm or d.kind[c] == "modified"]
             twins = _fetch_box(ctx, entity, twins_wanted)
             creates, updates, unchanged = [], [], []
             rep.unresolved_relations.clear()
             rep.unchanged = 0
             for cid in order:
+                if cid in ctx.failed.get(entity, ()):
+                    continue  # reported in rep.failures; planning it again would only fail again
                 row = d.rows[cid]
                 bid = idm.get(cid) or (cid if d.kind[cid] == "modified" else None)
                 current = twins.get(bid) if bid else None
@@ -296,10 +580,7 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
                     creates.append((cid, _box_fields(ctx, entity, cid, row, create=True)))
                     continue
                 want = _box_fields(ctx, entity, cid, row, create=False)
-                same = comparable(entity, {**current, "DATE_CREATE": None}) == \
-                    comparable(entity, {**want, "DATE_CREATE": None}) and \
-                    str(current.get("ORIGINATOR_ID") or "") == ORIGINATOR and str(current.get("ORIGIN_ID")) == cid
-                if same:
+                if _same(entity, current, want, cid):
                     unchanged.append((cid, bid))
                 else:
                     updates.append((cid, bid, want, current))
@@ -309,13 +590,12 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
                 _write_creates(ctx, entity, creates, rep, use_import=report.method == "batchImport")
                 _write_updates(ctx, entity, updates, rep)
                 break
-            except AmbiguousWriteError as exc:
-                # The box may or may not have done it: read the box again and write what is missing.
-                log.warning("%s: a write's outcome is unknown (%s); re-reading the box", entity, exc)
+            except _Replan as exc:  # resolved on the box already: plan what is still missing
+                log.warning("%s: %s; planning again from the box", entity, exc)
                 continue
         else:
-            raise TransientError(f"box: {entity} writes kept failing with unknown outcome ({MAX_ROUNDS} rounds)",
-                                 fix="check the box's health")  # the flow adds which step to run again
+            raise TransientError(f"box: {entity} writes kept ending without a sure outcome ({MAX_ROUNDS_TOTAL} "
+                                 "rounds)", fix="check the box's health")  # the flow adds which step to run again
         ctx.maps[entity] = idmap.get(entity)
         done += len(d.rows)
         if progress:

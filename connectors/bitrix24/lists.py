@@ -15,7 +15,7 @@ import time
 from typing import Any, Iterator
 from urllib.parse import quote
 
-from connectors.errors import FatalError
+from connectors.errors import FatalError, TransientError
 
 from .rest import Bitrix24Client
 
@@ -60,7 +60,10 @@ def fast_list(client: Bitrix24Client, method: str, *, filter: dict | None = None
     """Yield pages (lists of rows) of ``method`` in ascending ID order, ID > ``after_id``.
 
     ``method`` is ``crm.lead.list``-style or ``crm.item.list`` (then ``extra`` holds
-    ``entityTypeId`` and rows come from ``result.items``). ``max_requests`` bounds the loop.
+    ``entityTypeId``, rows come from ``result.items``, and filter/order/select and the rows use
+    crm.item's own names — ``id``, a lead's ``stageId``, a company's ``typeId``, ``fm`` only with
+    select ``["*"]``: bitrix-tools/b24-rest-docs api-reference/crm/universal/crm-item-list.md and
+    object-fields.md). ``max_requests`` bounds the loop.
     """
     item = method == "crm.item.list"
     id_key = "id" if item else "ID"
@@ -79,7 +82,14 @@ def fast_list(client: Bitrix24Client, method: str, *, filter: dict | None = None
         for i in range(commands_per_batch):
             key = f"p{i}"
             if key not in res["result"]:
-                err = res["result_error"].get(key)
+                # Pages before it are good; later ones hang on it. A limit (OPERATION_TIME_LIMIT on
+                # this one command) or a transient error: go on from the last good page; the next
+                # request waits the limit out in the client's one retry loop (its first command fails).
+                err = client.command_error(cmd, res, key)
+                if isinstance(err, TransientError) and i > 0:
+                    break
+                if isinstance(err, TransientError):  # the client gave it back although nothing ran
+                    raise err
                 raise FatalError(f"{client.name}: {method} failed in a batch: {err}",
                                  fix="check the filter and the webhook's scopes")
             rows = res["result"][key]

@@ -135,8 +135,9 @@ class _Crm:
     def reconcile(self, box, exported, idmap, **kw) -> reconcile.Reconciliation:
         return reconcile.reconcile(box, exported, idmap, **kw)
 
-    def backup_max_id(self, box, entity: str, cutoff: dt.datetime) -> int:
-        return delta.backup_max_id(box, entity, cutoff)
+    def backup_marks(self, box, cutoff: dt.datetime, *, entities,
+                     skip_ours: bool = False) -> dict[str, dict[str, int]]:
+        return delta.backup_marks(box, cutoff, tuple(entities), skip_ours=skip_ours)
 
     def sweep(self, cloud, box, idmap, history: SweepHistory, **kw) -> SweepOutcome:
         return sweep.run_sweep(cloud, box, idmap, history, **kw)

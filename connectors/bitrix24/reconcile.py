@@ -4,6 +4,12 @@ Per entity: the cloud's delta count against the box's count of migrated records 
 = cloud2box), and for every delta record its box twin (through the id map, confirmed by ORIGIN_ID)
 with an equal hash of the compared fields (in box terms: relations and users remapped). Every
 missing twin, duplicate and field mismatch is listed.
+
+It does not trust the export either: with the cloud's client it lists, on its own, every cloud
+record created since the backup (IDs above the backup's highest, up to what the export saw) and
+fails on any without a box twin, whether the export listed it or not (``not_moved``). A record the
+box could only take with a later creation time (created after the backup, dated before its cutoff:
+see the importer) is listed under ``creation_time_not_kept``, not as a mismatch.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .delta import DeltaExport
 from .lists import iter_rows
-from .model import ENTITIES, ORIGINATOR, SELECT, comparable, diff, field_hash
+from .model import ENTITIES, ORIGINATOR, SELECT, comparable, diff, field_hash, parse_date
 from .rest import Bitrix24Client
 
 
@@ -25,10 +31,14 @@ class EntityReconciliation:
     missing: list[str] = field(default_factory=list)       # cloud IDs without a box twin
     duplicates: list[str] = field(default_factory=list)    # cloud IDs with more than one box twin
     mismatches: list[dict] = field(default_factory=list)   # {cloud_id, box_id, fields}
+    not_moved: list[str] = field(default_factory=list)     # created since the backup, not listed, no box twin
+    creation_time_not_kept: list[str] = field(default_factory=list)  # matched, dated by the box (see above)
+    created_after_export: int = 0                          # cloud records newer than the export: the next run
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.duplicates or self.mismatches) and self.matched == self.cloud_delta
+        return not (self.missing or self.duplicates or self.mismatches or self.not_moved) \
+            and self.matched == self.cloud_delta
 
 
 @dataclass
@@ -41,17 +51,25 @@ class Reconciliation:
 
     @property
     def mismatches(self) -> int:
-        return sum(len(e.missing) + len(e.duplicates) + len(e.mismatches) for e in self.entities.values())
+        return sum(len(e.missing) + len(e.duplicates) + len(e.mismatches) + len(e.not_moved)
+                   for e in self.entities.values())
+
+    @property
+    def without_twin(self) -> int:
+        """Records of the cloud (in the delta or created since the backup) with no box twin at all."""
+        return sum(len(e.missing) + len(e.not_moved) for e in self.entities.values())
 
     def evidence(self) -> dict:
         return {e: {"cloud_delta": r.cloud_delta, "box_migrated": r.box_migrated, "matched": r.matched,
                     "missing": r.missing[:50], "duplicates": r.duplicates[:50], "mismatches": r.mismatches[:50],
-                    "ok": r.ok} for e, r in self.entities.items()}
+                    "not_moved": r.not_moved[:50], "creation_time_not_kept": r.creation_time_not_kept[:50],
+                    "created_after_export": r.created_after_export, "ok": r.ok} for e, r in self.entities.items()}
 
 
 def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[str, str],
-              fallback_user_id: int = 1) -> Reconciliation:
-    """Compare the delta with the box (see the module doc)."""
+              fallback_user_id: int = 1, cloud: Bitrix24Client | None = None) -> Reconciliation:
+    """Compare the delta with the box (see the module doc); with ``cloud``, also every record the
+    cloud created since the backup, listed anew."""
     out: dict[str, EntityReconciliation] = {}
     maps = {e: idmap.get(e) for e in ENTITIES}
     relation_map = {}
@@ -80,8 +98,35 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
             cloud_user_map = {u: users.get(u, str(fallback_user_id)) for u in {str(row.get("ASSIGNED_BY_ID") or "")}}
             want = comparable(entity, row, relation_map=relation_map, user_map=cloud_user_map)
             have = comparable(entity, twin)
-            if field_hash(want) != field_hash(have):
+            if field_hash(want) != field_hash(have) and _box_dated(want, have, delta.cutoff):
+                r.creation_time_not_kept.append(cid)
+                r.matched += 1
+            elif field_hash(want) != field_hash(have):
                 r.mismatches.append({"cloud_id": cid, "box_id": str(twin["ID"]), "fields": diff(want, have)})
             else:
                 r.matched += 1
+        if cloud is not None:
+            _created_since_backup(cloud, d, by_origin, r)
     return Reconciliation(out)
+
+
+def _box_dated(want: dict, have: dict, cutoff) -> bool:
+    """Only the creation time differs, and the box's is later than a cloud time at or before the
+    cutoff: the box refused that time (imports go in ascending creation time), as the importer says."""
+    if diff(want, have) != ["DATE_CREATE"]:
+        return False
+    cloud_t, box_t = parse_date(want["DATE_CREATE"]), parse_date(have["DATE_CREATE"])
+    return cloud_t is not None and box_t is not None and cloud_t <= cutoff and box_t > cloud_t
+
+
+def _created_since_backup(cloud: Bitrix24Client, d, by_origin: dict[str, list[dict]], r: EntityReconciliation) -> None:
+    """Every cloud record above the backup's highest ID (but our own echoes) has a box twin."""
+    for row in iter_rows(cloud, f"crm.{d.entity}.list", select=["ID", "ORIGINATOR_ID"], after_id=d.backup_max_id):
+        rid = str(row["ID"])
+        if int(rid) > d.listed_up_to:
+            r.created_after_export += 1
+            continue
+        if str(row.get("ORIGINATOR_ID") or "") == ORIGINATOR or rid in d.rows:
+            continue  # an echo of our write; or checked above with the delta
+        if rid not in by_origin:
+            r.not_moved.append(rid)

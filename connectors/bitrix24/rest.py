@@ -5,8 +5,14 @@ code is registered as a secret at construction: it never reaches logs, errors or
 
 Retries (tenacity, bounded) cover transient errors only. Writes are not idempotent on the portal
 (no upsert), so :meth:`call` with ``idempotent=False`` retries only the answers that prove the
-request was *not* executed (503 ``QUERY_LIMIT_EXCEEDED``, 429 ``OPERATION_TIME_LIMIT``); any other
-transient failure of a write is raised as :class:`AmbiguousWriteError` for the caller to check.
+request was *not* executed (503 ``QUERY_LIMIT_EXCEEDED``, 429 ``OPERATION_TIME_LIMIT``, a connection
+that was never made); any other transient failure of a write is raised as :class:`AmbiguousWriteError`
+for the caller to resolve on the portal (the portal may still be executing it).
+
+A ``batch`` answers HTTP 200 even when its commands failed; each failed command's ``result_error``
+goes through the same classifier (:meth:`Bitrix24Client.command_error`). A batch none of whose usable
+commands ran because of a limit (``OPERATION_TIME_LIMIT``/``QUERY_LIMIT_EXCEEDED`` on one command)
+is retried by the same bounded loop as a refused request, after the same wait: one retry loop.
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ log = logging.getLogger("cloud2box.bitrix24")
 
 
 class AmbiguousWriteError(TransientError):
-    """A write failed in a way that does not tell whether the portal executed it."""
+    """A write failed in a way that does not tell whether the portal executed it.
+
+    ``timed_out``: no answer within the client's timeout (the portal may still be executing it);
+    otherwise the connection broke or the answer was unusable."""
+
+    def __init__(self, message: str, *, fix: str | None = None, timed_out: bool = False) -> None:
+        self.timed_out = timed_out
+        super().__init__(message, fix=fix)
 
 
 class LeakyBucket:
@@ -124,11 +137,16 @@ class Bitrix24Client:
         url = f"{self._base}{method}.json"
         try:
             resp = self.session.post(url, json=params, timeout=self.timeout)
+        except requests.ConnectTimeout:  # the request never left: safe to send again, writes too
+            raise TransientError(f"{self.name}: {method}: no connection within {self.timeout:.0f} s",
+                                 fix="check that the portal is reachable") from None
         except requests.Timeout:
-            cls = TransientError if idempotent else AmbiguousWriteError
-            raise cls(f"{self.name}: {method} timed out after {self.timeout:.0f} s") from None
+            if idempotent:
+                raise TransientError(f"{self.name}: {method} timed out after {self.timeout:.0f} s") from None
+            raise AmbiguousWriteError(f"{self.name}: {method} timed out after {self.timeout:.0f} s",
+                                      timed_out=True) from None
         except requests.ConnectionError as e:
-            cls = TransientError if idempotent else AmbiguousWriteError
+            cls = TransientError if idempotent or _never_connected(e) else AmbiguousWriteError
             raise cls(f"{self.name}: {method}: connection failed ({type(e).__name__})",
                       fix="check that the portal is reachable") from None
         except requests.RequestException as e:
@@ -183,6 +201,54 @@ class Bitrix24Client:
         self.waited_s += wait
         return wait
 
+    # --- batch commands -----------------------------------------------------------------------
+    def command_error(self, cmd: dict[str, str], res: dict, key: str) -> Exception:
+        """What the failed command ``key`` of a batch stands for, decided by the one classifier
+        (:func:`connectors.http_errors.classify` with Bitrix24's codes), like a whole answer.
+
+        A command refused by a limit rarely says when the limit resets: the reset time is taken
+        from the commands of the same method that ran in the batch (``result_time``), if any.
+        """
+        err = (res.get("result_error") or {}).get(key)
+        method = str(cmd.get(key, "")).partition("?")[0].strip().lower().removesuffix(".json")
+        what = f"{self.name} ({method} in a batch)"
+        if not isinstance(err, dict):  # not run: a halted batch, or a command the portal skipped
+            return TransientError(f"{what}: the command did not run")
+        code = str(err.get("error") or "")
+        description = redact(str(err.get("error_description") or ""))
+        resets = [t.get("operating_reset_at") for k, t in (res.get("result_time") or {}).items()
+                  if isinstance(t, dict) and str(cmd.get(k, "")).partition("?")[0].strip().lower() == method]
+        resets = [float(r) for r in resets if isinstance(r, (int, float)) and r > time.time()]
+        found = classify(200, error_code=code or None, description=description, what=what,
+                         reset_at=max(resets) if resets else None, codes=BITRIX24_CODES)
+        if found is None or (not code and not description):
+            found = FatalError(f"{what} failed: {code or 'error'}: {description or 'no description'}".strip(),
+                               fix="see the portal's description")
+        return found
+
+    def _check_batch(self, cmd: dict[str, str], body: dict, *, idempotent: bool) -> None:
+        """Raise inside the retry loop when a batch must be sent again as it is.
+
+        Reads: when the first command failed with a limit or a transient error (later commands
+        usually depend on it: ``$result[...]`` chains). Writes: only when no command ran and every
+        refusal is a limit's (nothing was executed, so sending it again cannot duplicate)."""
+        res = body.get("result") if isinstance(body.get("result"), dict) else {}
+        results = res.get("result") if isinstance(res.get("result"), dict) else {}
+        if not cmd or len(results) == len(cmd):
+            return
+        if idempotent:
+            first = next(iter(cmd))
+            if first not in results:
+                err = self.command_error(cmd, res, first)
+                if isinstance(err, TransientError):
+                    raise err
+            return
+        if results:
+            return
+        errs = [self.command_error(cmd, res, k) for k in cmd if k in (res.get("result_error") or {})]
+        if errs and all(isinstance(e, RateLimitedError) for e in errs):
+            raise max(errs, key=lambda e: e.retry_after or 0.0)
+
     # --- public calls -------------------------------------------------------------------------
     def call(self, method: str, params: dict | None = None, *, idempotent: bool = True) -> dict:
         """Call ``method``; returns the whole envelope (``result``, ``next``, ``total``, ``time``).
@@ -193,11 +259,19 @@ class Bitrix24Client:
             AmbiguousWriteError: a non-idempotent call failed without telling whether it ran.
             FatalError: any other refusal.
         """
+        return self._call(method, params or {}, idempotent=idempotent)
+
+    def _call(self, method: str, params: dict, *, idempotent: bool,
+              check: Callable[[dict], None] | None = None) -> dict:
+        """The one bounded retry loop: every request, its waits and what is retried."""
         retry_on = TransientError if idempotent else RateLimitedError
         for attempt in Retrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
                                 retry=retry_if_exception_type(retry_on), reraise=True, sleep=self._sleep):
             with attempt:
-                return self._once(method, params or {}, idempotent=idempotent)
+                body = self._once(method, params, idempotent=idempotent)
+                if check is not None:
+                    check(body)
+                return body
         raise AssertionError("unreachable")
 
     def batch(self, cmd: dict[str, str], *, halt: bool = False, idempotent: bool = True) -> dict:
@@ -205,11 +279,64 @@ class Bitrix24Client:
         envelope: ``{"result", "result_error", "result_total", "result_next", …}``."""
         if len(cmd) > 50:
             raise ValueError("a batch holds at most 50 commands")
-        body = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd}, idempotent=idempotent)
-        res = body.get("result") or {}
-        for key in ("result", "result_error", "result_total", "result_next"):
-            if isinstance(res.get(key), list):  # PHP sends an empty object as []
-                res[key] = {}
-            res.setdefault(key, {})
-        return res
 
+        def check(body: dict) -> None:
+            _normalise_batch(body)
+            self._check_batch(cmd, body, idempotent=idempotent)
+
+        body = self._call("batch", {"halt": 1 if halt else 0, "cmd": cmd}, idempotent=idempotent, check=check)
+        return body["result"]
+
+    def batch_each(self, cmd: dict[str, str], *, max_rounds: int | None = None) -> dict[str, dict]:
+        """Run independent read commands (no ``$result`` references between them) until each has
+        its result; returns ``{key: {"result": …, "total": … or None}}``. A command refused by a
+        limit or a transient error is
+        sent again in the next request (the portal's reset is waited out by :meth:`batch`'s loop when
+        nothing ran); a command that failed for good raises. Bounded: every request completes at
+        least one command, or the retry loop raises."""
+        pending = dict(cmd)
+        out: dict[str, dict] = {}
+        for _ in range(max_rounds or len(cmd) + 1):
+            if not pending:
+                return out
+            res = self.batch(pending)
+            failed: dict[str, str] = {}
+            for key, command in pending.items():
+                if key in res["result"]:
+                    out[key] = {"result": res["result"][key], "total": res["result_total"].get(key)}
+                    continue
+                err = self.command_error(pending, res, key)
+                if not isinstance(err, TransientError):
+                    raise err
+                failed[key] = command
+            if len(failed) == len(pending):  # nothing ran and it was not retried: give up, bounded
+                raise self.command_error(pending, res, next(iter(failed)))
+            pending = failed
+        if pending:
+            raise TransientError(f"{self.name}: {len(pending)} batch command(s) kept failing",
+                                 fix="check the portal's limits and health")
+        return out
+
+
+def _normalise_batch(body: dict) -> None:
+    """``body["result"]`` with every part a dict (PHP sends an empty object as ``[]``)."""
+    res = body.get("result")
+    if not isinstance(res, dict):
+        res = body["result"] = {}
+    for key in ("result", "result_error", "result_total", "result_next", "result_time"):
+        if not isinstance(res.get(key), dict):
+            res[key] = {}
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """The connection was refused or never made, so the request was not sent (writes may be
+    sent again); a connection that broke after sending is not this."""
+    import urllib3.exceptions
+
+    seen, reason = 0, exc.args[0] if exc.args else None
+    while reason is not None and seen < 5:  # requests wraps urllib3's MaxRetryError(reason=…)
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):
+            return True
+        reason = getattr(reason, "reason", None)
+        seen += 1
+    return False

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from connectors.errors import ConfigError, IntegrityError, RunNotFound, TransientError
+from journal.backup_marks import journaled_marks, record_marks
 from journal.counters import StepCounters
 from journal.events import EventKind
 from journal.idmap import IdMap
@@ -42,6 +43,32 @@ def crm_clients(ctx: ActionContext, section: Any = None, *, budget=None) -> tupl
                                       source=ctx.config.source, budget=budget)
 
 
+def idmap_of(ctx: ActionContext, section: Any = None) -> IdMap:
+    """The cloud-ID → box-ID map: it belongs to the box as restored for this run (a new run restores a
+    new box); within a run (re-runs, phase 3 sweeps) it is reused; a lost map is rebuilt from the box."""
+    section = section or crm_section(ctx)
+    return IdMap(ctx.journal, section.migration_key or ctx.run_id, run_id=ctx.run_id)
+
+
+def backup_marks(ctx: ActionContext, box: Any, cutoff: dt.datetime, idmap: IdMap) -> dict[str, dict[str, int]]:
+    """The backup's high-water marks per entity (``{"max_id", "count"}``) as the journal keeps them.
+
+    The first time (nothing journaled for this run and cutoff) they are read from the box — still the
+    restored backup, nothing imported yet — and journaled before anything is written; later runs, the
+    sweeps and the checks read the journal. Should the map already hold records (a journal from
+    before the marks were kept), the box is read leaving the migrated records out.
+    """
+    entities = tuple(ctx.platform.crm.entities)
+    marks = journaled_marks(ctx.journal, ctx.run_id, cutoff)
+    if marks is not None and all(e in marks for e in entities):
+        return marks
+    written = any(idmap.count(e) for e in entities)
+    marks = ctx.platform.crm.backup_marks(box, cutoff, entities=entities, skip_ours=written)
+    record_marks(ctx.journal, ctx.run_id, cutoff, marks, migration=idmap.migration, step_id=ctx.step_id,
+                 box_written_before=written)
+    return marks
+
+
 @register("transfer_crm_delta", requires=("crm_delta",))
 def transfer_crm_delta(ctx: ActionContext) -> ActionResult:
     """Export the delta (CSVs for review under work_dir), import it idempotently, reconcile."""
@@ -57,14 +84,13 @@ def _transfer(ctx: ActionContext) -> ActionResult:
     crm = ctx.platform.crm
     cloud, box = crm_clients(ctx, section)
     cutoff = cutoff_of(ctx, section)
-    # The map belongs to the box as restored for this run: a new run restores a new box. Within a run
-    # (re-runs, phase 3 sweeps) it is reused; a lost map is rebuilt from the box by ORIGIN_ID.
-    key = section.migration_key or ctx.run_id
-    idmap = IdMap(ctx.journal, key, run_id=ctx.run_id)
+    idmap = idmap_of(ctx, section)
 
     t0 = time.monotonic()
+    marks = backup_marks(ctx, box, cutoff, idmap)  # before anything is written to the box
     ctx.progress(0, None, "listing the cloud's records changed since the backup")
     delta = crm.export(cloud, box, cutoff, entities=section.entities, detect_deleted=section.detect_deleted,
+                       max_ids={e: m["max_id"] for e, m in marks.items()},
                        progress=lambda n, msg: ctx.progress(n, None, f"export: {msg}"))
     out_dir = ctx.work_dir / "crm-delta"
     files = crm.write_review_files(delta, out_dir)
@@ -95,9 +121,11 @@ def _transfer(ctx: ActionContext) -> ActionResult:
                               f"{sum(len(v) for v in twins.values())} cloud record(s) have twins on the box (an "
                               "earlier run wrote them twice); the first twin is kept in the map, the customer "
                               "decides about the others", data={"cloud_ids": twins}, step_id=ctx.step_id)
-    rec = crm.reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id)
+    rec = crm.reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
+                        cloud=cloud)
     elapsed = time.monotonic() - t0
-    evidence = {"cutoff": cutoff.isoformat(), "export": delta.summary(), "import": report.summary(),
+    evidence = {"cutoff": cutoff.isoformat(), "backup_marks": marks, "export": delta.summary(),
+                "import": report.summary(),
                 "import_method": report.method, "reconciliation": rec.evidence(), "reconciliation_ok": rec.ok,
                 "deleted_in_cloud": deleted, "fallback_users": report.fallback_users,
                 "failures": report.failures[:50], "csv_dir": str(out_dir), "cloud": cloud.display_url,
@@ -106,8 +134,9 @@ def _transfer(ctx: ActionContext) -> ActionResult:
                           f"reconciliation: {'OK' if rec.ok else f'{rec.mismatches} problem(s)'}",
                           data=rec.evidence(), step_id=ctx.step_id)
     if not rec.ok or report.failures:
-        raise IntegrityError(f"CRM delta: reconciliation found {rec.mismatches} problem(s), "
-                             f"{len(report.failures)} write failure(s); see the journal event crm_reconciliation",
+        raise IntegrityError(f"CRM delta: reconciliation found {rec.mismatches} problem(s) ({rec.without_twin} "
+                             f"record(s) of the cloud without a box twin), {len(report.failures)} write failure(s); "
+                             "see the journal event crm_reconciliation",
                              fix=f"fix the listed records' cause and run step {ctx.step_id} again: it only writes "
                                  "what is missing")
     records = delta.records

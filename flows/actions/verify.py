@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from checklists.verify import VerifyAccess, load_checks, run_checks
 from connectors.box_host.post_restore import domain_of
 from connectors.errors import ConfigError, MigrationError
+from journal.backup_marks import journaled_marks
 from journal.counters import StepCounters
 from journal.export import downtime_window
 from journal.sweeps import quarantined
@@ -67,6 +68,8 @@ def build_access(ctx: ActionContext, stack: contextlib.ExitStack) -> VerifyAcces
                                        f"address users open")
     access.ca_file = str(section.ca_file) if section.ca_file else None
     access.delta_moved = _delta_moved(ctx)
+    if access.cutoff is not None:
+        access.backup_marks = journaled_marks(ctx.journal, ctx.run_id, access.cutoff)
     access.quarantined = quarantined(ctx.journal, ctx.run_id)
     return access
 

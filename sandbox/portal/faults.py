@@ -4,8 +4,10 @@ Each fault fires on the next ``times`` matching requests (``method`` = a REST me
 None for any), then switches itself off:
 
 - ``QUERY_LIMIT_EXCEEDED`` → 503 (as if the leaky bucket overflowed)
-- ``OPERATION_TIME_LIMIT`` → 429 with ``operating_reset_at`` ``reset_in`` seconds ahead
-- ``INTERNAL_SERVER_ERROR`` → 500
+- ``OPERATION_TIME_LIMIT`` → 429 with ``operating_reset_at`` ``reset_in`` seconds ahead; injected for
+  a method (not for any), it also fails that method's commands inside a ``batch`` one by one, in
+  ``result_error`` (HTTP 200), as the portal does when a method runs out of operating time
+- ``INTERNAL_SERVER_ERROR`` → 500 (for a method: also that method's commands inside a ``batch``)
 - ``DROP_AFTER_WRITE`` → the request is executed, then the connection is closed without an
   answer (the client cannot know whether its write happened)
 - ``HTML_200`` → a 200 HTML page instead of JSON (a proxy's error page)
@@ -49,11 +51,16 @@ class Faults:
         with self._lock:
             self._pending.clear()
 
-    def take(self, method: str) -> _Fault | None:
-        """The fault to apply to this request, if any (consumes one shot)."""
+    def take(self, method: str, *, kinds: tuple[str, ...] | None = None,
+             targeted_only: bool = False) -> _Fault | None:
+        """The fault to apply to this request, if any (consumes one shot). ``kinds``: only faults of
+        these kinds; ``targeted_only``: only faults injected for this very method (a command inside
+        a ``batch``: the portal limits operating time per method, commands in a batch included)."""
         with self._lock:
             for f in self._pending:
-                if f.method is None or f.method == method:
+                if kinds is not None and f.kind not in kinds:
+                    continue
+                if (f.method is None and not targeted_only) or f.method == method:
                     f.times -= 1
                     if f.times <= 0:
                         self._pending.remove(f)

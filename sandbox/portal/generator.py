@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .server import Portal, PortalLimits, PortalServer
+from .server import Portal, PortalLimits, PortalServer, make_tls
 from .store import CrmStore
 
 FIRST = ["Anna", "Ivan", "Maria", "Dmitri", "Olga", "Peter", "Elena", "Sergei", "Irina", "Nikolai", "Jana", "Budi",
@@ -245,12 +248,15 @@ class PortalPair:
     """A running cloud portal and box portal, seeded consistently.
 
     ``cloud_webhook`` / ``box_webhook`` are base URLs with the secret code in them; ``*_code`` the
-    codes alone (for the config's secrets); ``cutoff`` the backup's cutoff (aware, UTC)."""
+    codes alone (for the config's secrets); ``cutoff`` the backup's cutoff (aware, UTC);
+    ``ca_file`` the certificate to trust when the pair serves HTTPS (else None)."""
 
     cloud: PortalServer
     box: PortalServer
     cutoff: dt.datetime
-    dataset: CrmDataset
+    dataset: CrmDataset = field(repr=False)
+    ca_file: Path | None = None
+    _tls_dir: str | None = field(default=None, repr=False)  # a temporary directory the pair owns
 
     @property
     def cloud_webhook(self) -> str:
@@ -271,6 +277,9 @@ class PortalPair:
     def close(self) -> None:
         self.cloud.close()
         self.box.close()
+        if self._tls_dir:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+            self._tls_dir = None
 
     def __enter__(self) -> "PortalPair":
         return self
@@ -280,11 +289,16 @@ class PortalPair:
 
 
 def start_pair(*, limits: PortalLimits | None = None, box_limits: PortalLimits | None = None,
-               box_extra: int = 2, batch_import: bool = True, **generate_kw: Any) -> PortalPair:
+               box_extra: int = 2, batch_import: bool = True, tls: bool = False,
+               tls_dir: str | Path | None = None, **generate_kw: Any) -> PortalPair:
     """Start a cloud + box portal pair on loopback: cloud = backup + post-cutoff changes, box =
     the restored backup whose ID sequences moved on by ``box_extra`` test records per entity,
     created and deleted on the box after the restore (steps 2.8/2.9): box IDs of new records
-    differ from the cloud's post-cutoff IDs, as on a real box."""
+    differ from the cloud's post-cutoff IDs, as on a real box.
+
+    ``tls``: both portals answer over HTTPS (as real portals do) with one generated certificate,
+    written to ``tls_dir`` (default: a temporary directory removed by :meth:`PortalPair.close`);
+    its path is ``PortalPair.ca_file``. Plain HTTP stays the default."""
     data = generate(**generate_kw)
     cloud_store, box_store = CrmStore(), CrmStore()
     seed_cloud(cloud_store, data)
@@ -294,6 +308,11 @@ def start_pair(*, limits: PortalLimits | None = None, box_limits: PortalLimits |
             rid = box_store.add(entity, {"TITLE": f"box test record {i}", "NAME": "Box", "LAST_NAME": "Test",
                                          "ASSIGNED_BY_ID": "1"}, now=data.cutoff)
             box_store.delete(entity, rid)
-    cloud = PortalServer(Portal(cloud_store, limits=limits)).start()
-    box = PortalServer(Portal(box_store, limits=box_limits or limits, batch_import=batch_import)).start()
-    return PortalPair(cloud=cloud, box=box, cutoff=data.cutoff, dataset=data)
+    context, ca_file, owned = None, None, None
+    if tls:
+        owned = None if tls_dir is not None else tempfile.mkdtemp(prefix="c2b-portal-tls-")
+        context, ca_file = make_tls(tls_dir if tls_dir is not None else owned)
+    cloud = PortalServer(Portal(cloud_store, limits=limits), tls=context, ca_file=ca_file).start()
+    box = PortalServer(Portal(box_store, limits=box_limits or limits, batch_import=batch_import),
+                       tls=context, ca_file=ca_file).start()
+    return PortalPair(cloud=cloud, box=box, cutoff=data.cutoff, dataset=data, ca_file=ca_file, _tls_dir=owned)

@@ -4,17 +4,26 @@ Faithful to the vendor's docs where the connector depends on it:
 
 - incoming-webhook URLs ``http://127.0.0.1:PORT/rest/{USER_ID}/{CODE}/{method}.json`` (a wrong
   code → 401 ``NO_AUTH_FOUND``); GET with a PHP-style query string, POST with JSON or a
-  form-encoded body;
+  form-encoded body; over HTTPS with a generated certificate when asked (:func:`make_tls`,
+  ``PortalServer(tls=…)``, ``start_pair(tls=True)``): real portals answer over HTTPS only and
+  clients such as b24pysdk build ``https://`` URLs;
 - the envelope ``{"result", "next", "total", "time": {…, "operating", "operating_reset_at"}}`` and
   ``{"error", "error_description"}``;
-- lists with page size 50, filter prefixes, ``order``, ``select``; ``start=-1`` answers without a
-  count, ``start >= 0`` counts every matching row at ``count_cost_s`` per row;
-- ``batch`` (≤ 50 commands, ``$result[key][n][FIELD]`` references, ``result_error``; one request
-  for the rate limit);
+- lists with page size 50, every documented filter prefix (see ``store._PREFIXES``), ``order``,
+  ``select``; ``start=-1`` answers ``total: 0`` without a count, ``start >= 0`` counts every
+  matching row at ``count_cost_s`` per row;
+- ``batch`` as the vendor's core runs it (see :meth:`Portal._batch`): commands URL-decoded before
+  ``$result[…]`` references are substituted, at most 50 run (later ones fail one by one), no
+  nested ``batch``, per-command ``result_error`` and ``result_time``, HTTP 200; one request for
+  the rate limit;
 - the leaky bucket per portal (``rate``/s drain, ``burst``; 503 ``QUERY_LIMIT_EXCEEDED``) and the
   per-method operating-time limit (429 ``OPERATION_TIME_LIMIT`` until ``operating_reset_at``);
-- ``crm.<entity>.list/get/add/update/delete`` (``params[IMPORT]`` keeps the given dates),
-  ``crm.item.list``, ``crm.item.batchImport`` (≤ 20 items, ascending ``createdTime``);
+- ``crm.<entity>.list/get/add/update/delete`` (``params[IMPORT]``, PHP-true, makes the system
+  fields writable and keeps the given dates, in ascending creation time),
+  ``crm.deal.contact.items.get/set``, ``crm.item.list/get/add/update`` and
+  ``crm.item.batchImport`` (≤ 20 items, ascending ``createdTime``) with each method's own field
+  names and shapes (``stageId``/``typeId``, ``fm``; PHONE/EMAIL in the import: see
+  ``store.render_item`` and ``_from_item``);
 - ``user.get`` (filter by any field, prefixes, ``ACTIVE``), ``user.add`` (result = the new ID;
   a bad or used e-mail → 400 ``ERROR_ARGUMENT``);
 - ``tasks.task.list`` (camelCase tasks in ``result.tasks``, default order ``ID`` desc) and
@@ -28,8 +37,9 @@ Faithful to the vendor's docs where the connector depends on it:
   form-encoded to the handler (``event``, ``event_handler_id``, ``data[FIELDS][ID]``, ``ts``,
   ``auth[…]``) from a queue, once, without retries, as the vendor's queue server does.
 
-An unresolved ``$result`` reference (a page shorter than the index) fails that command in
-``result_error`` instead of running it with an empty value.
+A ``$result`` reference whose path does not exist (a page shorter than the index) is replaced,
+as the vendor does, by the last node the path reached (e.g. the whole short page); a command that
+then gets a list where one value belongs fails in ``result_error`` (``INVALID_ARG_VALUE``).
 """
 
 from __future__ import annotations
@@ -40,10 +50,12 @@ import logging
 import queue
 import re
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,19 +63,28 @@ import orjson
 import requests
 
 from .faults import Faults
-from .store import (ENTITY_TYPE_IDS, CrmStore, StoreError, from_item_name, parse_date,
-                    _sort_key, to_item_name)
+from .store import (ENTITY_TYPE_IDS, ITEM_BINDINGS, ITEM_SOURCE, MULTI_FIELDS, CrmStore, StoreError,
+                    from_item_name, parse_date, render_item, to_item_name, _sort_key)
 
 _PATH_RE = re.compile(r"^/rest/(\d+)/([^/]+)/([A-Za-z0-9_.]+?)(?:\.json)?/?$")
 _APP_PATH_RE = re.compile(r"^/rest/([A-Za-z0-9_.]+?)(?:\.json)?/?$")  # application (OAuth) calls
-_REF_RE = re.compile(r"\$result\[([^\]]+)\]((?:\[[^\]]*\])*)")
+# CRestUtil::processBatchElement (avshatalov48/bitrix-core-business
+# modules/rest/classes/general/rest_util.php): "$" + one of the batch's result parts + the rest of
+# the token; the path is every [...] group in that rest.
+_BATCH_REF_RE = re.compile(r"\$(result|next|total|time|error)(\S*)", re.IGNORECASE)
+_PATH_PART_RE = re.compile(r"\[([^\]]+)\]")
+BATCH_MAX_LENGTH = 50  # CRestUtil::BATCH_MAX_LENGTH
+BATCH_FORBIDDEN = frozenset({"batch", "download", "upload"})
 _ENTITY_METHOD_RE = re.compile(r"^crm\.(lead|deal|contact|company)\.(list|get|add|update|delete)$")
 
 STATUS = {"QUERY_LIMIT_EXCEEDED": 503, "OPERATION_TIME_LIMIT": 429, "NO_AUTH_FOUND": 401,
           "INVALID_CREDENTIALS": 401, "ACCESS_DENIED": 403, "ERROR_METHOD_NOT_FOUND": 404,
           "INTERNAL_SERVER_ERROR": 500, "INVALID_REQUEST": 400, "INVALID_ARG_VALUE": 400, "NOT_FOUND": 400,
           "ERROR_CORE": 400, "ERROR_BATCH_LENGTH_EXCEEDED": 400, "ERROR_ARGUMENT": 400,
-          "WRONG_AUTH_TYPE": 403, "invalid_token": 401}
+          "ERROR_BATCH_METHOD_NOT_ALLOWED": 405, "WRONG_AUTH_TYPE": 403, "invalid_token": 401, "": 400}
+CRM_NAMES = {"lead": "Lead", "deal": "Deal", "contact": "Contact", "company": "Company"}
+# Fields crm.<entity>.add writes only in import mode (restservice.php, CCrmRestProxyBase::add).
+SYSTEM_FIELDS = ("DATE_CREATE", "DATE_MODIFY", "CREATED_BY_ID", "MODIFY_BY_ID")
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +147,18 @@ class PortalLimits:
     """The portal's plan limits. Defaults are the vendor's standard plan (2/s, burst 50, 480 s of
     operating time per method per 10 min); ``count_cost_s`` is the simulated cost of counting one
     row for offset paging (the vendor measured ~20 µs/row; the default is 10× cheaper so that
-    benchmarks finish, the shape is the same)."""
+    benchmarks finish, the shape is the same). ``write_latency_s`` is what one record's write costs
+    the portal's database (0: instant; a slow box: e.g. 0.1): each ``crm.<entity>.add``/``update``
+    and each ``crm.item.batchImport`` item is saved after that long, one after the other (commands of
+    a batch too), and is visible to other requests as soon as it is saved, while the request that
+    writes it is still running — a client whose timeout is shorter has not seen the end of it."""
 
     rate: float = 2.0
     burst: int = 50
     operating_limit_s: float = 480.0
     operating_window_s: float = 600.0
     count_cost_s: float = 2e-6
+    write_latency_s: float = 0.0
 
 
 class Portal:
@@ -157,6 +183,7 @@ class Portal:
         self.app_token = secrets.token_hex(16)
         self.member_id = secrets.token_hex(16)
         self.domain = "127.0.0.1"  # host:port once served (PortalServer.start sets it)
+        self.scheme = "http"  # "https" when served over TLS
         self._webhooks: list[_OutboundWebhook] = []
         self._webhook_seq = 0
         self._events = _EventQueue()
@@ -213,7 +240,7 @@ class Portal:
             self._events.put(hook.handler_url, [
                 ("event", event), ("event_handler_id", str(hook.handler_id)),
                 ("data[FIELDS][ID]", str(record_id)), ("ts", None),
-                ("auth[domain]", self.domain), ("auth[client_endpoint]", f"http://{self.domain}/rest/"),
+                ("auth[domain]", self.domain), ("auth[client_endpoint]", f"{self.scheme}://{self.domain}/rest/"),
                 ("auth[server_endpoint]", OAUTH_SERVER_ENDPOINT), ("auth[member_id]", self.member_id),
                 ("auth[application_token]", hook.application_token)])
 
@@ -246,6 +273,11 @@ class Portal:
             reset_at = (entries[0][0] + self.limits.operating_window_s) if entries else now
         return used, reset_at
 
+    def _write_pause(self) -> None:
+        """The time one record's write takes (``PortalLimits.write_latency_s``); no lock is held."""
+        if self.limits.write_latency_s > 0:
+            time.sleep(self.limits.write_latency_s)
+
     def _operating_add(self, method: str, cost: float) -> None:
         with self._bucket_lock:
             self._operating.setdefault(method, []).append((time.time(), cost))
@@ -272,27 +304,39 @@ class Portal:
                 self._tl.app = False
             fault = self.faults.take(method)
             if fault is not None:
-                if fault.kind == "OPERATION_TIME_LIMIT":
-                    raise ApiError(fault.kind, "Method is blocked due to operation time limit.",
-                                   {"time": {"operating": self.limits.operating_limit_s + 1,
-                                             "operating_reset_at": time.time() + fault.reset_in}})
-                if fault.kind in ("QUERY_LIMIT_EXCEEDED", "INTERNAL_SERVER_ERROR"):
-                    raise ApiError(fault.kind, "Injected fault")
+                if fault.kind in ("OPERATION_TIME_LIMIT", "QUERY_LIMIT_EXCEEDED", "INTERNAL_SERVER_ERROR"):
+                    raise self._fault_error(fault)
                 post_fault = fault.kind
             self._admit()
+            proc_start = time.time()
             if method == "batch":
                 result = self._batch(params)
                 body = {"result": result}
             else:
                 body = self._call(method, params)
-            finish = time.time()
-            used, reset_at = self._operating_used(method) if method != "batch" else (0.0, finish)
-            body["time"] = {"start": start, "finish": finish, "duration": finish - start,
-                            "processing": finish - start, "date_start": _iso(start), "date_finish": _iso(finish),
-                            "operating_reset_at": reset_at, "operating": used}
+            proc_finish = time.time()
+            used, reset_at = self._operating_used(method) if method != "batch" else (0.0, proc_finish)
+            body["time"] = self._time(start, time.time(), proc_finish - proc_start, used, reset_at)
             return 200, body, post_fault
         except ApiError as e:
             return STATUS.get(e.code, 400), {"error": e.code, "error_description": e.description, **e.extra}, None
+
+    def _fault_error(self, fault) -> ApiError:
+        if fault.kind == "OPERATION_TIME_LIMIT":
+            return ApiError(fault.kind, "Method is blocked due to operation time limit.",
+                            {"time": {"operating": self.limits.operating_limit_s + 1,
+                                      "operating_reset_at": time.time() + fault.reset_in}})
+        return ApiError(fault.kind, "Injected fault")
+
+    def _time(self, start: float, finish: float, processing: float, operating: float,
+              reset_at: float) -> dict:
+        """The ``time`` block (rest.php ``CRestServer::appendDebugInfo``): dates as PHP's
+        ``date('c')`` writes them, in the portal's time zone; ``operating``/``operating_reset_at``
+        as the cloud's load limiter adds them."""
+        tz = self.store.tz
+        return {"start": start, "finish": finish, "duration": finish - start, "processing": processing,
+                "date_start": _iso(start, tz), "date_finish": _iso(finish, tz),
+                "operating_reset_at": reset_at, "operating": operating}
 
     def _call(self, method: str, params: dict) -> dict:
         """One method call (also used for each batch command); returns the envelope without time."""
@@ -304,18 +348,24 @@ class Portal:
             body, simulated = self._dispatch(method, params)
         except StoreError as e:
             raise ApiError(e.code, e.description) from None
+        except (ValueError, TypeError, AttributeError) as e:  # a value of the wrong shape (e.g. a list)
+            raise ApiError("INVALID_ARG_VALUE", f"invalid parameter value: {e}") from None
         if simulated > 0:
             time.sleep(simulated)  # the count the portal's database would be doing
         self._operating_add(method, time.thread_time() - t0 + simulated)
         return body
 
     def _dispatch(self, method: str, p: dict) -> tuple[dict, float]:
+        if method in ("crm.deal.contact.items.get", "crm.deal.contact.items.set"):
+            return self._deal_contacts(method.rsplit(".", 1)[1], p), 0.0
         m = _ENTITY_METHOD_RE.match(method)
         if m:
             entity, verb = m.groups()
             return getattr(self, f"_entity_{verb}")(entity, p), 0.0 if verb != "list" else self._tl.cost
         if method == "crm.item.list":
             return self._item_list(p), self._tl.cost
+        if method in ("crm.item.get", "crm.item.add", "crm.item.update"):
+            return getattr(self, f"_item_{method.rsplit('.', 1)[1]}")(p), 0.0
         if method == "crm.item.batchimport" and self.batch_import:
             return self._item_batch_import(p), 0.0
         if method == "user.get":
@@ -355,89 +405,272 @@ class Portal:
         self._tl.cost = cost
         return rows, total, max(start, 0)
 
+    # Errors of crm.<entity>.* come from RestException(message) with no code: {"error": "",
+    # "error_description": "…"}, HTTP 400 (avshatalov48/bitrix24-core-corp
+    # modules/crm/classes/general/restservice.php, CCrmRestProxyBase; the shape is documented in
+    # bitrix-tools/b24-rest-docs api-reference/crm/deals/crm-deal-get.md, "Обработка ошибок").
     def _entity_list(self, entity: str, p: dict) -> dict:
         rows, total, start = self._list(entity, p)
         body: dict = {"result": rows}
-        if total is not None:
+        if total is None:
+            # start=-1: no count query; the portal answers total 0 and no next
+            # (api-reference/performance/huge-data.md, the second answer of the example)
+            body["total"] = 0
+        else:
             body["total"] = total
             if start + len(rows) < total:
                 body["next"] = start + len(rows)
         return body
 
+    @staticmethod
+    def _entity_id(p: dict) -> int:
+        """``ID`` or ``id``, intval'd; not a positive integer → "ID is not defined or invalid."."""
+        raw = p.get("ID", p.get("id"))
+        try:
+            record_id = int(str(raw).strip()) if raw not in (None, "") else 0
+        except ValueError:
+            record_id = 0
+        if record_id <= 0:
+            raise ApiError("", "ID is not defined or invalid.")
+        return record_id
+
+    @staticmethod
+    def _array_param(p: dict, name: str, *, required: bool) -> dict:
+        value = p.get(name, p.get(name.upper()))
+        if value is None or value == "":
+            if required:
+                raise ApiError("", f"Parameter '{name}' must be array.")
+            return {}
+        if isinstance(value, list):
+            return {str(i): v for i, v in enumerate(value)}
+        if not isinstance(value, dict):
+            raise ApiError("", f"Parameter '{name}' must be array.")
+        return value
+
     def _entity_get(self, entity: str, p: dict) -> dict:
-        rec = self.store.get(entity, int(p.get("id") or p.get("ID") or 0))
+        rec = self.store.get(entity, self._entity_id(p))
         if rec is None:
-            raise ApiError("NOT_FOUND", "Not found")
+            raise ApiError("", "Not found")
         return {"result": self.store.render(entity, rec, ["*", "PHONE", "EMAIL", "CONTACT_IDS"])}
 
     def _entity_add(self, entity: str, p: dict) -> dict:
-        fields = p.get("fields") or {}
-        params = p.get("params") or {}
-        fields = _fix_multi(fields)
-        keep = bool(isinstance(params, dict) and params.get("IMPORT"))  # PHP truthiness
-        if keep and params.get("IMPORT") in ("0", 0, False, "false"):
-            keep = params.get("IMPORT") == "false"  # "false" is a non-empty string: truthy in PHP
-        new_id = self.store.add(entity, fields, keep_times=keep)
+        """``crm.<entity>.add``. ``params[IMPORT]`` is read with PHP's ``(bool)``: any value but
+        null, false, 0, "" and "0" turns import mode on (restservice.php, ``CCrmRestProxyBase::add``:
+        ``$isImportMode = (bool)($params['IMPORT'] ?? false)``). Import mode makes the system fields
+        DATE_CREATE, DATE_MODIFY, CREATED_BY_ID, MODIFY_BY_ID writable (read-only otherwise: dropped)
+        and, as every import does, keeps records in ascending creation time: DATE_CREATE may not be
+        earlier than that of the newest record created so far, nor in the future, and DATE_MODIFY
+        not earlier than DATE_CREATE (api-reference/crm/universal/import/index.md, "Для дат
+        действуют ограничения"). A refusal is the entity's LAST_ERROR as a RestException: error "",
+        HTTP 400."""
+        fields = _fix_multi(self._array_param(p, "fields", required=True))
+        params = self._array_param(p, "params", required=False)
+        self._write_pause()
+        importing = _php_bool(params.get("IMPORT"))
+        if not importing:
+            fields = {k: v for k, v in fields.items() if k not in SYSTEM_FIELDS}
+            new_id = self.store.add(entity, fields)
+        else:
+            now = dt.datetime.now(dt.timezone.utc)
+            tz = self.store.tz
+            created = parse_date(fields["DATE_CREATE"], tz) if fields.get("DATE_CREATE") else now
+            modified = parse_date(fields["DATE_MODIFY"], tz) if fields.get("DATE_MODIFY") else created
+            with self.store.lock:
+                newest = self.store.newest[entity]
+                if created > now or modified > now:
+                    raise ApiError("", 'Invalid value of the field "DATE_CREATE"/"DATE_MODIFY": '
+                                       "a date in the future")
+                if modified < created:
+                    raise ApiError("", 'Invalid value of the field "DATE_MODIFY": earlier than DATE_CREATE')
+                if newest is not None and created < newest:
+                    raise ApiError("", 'Invalid value of the field "DATE_CREATE": import requires ascending '
+                                       "creation times, and a record created later already exists")
+                fields = dict(fields, DATE_CREATE=created, DATE_MODIFY=modified)
+                new_id = self.store.add(entity, fields, keep_times=True)
         self._emit(entity, "ADD", new_id)
         return {"result": new_id}
 
     def _entity_update(self, entity: str, p: dict) -> dict:
-        record_id = int(p.get("id") or p.get("ID") or 0)
-        self.store.update(entity, record_id, _fix_multi(p.get("fields") or {}))
+        self._write_pause()
+        record_id = self._entity_id(p)
+        fields = _fix_multi(self._array_param(p, "fields", required=True))
+        fields = {k: v for k, v in fields.items() if k not in SYSTEM_FIELDS}  # read-only on update
+        if self.store.get(entity, record_id) is None:
+            raise ApiError("", f"{CRM_NAMES[entity]} is not found")
+        self.store.update(entity, record_id, fields)
         self._emit(entity, "UPDATE", record_id)
         return {"result": True}
 
     def _entity_delete(self, entity: str, p: dict) -> dict:
-        record_id = int(p.get("id") or p.get("ID") or 0)
+        record_id = self._entity_id(p)
+        if self.store.get(entity, record_id) is None:
+            raise ApiError("", "Not found")
         self.store.delete(entity, record_id)
         self._emit(entity, "DELETE", record_id)
         return {"result": True}
 
+    def _deal_contacts(self, verb: str, p: dict) -> dict:
+        """``crm.deal.contact.items.get`` → ``[{CONTACT_ID, SORT, ROLE_ID, IS_PRIMARY}]`` (integers,
+        the primary binding first); ``.set`` replaces the bindings (``items``) → ``true``
+        (api-reference/crm/deals/contacts/crm-deal-contact-items-get.md, ...-items-set.md). The
+        deal's ``CONTACT_ID`` follows the primary binding."""
+        raw = p.get("id", p.get("ID"))
+        try:
+            deal_id = int(str(raw).strip()) if raw not in (None, "") else 0
+        except ValueError:
+            deal_id = 0
+        if deal_id <= 0:
+            raise ApiError("", "The parameter ownerEntityID is invalid or not defined.")
+        if verb == "set":
+            items = _as_list(p.get("items", p.get("ITEMS")))
+            self.store.set_deal_contacts(deal_id, [i for i in items if isinstance(i, dict)])
+            return {"result": True}
+        rec = self.store.get("deal", deal_id)
+        if rec is None:
+            raise ApiError("", "Not found.")
+        ids = list(rec.get("CONTACT_IDS") or [])
+        return {"result": [{"CONTACT_ID": cid, "SORT": (i + 1) * 10, "ROLE_ID": 0, "IS_PRIMARY": "Y" if i == 0 else "N"}
+                           for i, cid in enumerate(ids)]}
+
     def _entity_of(self, p: dict) -> str:
+        """crm.item.*'s ``entityTypeId``: 1 lead, 2 deal, 3 contact, 4 company; any other would be a
+        smart process, which this portal has none of: 400 NOT_FOUND (api-reference/crm/universal/
+        crm-item-list.md and crm-item-get.md, "Возможные коды ошибок")."""
         try:
             return ENTITY_TYPE_IDS[int(p.get("entityTypeId") or 0)]
-        except (KeyError, ValueError):
-            raise ApiError("INVALID_ARG_VALUE", "entityTypeId: unknown entity type") from None
+        except (KeyError, ValueError, TypeError):
+            raise ApiError("NOT_FOUND", "Смарт-процесс не найден") from None
+
+    def _item_filter(self, entity: str, flt) -> dict:
+        """crm.item.list's filter in the store's names. A field crm.item does not know (``statusId``)
+        is refused: "Invalid filter: field … is not allowed in filter" (crm-item-list.md, errors);
+        sub-filters under numeric keys and ``logic`` keep their shape (crm-item-list.md, "filter")."""
+        if not isinstance(flt, dict):
+            raise ApiError("INVALID_ARG_VALUE", "filter must be an object")
+        out: dict = {}
+        for raw_key, value in flt.items():
+            key = str(raw_key)
+            if key.lower() == "logic" or (key.isdigit() and isinstance(value, dict)):
+                out[key] = self._item_filter(entity, value) if isinstance(value, dict) else value
+                continue
+            prefix = re.match(r"^[^A-Za-z]*", key).group(0)
+            name = from_item_name(key[len(prefix):], entity)
+            if name is None:
+                raise ApiError("INVALID_ARG_VALUE",
+                               f"Invalid filter: field '{key[len(prefix):]}' is not allowed in filter")
+            out[prefix + name] = value
+        return out
 
     def _item_list(self, p: dict) -> dict:
+        """``crm.item.list`` (api-reference/crm/universal/crm-item-list.md): camelCase names in
+        ``filter``/``order``/``select``, rows in ``result.items`` (see ``render_item`` for ``fm``)."""
         entity = self._entity_of(p)
-        flt = {}
-        for k, v in (p.get("filter") or {}).items():
-            prefix = re.match(r"^[^A-Za-z]*", k).group(0)
-            name = from_item_name(k[len(prefix):], entity)
+        flt = self._item_filter(entity, p.get("filter") or {})
+        order = {}
+        raw_order = p.get("order") or {}
+        if not isinstance(raw_order, dict):
+            raise ApiError("INVALID_ARG_VALUE", "order must be an object")
+        for key, direction in raw_order.items():
+            name = from_item_name(str(key), entity)
             if name is None:
-                raise ApiError("INVALID_ARG_VALUE", f"unknown filter field {k!r}")
-            flt[prefix + name] = v
-        order = {from_item_name(k, entity) or k: v for k, v in (p.get("order") or {}).items()}
-        select = [s if s == "*" else (from_item_name(s, entity) or s) for s in _as_list(p.get("select"))]
-        start = p.get("start", 0)
-        rows, total, cost = self.store.list(entity, filter=flt, order=order, select=select or ["*", "PHONE", "EMAIL"],
-                                            start=int(start or 0), count_cost_s=self.limits.count_cost_s)
+                raise ApiError("INVALID_ARG_VALUE", f"Invalid order: field '{key}' is not allowed in order")
+            if str(direction).upper() not in ("ASC", "DESC"):
+                raise ApiError("INVALID_ARG_VALUE", f"Invalid order: allowed sort directions are ASC, DESC. "
+                                                    f"But got '{direction}' for field '{key}'")
+            order[name] = str(direction).upper()
+        # select names as the answer spells them ("ID" → "id"); names without a stored field
+        # (a lead's contactIds, hasPhone …) pass as given, "fm" picks nothing (see render_item)
+        select = [to_item_name(from_item_name(str(s), entity), entity) if from_item_name(str(s), entity) else str(s)
+                  for s in _as_list(p.get("select"))]
+        try:
+            start = int(p.get("start", 0) or 0)
+        except (TypeError, ValueError):
+            raise ApiError("INVALID_ARG_VALUE", "start must be an integer") from None
+        rows, total, cost = self.store.list(entity, filter=flt, order=order, select=list(ITEM_SOURCE), start=start,
+                                            count_cost_s=self.limits.count_cost_s, nested=True)
         self._tl.cost = cost
-        body: dict = {"result": {"items": [_to_item(r) for r in rows]}}
-        if total is not None:
+        body: dict = {"result": {"items": [render_item(entity, r, select) for r in rows]}}
+        if total is None:
+            body["total"] = 0  # start=-1: no count, total 0 and no next (api-reference/performance/huge-data.md)
+        else:
             body["total"] = total
-            if int(start or 0) + len(rows) < total:
-                body["next"] = int(start or 0) + len(rows)
+            if start + len(rows) < total:
+                body["next"] = start + len(rows)
         return body
 
+    def _item_id(self, p: dict) -> int:
+        try:
+            return int(p.get("id") or 0)
+        except (TypeError, ValueError):
+            raise ApiError("INVALID_ARG_VALUE", "id must be an integer") from None
+
+    def _item_answer(self, entity: str, record_id: int) -> dict:
+        """``{"item": {…}}``: what crm.item.get/add/update answer (crm-item-get.md, crm-item-add.md);
+        an unknown ID is 400 NOT_FOUND "Элемент не найден" (crm-item-get.md, errors)."""
+        rec = self.store.get(entity, record_id)
+        if rec is None:
+            raise ApiError("NOT_FOUND", "Элемент не найден")
+        return {"item": render_item(entity, self.store.render(entity, rec, ITEM_SOURCE))}
+
+    def _item_get(self, p: dict) -> dict:
+        entity = self._entity_of(p)
+        return {"result": self._item_answer(entity, self._item_id(p))}
+
+    def _item_add(self, p: dict) -> dict:
+        """``crm.item.add`` (api-reference/crm/universal/crm-item-add.md): ``fields`` in crm.item
+        names, multi-fields as ``fm``; unknown fields ignored; left-out fields take their defaults."""
+        entity = self._entity_of(p)
+        given = p.get("fields") or {}
+        if not isinstance(given, dict):
+            raise ApiError("INVALID_ARG_VALUE", "fields must be an object")
+        fields = _from_item(entity, given, importing=False)
+        fields.update(_fm_added(entity, given.get("fm")))
+        _item_defaults(entity, fields)
+        self._write_pause()
+        new_id = self.store.add(entity, fields)
+        self._emit(entity, "ADD", new_id)
+        return {"result": self._item_answer(entity, new_id)}
+
+    def _item_update(self, p: dict) -> dict:
+        """``crm.item.update`` (api-reference/crm/universal/crm-item-update.md): only the given
+        fields change; ``fm`` entries are added, changed or removed by their key (see
+        ``_fm_changes``). When nothing it knows was given, nothing is saved (no event either)."""
+        entity = self._entity_of(p)
+        record_id = self._item_id(p)
+        given = p.get("fields") or {}
+        if not isinstance(given, dict):
+            raise ApiError("INVALID_ARG_VALUE", "fields must be an object")
+        rec = self.store.get(entity, record_id)
+        if rec is None:
+            raise ApiError("NOT_FOUND", "Элемент не найден")
+        fields = _from_item(entity, given, importing=False)
+        fields.update(_fm_changes(entity, rec, given.get("fm")))
+        if fields:
+            self._write_pause()
+            self.store.update(entity, record_id, fields)
+            self._emit(entity, "UPDATE", record_id)
+        return {"result": self._item_answer(entity, record_id)}
+
     def _item_batch_import(self, p: dict) -> dict:
+        """``crm.item.batchImport`` (api-reference/crm/universal/import/crm-item-batch-import.md): up
+        to 20 items, each the ``fields`` of crm.item.import (import/crm-item-import.md): crm.item
+        names, multi-fields as ``PHONE``/``EMAIL`` lists of ``{VALUE, VALUE_TYPE}``, the system
+        fields createdTime/updatedTime/createdBy/updatedBy kept, in ascending createdTime, none in
+        the future, updatedTime ≥ createdTime (import/index.md, "Как сохранить историю элемента")."""
         entity = self._entity_of(p)
         data = _as_list(p.get("data"))
         if len(data) > 20:
-            raise ApiError("INVALID_ARG_VALUE", "A maximum of 20 entities can be imported in a single request")
+            raise ApiError("MAX_IMPORT_BATCH_SIZE_EXCEEDED", "Вы не можете импортировать больше 20 элементов")
         items = []
         now = dt.datetime.now(dt.timezone.utc)
         for entry in data:
-            fields = {}
-            for k, v in (entry or {}).items():
-                name = "PHONE" if k == "phone" else "EMAIL" if k == "email" else from_item_name(k, entity)
-                if name:
-                    fields[name] = v
-            fields = _fix_multi(fields)
+            self._write_pause()
+            fields = _from_item(entity, entry if isinstance(entry, dict) else {}, importing=True)
+            _item_defaults(entity, fields)
             try:
-                created = parse_date(fields["DATE_CREATE"]) if fields.get("DATE_CREATE") else now
-                updated = parse_date(fields["DATE_MODIFY"]) if fields.get("DATE_MODIFY") else created
+                tz = self.store.tz  # a time without an offset is the portal's
+                created = parse_date(fields["DATE_CREATE"], tz) if fields.get("DATE_CREATE") else now
+                updated = parse_date(fields["DATE_MODIFY"], tz) if fields.get("DATE_MODIFY") else created
                 with self.store.lock:
                     newest = self.store.newest[entity]
                     if created > now or updated > now:
@@ -447,7 +680,9 @@ class Portal:
                     if newest is not None and created < newest:
                         raise StoreError("INVALID_ARG_VALUE",
                                          "createdTime must increase monotonically: a newer record exists")
-                    new_id = self.store.add(entity, fields, keep_times=True)
+                    # the time checked above is the time stored (no later clock reading that would
+                    # make the next item of this call "older than the newest record")
+                    new_id = self.store.add(entity, fields, keep_times=True, now=created)
                 self._emit(entity, "ADD", new_id)
                 items.append({"item": {"id": new_id}})
             except StoreError as e:
@@ -620,32 +855,84 @@ class Portal:
         return {"result": []}
 
     def _batch(self, p: dict) -> dict:
-        cmd = p.get("cmd") or {}
+        """``batch`` as the vendor's ``CRestProvider::methodsBatch`` runs it (avshatalov48/bitrix-core-business
+        modules/rest/classes/general/rest_provider.php; docs: bitrix-tools/b24-rest-docs
+        api-reference/how-to-call-rest-api/batch.md):
+
+        - ``halt``/``cmd`` in any case; ``halt`` is read with PHP's ``(bool)`` (JSON ``false``, 0,
+          "0" and "" are off) and stops the batch at the first failed command;
+        - each command ``method?query`` is split and its query parsed, which URL-decodes it, and only
+          then are ``$result[key][…]`` references (also ``$next``, ``$total``, ``$time``, ``$error``)
+          substituted in the parsed values (``CRestUtil::ParseBatchQuery``, rest_util.php): a
+          reference sent encoded (``%24result%5Bk1%5D%5B49%5D%5BID%5D``, as SDKs send it) works;
+        - a reference that is a whole value takes the referenced value as it is (an int stays an
+          int); one inside a longer value is replaced only by a string; a path that does not exist
+          stops at the last node it reached, and that node is used;
+        - at most 50 commands run: each later one fails by itself with ``ERROR_BATCH_LENGTH_EXCEEDED``
+          "Max batch length exceeded" in ``result_error`` (``CRestUtil::BATCH_MAX_LENGTH``);
+        - ``batch`` inside a batch (refused since rest 24.0.0, batch.md), ``download`` and ``upload``
+          fail with ``ERROR_BATCH_METHOD_NOT_ALLOWED`` "Method is not allowed for batch usage";
+        - a failed command goes to ``result_error``; the batch answers HTTP 200;
+        - ``result_time`` has, per successful command, ``start``, ``finish``, ``duration``,
+          ``processing``, ``date_start``, ``date_finish`` (plus ``operating``/``operating_reset_at``:
+          each command runs as its own ``CRestServerBatchItem``, rest.php ``appendDebugInfo``), and
+          each command's operating time counts for its own method;
+        - the parts are PHP arrays: an empty one is ``[]``; keys 0, 1, … in order make a JSON list.
+        """
+        q = {str(k).upper(): v for k, v in p.items()}
+        cmd = q.get("CMD") or {}
         if isinstance(cmd, list):
             cmd = {str(i): c for i, c in enumerate(cmd)}
-        if len(cmd) > 50:
-            raise ApiError("ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
-        halt = str(p.get("halt", "0")) not in ("0", "", "false")
-        result, errors, totals, nexts, times = {}, {}, {}, {}, {}
-        for key, command in cmd.items():
-            method, _, query = str(command).partition("?")
-            try:
-                query = _REF_RE.sub(lambda m: _resolve(result, m), query)
-                params = php_parse(parse_qsl(query, keep_blank_values=True))
-                t0 = time.time()
-                body = self._call(method.lower().removesuffix(".json"), params)
-                result[key] = body["result"]
-                if "total" in body:
-                    totals[key] = body["total"]
-                if "next" in body:
-                    nexts[key] = body["next"]
-                times[key] = {"start": t0, "finish": time.time(), "duration": time.time() - t0}
-            except ApiError as e:
-                errors[key] = {"error": e.code, "error_description": e.description}
+        if not isinstance(cmd, dict):
+            cmd = {}
+        halt = _php_bool(q.get("HALT"))
+        parts: dict[str, dict] = {"result": {}, "next": {}, "total": {}, "time": {}, "error": {}}
+        for n, (key, command) in enumerate(cmd.items()):
+            key = str(key)
+            if n >= BATCH_MAX_LENGTH:
+                res = {"error": "ERROR_BATCH_LENGTH_EXCEEDED", "error_description": "Max batch length exceeded"}
+            elif not isinstance(command, str):
+                continue  # the vendor skips a command that is not a string
+            else:
+                res = self._batch_command(command, parts)
+            if "error" in res:
+                parts["error"][key] = res
                 if halt:
                     break
-        return {"result": result, "result_error": errors, "result_total": totals, "result_next": nexts,
-                "result_time": times}
+            else:
+                for part in ("result", "next", "total", "time"):
+                    if part in res:
+                        parts[part][key] = res[part]
+        return {"result": _php_array(parts["result"]), "result_error": _php_array(parts["error"]),
+                "result_total": _php_array(parts["total"]), "result_next": _php_array(parts["next"]),
+                "result_time": _php_array(parts["time"])}
+
+    def _batch_command(self, command: str, parts: dict) -> dict:
+        """One command of a batch → ``{"result", "total"?, "next"?, "time"}`` or ``{"error", …}``."""
+        start = time.time()
+        method, _, query = command.partition("?")
+        params = php_parse(parse_qsl(query, keep_blank_values=True)) if query else {}
+        params = _substitute(params, parts)
+        name = method.strip().lower().removesuffix(".json")
+        if name in BATCH_FORBIDDEN:
+            return {"error": "ERROR_BATCH_METHOD_NOT_ALLOWED", "error_description": "Method is not allowed for batch usage"}
+        try:
+            fault = self.faults.take(name, kinds=("OPERATION_TIME_LIMIT", "INTERNAL_SERVER_ERROR"),
+                                     targeted_only=True)
+            if fault is not None:
+                raise self._fault_error(fault)
+            proc_start = time.time()
+            body = self._call(name, params)
+            proc_finish = time.time()
+        except ApiError as e:
+            return {"error": e.code, "error_description": e.description}
+        out = {"result": body["result"]}
+        for part in ("next", "total"):
+            if part in body:
+                out[part] = body[part]
+        used, reset_at = self._operating_used(name)
+        out["time"] = self._time(start, time.time(), proc_finish - proc_start, used, reset_at)
+        return out
 
 
 # tasks.task.list: UPPER_CASE name (filter, order, select) → camelCase key of the answer
@@ -801,18 +1088,74 @@ class _EventQueue:
                 self.failed += dropped
 
 
-def _resolve(results: dict, m: re.Match) -> str:
-    node: Any = results.get(m.group(1))
-    for part in re.findall(r"\[([^\]]*)\]", m.group(2)):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            node = None
-        if node is None:
-            raise ApiError("INVALID_REQUEST", f"unresolved batch reference {m.group(0)}")
-    return str(node)
+def _php_bool(value) -> bool:
+    """PHP's ``(bool)``: false for null, false, 0, 0.0, "", "0" and an empty array; true otherwise
+    (so "N", "false" and "0.0" are true)."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str):
+        return value not in ("", "0")
+    if isinstance(value, (list, dict)):
+        return bool(value)
+    return True
+
+
+_PHP_INT_KEY = re.compile(r"^(0|-?[1-9][0-9]*)$")
+
+
+def _php_array(d: dict) -> dict | list:
+    """How PHP's ``json_encode`` writes an array: ``[]`` when empty, a list when the keys are the
+    integers 0, 1, … in order (PHP turns the key "0" into 0), an object otherwise."""
+    if not d:
+        return []
+    keys = list(d)
+    if all(_PHP_INT_KEY.match(str(k)) for k in keys) and [int(k) for k in keys] == list(range(len(keys))):
+        return list(d.values())
+    return d
+
+
+def _php_index(node: Any, part: str) -> Any:
+    """``isset($node[$part]) ? $node[$part] : null`` for a decoded PHP array."""
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and _PHP_INT_KEY.match(part) and 0 <= int(part) < len(node):
+        return node[int(part)]
+    return None
+
+
+def _resolve(value: str, parts: dict) -> Any:
+    """Substitute the batch references in one (already URL-decoded) value, the way
+    ``CRestUtil::processBatchElement`` does (rest_util.php)."""
+    for m in list(_BATCH_REF_RE.finditer(value)):
+        path = _PATH_PART_RE.findall(m.group(2))
+        if not path:
+            continue
+        node: Any = parts[m.group(1).lower()]
+        for part in path:
+            nxt = _php_index(node, part)
+            if nxt is None:
+                break  # the vendor stops here and uses the node reached so far
+            node = nxt
+        if not isinstance(value, str):
+            break
+        if m.group(0) == value:
+            value = node  # a whole value: the referenced value itself, of any type
+        elif isinstance(node, str):
+            value = value.replace(m.group(0), node)
+    return value
+
+
+def _substitute(node: Any, parts: dict) -> Any:
+    """Walk a parsed command's parameters and resolve the references in every string value."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, parts) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, parts) for v in node]
+    if isinstance(node, str) and "$" in node:
+        return _resolve(node, parts)
+    return node
 
 
 def _fix_multi(fields: dict) -> dict:
@@ -826,18 +1169,106 @@ def _fix_multi(fields: dict) -> dict:
     return out
 
 
-def _to_item(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if k in ("PHONE", "EMAIL"):
-            out[k.lower()] = v
-        else:
-            out[to_item_name(k)] = int(v) if k == "ID" else v
+# System fields only an import may set (api-reference/crm/universal/import/index.md, "Как сохранить
+# историю элемента"); crm.item.add/update leave them to the portal.
+_ITEM_SYSTEM_FIELDS = {"DATE_CREATE", "DATE_MODIFY", "CREATED_BY_ID", "MODIFY_BY_ID"}
+# A field left out takes its default, the first entry of its list (crm-item-add.md and
+# import/crm-item-import.md: a lead's stageId "по умолчанию имеет значение первой доступной стадии", a
+# company's typeId "по умолчанию — первый доступный тип", a deal's stageId the first stage of its
+# funnel); the sandbox's lists start with NEW and CUSTOMER.
+_ITEM_DEFAULTS = {"lead": {"STATUS_ID": "NEW"}, "company": {"COMPANY_TYPE": "CUSTOMER"}}
+
+
+def _from_item(entity: str, fields: dict, *, importing: bool) -> dict:
+    """crm.item.* ``fields`` → the store's fields. "Некорректное поле в fields будет проигнорировано"
+    (crm-item-add.md, crm-item-update.md, import/crm-item-import.md): a name crm.item does not know —
+    ``statusId``, ``companyType``, the read-only ``phone``/``email`` strings, ``fm`` in an import —
+    changes nothing. Multi-fields: crm.item.import's page takes ``PHONE``/``EMAIL`` (lists of
+    ``{VALUE, VALUE_TYPE}``, the crm_multifield structure); add/update take ``fm`` (see
+    ``_fm_added``/``_fm_changes``). A lead's ``contactIds``/a contact's ``companyIds`` set the one
+    link the store keeps to their first entry."""
+    out: dict = {}
+    bound = None
+    for raw_key, value in fields.items():
+        key = str(raw_key)
+        name = from_item_name(key, entity)
+        if name is not None and name != "ID":
+            if importing or name not in _ITEM_SYSTEM_FIELDS:
+                out[name] = value
+        elif entity in ITEM_BINDINGS and key == ITEM_BINDINGS[entity][0]:
+            bound = [x for x in _as_list(value) if str(x).strip() not in ("", "0")]
+        elif importing and key in MULTI_FIELDS and entity != "deal":
+            out[key] = value
+    if bound is not None:
+        out[ITEM_BINDINGS[entity][1]] = bound[0] if bound else None
+    return _fix_multi(out)
+
+
+def _item_defaults(entity: str, fields: dict) -> None:
+    for name, value in _ITEM_DEFAULTS.get(entity, {}).items():
+        fields.setdefault(name, value)
+    if entity == "deal" and "STAGE_ID" not in fields:
+        category = str(fields.get("CATEGORY_ID") or "0")
+        fields["STAGE_ID"] = "NEW" if category == "0" else f"C{category}:NEW"
+
+
+def _fm_entries(fm) -> list[tuple[str, dict]]:
+    """``fm`` as (key, entry): a JSON list (no keys), or an object keyed ``n0``, ``n1`` … or by value
+    IDs (crm-item-update.md, "fm"); a form-encoded list arrives keyed 0, 1 …"""
+    if isinstance(fm, dict):
+        pairs = [(str(k), v) for k, v in fm.items()]
+    elif isinstance(fm, list):
+        pairs = [("", v) for v in fm]
+    else:
+        return []
+    return [(k, v) for k, v in pairs if isinstance(v, dict)]
+
+
+def _fm_value(entry: dict) -> str:
+    return "" if entry.get("value") is None else str(entry["value"])
+
+
+def _fm_added(entity: str, fm) -> dict:
+    """crm.item.add's ``fm``: every entry ``{typeId, valueType, value}`` is a new value
+    (crm-item-add.md, "fm"). The store keeps PHONE and EMAIL; WEB/IM/LINK entries are dropped."""
+    out: dict[str, list] = {}
+    if entity == "deal":
+        return out  # deals have no multi-fields (object-fields.md)
+    for _, entry in _fm_entries(fm):
+        type_id = str(entry.get("typeId") or "").upper()
+        if type_id in MULTI_FIELDS and _fm_value(entry).strip():
+            out.setdefault(type_id, []).append({"VALUE": _fm_value(entry),
+                                                "VALUE_TYPE": str(entry.get("valueType") or "WORK")})
     return out
 
 
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+def _fm_changes(entity: str, rec: dict, fm) -> dict:
+    """crm.item.update's ``fm`` against the record's values (crm-item-update.md, "fm"): the entry's
+    key (or its ``id``) names an existing value → that value is changed, or removed when ``value`` is
+    empty; a key ``n0``, ``n1`` … or an ID the record does not have → a new value ("Если не существует
+    мультиполя с данным id, то будет создано новое мультиполе"). So a plain list only appends."""
+    out: dict[str, list] = {}
+    if entity == "deal":
+        return out
+    owner = {str(x["ID"]): m for m in MULTI_FIELDS for x in rec.get(m) or []}
+    for key, entry in _fm_entries(fm):
+        value_id = key if key.isdigit() else str(entry.get("id") or "")
+        value = _fm_value(entry)
+        if value_id in owner:
+            change = {"ID": value_id, "DELETE": "Y"} if not value.strip() else {"ID": value_id, "VALUE": value}
+            if value.strip() and entry.get("valueType"):
+                change["VALUE_TYPE"] = str(entry["valueType"])
+            out.setdefault(owner[value_id], []).append(change)
+        else:
+            type_id = str(entry.get("typeId") or "").upper()
+            if type_id in MULTI_FIELDS and value.strip():
+                out.setdefault(type_id, []).append({"VALUE": value,
+                                                    "VALUE_TYPE": str(entry.get("valueType") or "WORK")})
+    return out
+
+
+def _iso(ts: float, tz: dt.tzinfo = dt.timezone.utc) -> str:
+    return dt.datetime.fromtimestamp(ts, tz).isoformat(timespec="seconds")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -913,47 +1344,89 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = _serve
 
 
+TLS_CERT_FILE = "portal_ca.pem"
+TLS_KEY_FILE = "portal_key.pem"
+TLS_HANDSHAKE_TIMEOUT_S = 10
+
+
+def make_tls(out_dir: str | Path, *, host: str = "127.0.0.1", cert_days: float = 30) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context with a fresh certificate for ``host`` (and localhost/127.0.0.1), made by
+    the sandbox box's own generator (:func:`sandbox.box_web.tls_context`): ``(context, CA
+    file)``. The CA file is the certificate clients trust (``verify=``, ``REQUESTS_CA_BUNDLE``,
+    ``SSL_CERT_FILE``); its key is written next to it, mode 0600."""
+    from ..box_web import tls_context
+
+    context, ca_file, _ = tls_context(out_dir, host=host, cert_days=cert_days, cert_name=TLS_CERT_FILE,
+                                      key_name=TLS_KEY_FILE)
+    return context, ca_file
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256  # clients such as fast_bitrix24 open ~50 connections at once
     portal: Portal
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # the handshake runs in the connection's own thread: one stalled client holds up no other
+        request.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # the client refused the certificate or went away
+        conn.settimeout(None)
+        super().finish_request(conn, client_address)
 
     def handle_error(self, request, client_address) -> None:
         import sys
 
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
             return  # the client went away (killed, gave up): nothing to report
         super().handle_error(request, client_address)
 
 
 @dataclass
 class PortalServer:
-    """A running sandbox portal. ``webhook`` is the base URL any Bitrix24 client can use."""
+    """A running sandbox portal. ``webhook`` is the base URL any Bitrix24 client can use.
+
+    ``tls`` (from :func:`make_tls`) serves HTTPS, as real portals do; ``ca_file`` is then the
+    certificate a client must trust."""
 
     portal: Portal
     host: str = "127.0.0.1"
     port: int = 0
+    tls: ssl.SSLContext | None = None
+    ca_file: Path | None = None
     _server: _Server | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> "PortalServer":
         self._server = _Server((self.host, self.port), _Handler)
         self._server.portal = self.portal
+        self._server.tls = self.tls
         self.port = self._server.server_address[1]
         self.portal.domain = f"{self.host}:{self.port}"
+        self.portal.scheme = self.scheme
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"sandbox-portal-{self.port}", daemon=True)
         self._thread.start()
         return self
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def webhook(self) -> str:
-        """``http://127.0.0.1:PORT/rest/1/CODE/`` (contains the secret code)."""
+        """``http(s)://127.0.0.1:PORT/rest/1/CODE/`` (contains the secret code)."""
         return f"{self.base_url}/rest/{self.portal.user_id}/{self.portal.code}/"
 
     @property

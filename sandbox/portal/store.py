@@ -2,7 +2,8 @@
 their comments, and telephony external lines.
 
 Records are kept in the classic ``crm.<entity>.*`` shape (UPPER_CASE fields, IDs as strings on the
-wire) with their dates as aware datetimes; :func:`render` turns one into what the REST API returns.
+wire) with their dates as aware datetimes; :func:`render` turns one into what the REST API returns,
+and :func:`render_item` that rendering into a crm.item.* item (camelCase names, ``fm``).
 IDs are kept sorted so that the fast-export path (``order[ID]=ASC`` + ``filter[>ID]``) costs a
 bisect plus one page, as on the real portal's primary-key index.
 """
@@ -13,6 +14,7 @@ import bisect
 import datetime as dt
 import re
 import threading
+from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable
 
 ENTITIES = ("company", "contact", "lead", "deal")
@@ -36,38 +38,139 @@ ALL_FIELDS = {e: set(BASE_FIELDS[e]) | ({"PHONE", "EMAIL"} if e != "deal" else s
     {"CONTACT_IDS"} if e == "deal" else set()) for e in ENTITIES}
 INT_FIELDS = {"ID", "COMPANY_ID", "CONTACT_ID", "LEAD_ID", "ASSIGNED_BY_ID", "CREATED_BY_ID", "MODIFY_BY_ID",
               "CATEGORY_ID"}
+MONEY_FIELDS = {"OPPORTUNITY"}  # compared as numbers in filters, rendered with two decimals
+# Links rendered as "0" when empty, as the vendor's list example shows ("COMPANY_ID": "0",
+# bitrix-tools/b24-rest-docs api-reference/crm/leads/crm-lead-list.md); a deal's LEAD_ID stays null
+# (api-reference/crm/deals/crm-deal-get.md).
+ZERO_LINKS = {"COMPANY_ID", "CONTACT_ID"}
 
-# crm.item.* speaks camelCase; these differ from the mechanical conversion.
-ITEM_NAMES = {"DATE_CREATE": "createdTime", "DATE_MODIFY": "updatedTime", "CREATED_BY_ID": "createdBy",
-              "MODIFY_BY_ID": "updatedBy", "CONTACT_IDS": "contactIds", "ID": "id"}
+# --- crm.item.* (the universal methods): names and shapes ----------------------------------------
+# Names: camelCase of the stored UPPER_CASE name (ASSIGNED_BY_ID → assignedById: bitrix-tools/
+# b24-rest-docs api-reference/crm/universal/index.md, "Особенности имен полей"), except the common
+# system fields (api-reference/crm/universal/object-fields.md, "Общие поля": id, createdTime,
+# updatedTime, createdBy, updatedBy) and two fields that object-fields.md names by their role: a
+# lead's status is its stage, ``stageId`` (table "Лид"; there is no statusId), a company's type is
+# ``typeId`` (table "Компания"; there is no companyType).
+ITEM_NAMES = {"ID": "id", "DATE_CREATE": "createdTime", "DATE_MODIFY": "updatedTime", "CREATED_BY_ID": "createdBy",
+              "MODIFY_BY_ID": "updatedBy", "CONTACT_IDS": "contactIds"}
+ITEM_NAMES_OF = {"lead": {"STATUS_ID": "stageId"}, "company": {"COMPANY_TYPE": "typeId"}}
+ITEM_ENTITY_TYPE_IDS = {e: t for t, e in ENTITY_TYPE_IDS.items()}
+# What an item is rendered from (CrmStore.render): every field the store keeps.
+ITEM_SOURCE = ("*", "PHONE", "EMAIL", "CONTACT_IDS")
+# Bindings the store keeps as one link and crm.item names as a list (object-fields.md: a lead's
+# ``contactIds``, a contact's ``companyIds``); the link is the list's first entry (a lead's
+# CONTACT_ID is "the first bound contact": api-reference/crm/leads/crm-lead-fields.md).
+ITEM_BINDINGS = {"lead": ("contactIds", "CONTACT_ID"), "contact": ("companyIds", "COMPANY_ID")}
+# Links that read 0 when empty (crm-item-get.md's example: "companyId": 0, "contactId": 0; a deal's
+# categoryId defaults to 0, the general funnel: import/crm-item-import.md, table "Сделка").
+ITEM_ZERO_LINKS = {"COMPANY_ID", "CONTACT_ID", "CATEGORY_ID"}
+ITEM_DOUBLE_FIELDS = {"OPPORTUNITY"}  # `double` in object-fields.md
+# Multi-fields are not crm.item fields: they travel as ``fm`` in crm.item.add/update/get/list
+# (object-fields.md, "fm": {id, typeId, valueType, value}) and as PHONE/EMAIL lists of
+# {VALUE, VALUE_TYPE} in crm.item.import/batchImport (import/crm-item-import.md, "fields"). The
+# lower-case ``phone``/``email`` of object-fields.md are read-only strings: the first value of that
+# type, like ``phoneWork`` etc. (crm-item-get.md, below the example); (typeId, valueType or any).
+ITEM_FM_ALIASES = {"phone": ("PHONE", None), "email": ("EMAIL", None), "phoneMobile": ("PHONE", "MOBILE"),
+                   "phoneWork": ("PHONE", "WORK"), "phoneMailing": ("PHONE", "MAILING"),
+                   "emailHome": ("EMAIL", "HOME"), "emailWork": ("EMAIL", "WORK"), "emailMailing": ("EMAIL", "MAILING")}
 
 
-def to_item_name(field: str) -> str:
-    """``COMPANY_ID`` → ``companyId`` (the crm.item.* spelling)."""
+def to_item_name(field: str, entity: str) -> str:
+    """``COMPANY_ID`` → ``companyId``; a lead's ``STATUS_ID`` → ``stageId``, a company's
+    ``COMPANY_TYPE`` → ``typeId`` (the crm.item.* spelling, see ``ITEM_NAMES``)."""
+    own = ITEM_NAMES_OF.get(entity, {})
+    if field in own:
+        return own[field]
     if field in ITEM_NAMES:
         return ITEM_NAMES[field]
     head, *rest = field.lower().split("_")
     return head + "".join(p.capitalize() for p in rest)
 
 
-_FROM_ITEM = {}
+_FROM_ITEM: dict[tuple[str, str], str | None] = {}
+
+
+def _upper_snake(item_name: str) -> str:
+    """``stageId`` → ``STAGE_ID``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", item_name).upper()
 
 
 def from_item_name(name: str, entity: str) -> str | None:
-    """``companyId`` → ``COMPANY_ID`` for a field the entity has; None for an unknown field."""
+    """``companyId`` → ``COMPANY_ID`` for a field the entity has; None for a name crm.item.* does
+    not know (``statusId``, ``companyType``) and for the multi-fields, which are no crm.item field.
+
+    A crm.item name also works in UPPER_CASE (``ID``, ``STAGE_ID`` — not a lead's ``STATUS_ID``): the
+    docs' Python example of crm.item.list (crm-item-list.md, ``as_list_fast``) pages with ``ID`` in
+    order and filter, and the portal upper-cases the keys it is given (bitrix24-core-corp
+    modules/crm/lib/controller/item.php, convertKeysToUpper, which keeps a known UPPER_CASE name)."""
     key = (entity, name)
     if key not in _FROM_ITEM:
-        _FROM_ITEM[key] = next((f for f in ALL_FIELDS[entity] if to_item_name(f) == name), None)
+        fields = ALL_FIELDS[entity] - set(MULTI_FIELDS)
+        found = next((f for f in fields if to_item_name(f, entity) == name), None)
+        if found is None and name == name.upper():
+            found = next((f for f in fields if _upper_snake(to_item_name(f, entity)) == name), None)
+        _FROM_ITEM[key] = found
     return _FROM_ITEM[key]
 
 
-def parse_date(value: Any) -> dt.datetime:
-    """ISO 8601 with offset (the portal's format); a naive value is taken as UTC."""
+def render_item(entity: str, row: dict, select: Iterable[str] | None = None) -> dict:
+    """A record as crm.item.* returns it, from its classic rendering (``CrmStore.render`` with
+    ``ITEM_SOURCE``): camelCase names, integer IDs (object-fields.md), ``fm`` for the multi-fields.
+
+    ``select`` is crm.item.list's: ``fm`` "is not a field and cannot be asked for by name; pass
+    select ['*'] to get it" (api-reference/crm/universal/crm-item-list.md, "select"), so it comes only
+    with no select or ``["*"]``; other names pick fields (``id`` always). crm.item.get/add/update
+    return the whole item, ``fm`` included (crm-item-get.md: "fm is always returned")."""
+    item: dict[str, Any] = {}
+    for f, v in row.items():
+        if f in MULTI_FIELDS:
+            continue
+        if f == "CONTACT_IDS":
+            v = [int(x) for x in v or []]
+        elif f in INT_FIELDS:
+            v = int(v) if v not in (None, "") else (0 if f in ITEM_ZERO_LINKS else None)
+        elif f in ITEM_DOUBLE_FIELDS and v not in (None, ""):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        item[to_item_name(f, entity)] = v
+    if entity in ITEM_BINDINGS:
+        many, one = ITEM_BINDINGS[entity]
+        link = item.get(to_item_name(one, entity))
+        item[many] = [link] if link else []
+    fm = None
+    if entity != "deal":  # deals have no multi-fields (object-fields.md, table "Сделка")
+        fm = [{"id": int(x["ID"]), "typeId": m, "valueType": x.get("VALUE_TYPE"), "value": x.get("VALUE")}
+              for m in MULTI_FIELDS for x in row.get(m) or []]
+        item["hasPhone"] = "Y" if any(e["typeId"] == "PHONE" for e in fm) else "N"
+        item["hasEmail"] = "Y" if any(e["typeId"] == "EMAIL" for e in fm) else "N"
+        for alias, (type_id, value_type) in ITEM_FM_ALIASES.items():
+            item[alias] = next((e["value"] for e in fm
+                                if e["typeId"] == type_id and value_type in (None, e["valueType"])), "")
+    item["entityTypeId"] = ITEM_ENTITY_TYPE_IDS[entity]
+    wanted = [str(s) for s in select or []]
+    if not wanted or wanted == ["*"]:
+        if fm is not None:
+            item["fm"] = fm
+        return item
+    if "*" in wanted:
+        return item
+    keep = set(wanted) | {"id"}
+    return {k: v for k, v in item.items() if k in keep}
+
+
+def parse_date(value: Any, tz: dt.tzinfo = dt.timezone.utc) -> dt.datetime:
+    """ISO 8601 with offset (the portal's format); a naive value is taken in ``tz`` (UTC unless
+    told). The portal itself reads a value without an offset in its own time zone: the REST layer
+    turns dates with ``strtotime`` under the server's time zone (``CRestUtil::unConvertDateTime``,
+    avshatalov48/bitrix-core-business modules/rest/classes/general/rest_util.php), so the store
+    passes its ``tz`` for filters and written fields."""
     if isinstance(value, dt.datetime):
         d = value
     else:
         d = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-    return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=tz)
 
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -111,16 +214,39 @@ class CrmStore:
             if key not in ALL_FIELDS[entity] or key == "ID":
                 continue  # the portal ignores unknown and read-only fields
             if key in DATE_FIELDS:
-                out[key] = parse_date(value)
+                out[key] = parse_date(value, self.tz)  # no offset: the portal's time zone
             elif key in MULTI_FIELDS:
                 out[key] = value
             elif key == "CONTACT_IDS":
-                out[key] = [int(v) for v in (value or [])]
+                out[key] = [int(v) for v in (value or []) if int(v) > 0]
             elif key in INT_FIELDS:
                 out[key] = int(value) if value not in (None, "", "0", 0) else None
+            elif key in MONEY_FIELDS:
+                # a money column (decimal(18,2)): "12500" is kept as "12500.00", as the portal shows it
+                out[key] = None if value in (None, "") else f"{_number(value):.2f}"
             else:
                 out[key] = None if value is None else str(value)
         return out
+
+    @staticmethod
+    def _bind_contacts(entity: str, rec: dict, changes: dict) -> None:
+        """Keep a deal's ``CONTACT_ID`` one of its ``CONTACT_IDS`` bindings, as the portal does:
+        ``CONTACT_IDS`` (when given) replaces the bindings and its first contact becomes the
+        primary one, ``CONTACT_ID``; a ``CONTACT_ID`` given alone becomes the only binding.
+        ``CONTACT_ID`` is documented as deprecated in favour of the bindings
+        (bitrix-tools/b24-rest-docs api-reference/crm/deals/crm-deal-get.md, CONTACT_ID;
+        api-reference/crm/deals/contacts/crm-deal-contact-items-get.md)."""
+        if entity != "deal":
+            return
+        if "CONTACT_IDS" in changes:
+            ids = list(dict.fromkeys(changes["CONTACT_IDS"]))
+        elif "CONTACT_ID" in changes:
+            ids = [changes["CONTACT_ID"]] if changes["CONTACT_ID"] else []
+        else:
+            return
+        changes["CONTACT_IDS"] = ids
+        changes["CONTACT_ID"] = ids[0] if ids else None
+        rec.update({k: changes[k] for k in ("CONTACT_IDS", "CONTACT_ID")})
 
     def _multi(self, current: list[dict], given: Any) -> list[dict]:
         """Multi-field semantics of add/update: entries with ID update (or DELETE='Y' remove) an
@@ -158,6 +284,9 @@ class CrmStore:
             for m in MULTI_FIELDS:
                 if m in rec:
                     rec[m] = self._multi([], rec[m])
+            self._bind_contacts(entity, rec, dict(rec))
+            if entity == "deal":
+                rec.setdefault("CONTACT_IDS", [])
             if not keep_times or "DATE_CREATE" not in rec:
                 rec["DATE_CREATE"] = now
             if not keep_times or "DATE_MODIFY" not in rec:
@@ -185,8 +314,27 @@ class CrmStore:
             for m in MULTI_FIELDS:
                 if m in changes:
                     changes[m] = self._multi(rec.get(m, []), changes[m])
+            self._bind_contacts(entity, changes, changes)
             rec.update(changes)
             rec["DATE_MODIFY"] = now
+
+    def set_deal_contacts(self, deal_id: int, items: list[dict], *, now: dt.datetime | None = None) -> None:
+        """``crm.deal.contact.items.set``: replace the bindings; the item with ``IS_PRIMARY=Y`` (else
+        the first) becomes ``CONTACT_ID``; ``SORT`` orders them (default: the given order)."""
+        with self.lock:
+            rec = self.tables["deal"].get(int(deal_id))
+            if rec is None:
+                raise StoreError("", "Not found.")
+            ordered = sorted(enumerate(items), key=lambda p: (int(p[1].get("SORT") or (p[0] + 1) * 10), p[0]))
+            ids = list(dict.fromkeys(int(i["CONTACT_ID"]) for _, i in ordered if int(i.get("CONTACT_ID") or 0) > 0))
+            primary = next((int(i["CONTACT_ID"]) for _, i in ordered
+                            if str(i.get("IS_PRIMARY", "")).upper() == "Y" and int(i.get("CONTACT_ID") or 0) > 0), None)
+            if primary is not None:
+                ids.remove(primary)
+                ids.insert(0, primary)
+            rec["CONTACT_IDS"] = ids
+            rec["CONTACT_ID"] = ids[0] if ids else None
+            rec["DATE_MODIFY"] = now or dt.datetime.now(dt.timezone.utc)
 
     def delete(self, entity: str, record_id: int) -> None:
         with self.lock:
@@ -312,19 +460,24 @@ class CrmStore:
                 v = [dict(x, TYPE_ID=f) for x in v]
             elif f == "CONTACT_IDS":
                 v = [str(x) for x in (v or [])]
+            elif v is None and f in ZERO_LINKS:
+                v = "0"  # an empty link reads "0", not null
             elif v is not None and f in INT_FIELDS:
                 v = str(v)
             out[f] = v
         return out
 
     def list(self, entity: str, *, filter: dict | None, order: dict | None, select: list | None, start: int,
-             count_cost_s: float = 0.0, page_size: int = 50) -> tuple[list[dict], int | None, float]:
+             count_cost_s: float = 0.0, page_size: int = 50,
+             nested: bool = False) -> tuple[list[dict], int | None, float]:
         """One page of a list call: (rows, total or None when start=-1, simulated cost in seconds).
 
         With ``start >= 0`` the portal counts every matching row (``total``); that costs
         ``count_cost_s`` per row, which is what makes offset paging slow on big tables.
+        ``nested``: the filter may hold sub-filters under numeric keys and ``logic: OR``
+        (``crm.item.list`` only; the classic ``crm.lead.list`` has no OR).
         """
-        predicates, id_floor = _compile_filter(entity, filter or {})
+        predicates, id_floor = _compile_filter(entity, filter or {}, self.tz, nested=nested)
         order = {str(k).upper(): str(v).upper() for k, v in (order or {}).items()} or {"ID": "ASC"}
         with self.lock:
             table = self.tables[entity]
@@ -354,7 +507,7 @@ class CrmStore:
             else:
                 matching = [r for r in table.values() if all(p(r) for p in predicates)]
                 for key, direction in reversed(list(order.items())):
-                    matching.sort(key=lambda r, k=key: _sort_key(r.get(k)), reverse=direction == "DESC")
+                    matching.sort(key=lambda r, k=key: _sort_key(_comparable(r, k)), reverse=direction == "DESC")
             total = len(matching)
             page = matching[max(start, 0): max(start, 0) + page_size]
             self.rows_listed += len(page)
@@ -390,51 +543,147 @@ def _select_fields(entity: str, select) -> tuple[str, ...]:
     return tuple(fields)
 
 
-_PREFIXES = (">=", "<=", "!=", ">", "<", "!", "@", "=", "%")
+# Filter key prefixes, longest first (bitrix-tools/b24-rest-docs api-reference/crm/leads/crm-lead-list.md
+# and api-reference/crm/universal/crm-item-list.md, "filter"): comparisons, IN / NOT IN, LIKE with the
+# value as a substring (`%`, `!%`) or as a pattern holding `%` (`=%`, `%=`, `!=%`, `!%=`), equality.
+_PREFIXES = ("!=%", "!%=", "!@", "!%", "!=", "=%", "%=", ">=", "<=", "!", ">", "<", "@", "=", "%")
+_NEGATED = {"!": "=", "!=": "=", "!@": "@", "!%": "%", "!=%": "=%", "!%=": "=%"}
 
 
-def _compile_filter(entity: str, flt: dict):
-    """Filter keys with the portal's prefixes → predicates; also the lower bound for ``>ID``/``>=ID``
-    (used to bisect into the sorted IDs)."""
+def _number(value) -> Decimal:
+    try:
+        return Decimal(str(value).strip().replace(",", "."))
+    except InvalidOperation:
+        raise ValueError(f"not a number: {value!r}") from None
+
+
+def _comparable(rec: dict, field: str):
+    """A record's value as filters compare it: money as a number, an empty link as 0."""
+    v = rec.get(field)
+    if field in MONEY_FIELDS:
+        return None if v in (None, "") else _number(v)
+    if field in INT_FIELDS and field != "ID":
+        return v or 0
+    return v
+
+
+def _php_list(value) -> list:
+    """A filter value given as an array: JSON list, or PHP-style keys 0, 1, … from a query string."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def _like(pattern: str) -> re.Pattern:
+    """SQL LIKE → regex: ``%`` any run, ``_`` one character; case-insensitive as the portal's
+    MySQL collation compares text."""
+    out = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
+    return re.compile(out, re.IGNORECASE | re.DOTALL)
+
+
+def _compile_filter(entity: str, flt: dict, tz: dt.tzinfo = dt.timezone.utc, *, nested: bool = False,
+                    _top: bool = True):
+    """Filter keys with the portal's prefixes → predicates (all must hold); also the lower bound for
+    ``>ID``/``>=ID`` (used to bisect into the sorted IDs). A value without a UTC offset is a time in
+    the portal's zone ``tz``. With ``nested``, numeric keys hold sub-filters and ``logic: OR`` joins
+    a level's conditions by OR (crm.item.list's filter, api-reference/crm/universal/crm-item-list.md)."""
+    if not isinstance(flt, dict):
+        raise StoreError("INVALID_ARG_VALUE", "filter must be an object")
+    logic = "AND"
+    if nested:
+        logic = next((str(v).upper() for k, v in flt.items() if str(k).lower() == "logic"), "AND")
     predicates = []
     id_floor: int | None = None
     for raw_key, value in flt.items():
         key = str(raw_key)
+        if nested and key.lower() == "logic":
+            continue
+        if nested and key.isdigit():
+            if not isinstance(value, dict):
+                raise StoreError("INVALID_ARG_VALUE", f"sub-filter {key!r} must be an object")
+            sub, _ = _compile_filter(entity, value, tz, nested=True, _top=False)
+            predicates.append(lambda r, s=tuple(sub): all(p(r) for p in s))
+            continue
         op = next((p for p in _PREFIXES if key.startswith(p)), "")
         field = key[len(op):].upper()
         if field not in ALL_FIELDS[entity]:
             raise StoreError("INVALID_ARG_VALUE", f"unknown filter field {field!r}")
-        conv = _converter(field)
         try:
-            if op == "@":
-                values = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) \
-                    else [value]
-                wanted = {conv(v) for v in values}
-                predicates.append(lambda r, f=field, w=wanted: r.get(f) in w)
-                continue
-            target = conv(value) if value not in ("", None) else None
-        except (ValueError, TypeError):
+            pred = _condition(field, op, value, tz)
+        except (ValueError, TypeError, ArithmeticError):
             raise StoreError("INVALID_ARG_VALUE", f"bad filter value for {key}") from None
-        if field == "ID" and op in (">", ">=") and target is not None:
-            id_floor = target if op == ">" else target - 1
+        if _top and field == "ID" and op in (">", ">=") and logic == "AND" and not isinstance(value, (list, dict)) \
+                and str(value).strip() not in ("", "None"):
+            floor = int(str(value).strip()) - (op == ">=")
+            id_floor = floor if id_floor is None else max(id_floor, floor)
             continue
-        if op in ("", "="):
-            predicates.append(lambda r, f=field, t=target: r.get(f) == t)
-        elif op in ("!", "!="):
-            predicates.append(lambda r, f=field, t=target: r.get(f) != t)
-        elif op == "%":
-            predicates.append(lambda r, f=field, t=str(value).lower(): t in str(r.get(f) or "").lower())
-        else:
-            cmp = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-                   "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}[op]
-            predicates.append(lambda r, f=field, t=target, c=cmp: r.get(f) is not None and t is not None
-                              and c(r.get(f), t))
+        predicates.append(pred)
+    if logic == "OR":
+        return ([lambda r, s=tuple(predicates): any(p(r) for p in s)] if predicates else []), None
     return predicates, id_floor
 
 
-def _converter(field: str):
+def _condition(field: str, op: str, value, tz: dt.tzinfo):
+    """One ``{prefix}{FIELD}: value`` condition → predicate over a stored record."""
+    negate = op in _NEGATED
+    base = _NEGATED.get(op, op)
+    conv = _converter(field, tz)
+    if base in ("%", "=%", "%="):
+        if base == "%":  # the value is a substring: its own % and _ are plain characters
+            pattern = re.compile(".*" + re.escape(str(value)) + ".*", re.IGNORECASE | re.DOTALL)
+        else:
+            pattern = _like(str(value))
+        if field in MULTI_FIELDS:
+            def test(r, p=pattern):
+                return any(p.fullmatch(str(e.get("VALUE", ""))) for e in r.get(field) or [])
+        else:
+            def test(r, p=pattern):
+                v = r.get(field)
+                if isinstance(v, dt.datetime):
+                    v = v.astimezone(tz).isoformat(timespec="seconds")
+                return v is not None and bool(p.fullmatch(str(v)))
+    elif base in ("", "=", "@"):
+        values = _php_list(value) if (base == "@" or isinstance(value, (list, dict))) else [value]
+        empty = any(v in ("", None) for v in values)
+        wanted = {conv(v) for v in values if v not in ("", None)}
+        if field in MULTI_FIELDS:  # PHONE / EMAIL: the exact value of one of the record's entries
+            def test(r, w=wanted, e=empty):
+                have = {str(x.get("VALUE", "")) for x in r.get(field) or []}
+                return bool(have & w) or (e and not have)
+        else:
+            def test(r, w=wanted, e=empty):
+                v = _comparable(r, field)
+                return v in w or (e and v in (None, "", 0))
+    elif base in (">", ">=", "<", "<="):
+        if isinstance(value, (list, dict)):
+            raise ValueError("a comparison takes one value")
+        target = conv(value)
+        cmp = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+               "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}[base]
+        if field in MULTI_FIELDS:
+            def test(r, t=target, c=cmp):
+                return any(c(str(x.get("VALUE", "")), t) for x in r.get(field) or [])
+        else:
+            def test(r, t=target, c=cmp):
+                v = _comparable(r, field)
+                try:
+                    return v is not None and t is not None and c(v, t)
+                except TypeError:
+                    return False
+    else:  # pragma: no cover - every prefix is handled above
+        raise ValueError(op)
+    return (lambda r, t=test: not t(r)) if negate else test
+
+
+def _converter(field: str, tz: dt.tzinfo = dt.timezone.utc):
+    """How a filter value of ``field`` is read: dates in the portal's zone unless they carry an
+    offset, money as a number (the column is decimal), links and IDs as integers."""
     if field in DATE_FIELDS:
-        return parse_date
+        return lambda v: parse_date(v, tz)
+    if field in MONEY_FIELDS:
+        return _number
     if field in INT_FIELDS:
-        return lambda v: int(v) if v not in (None, "") else None
+        return lambda v: int(str(v).strip()) if str(v).strip() not in ("", "None") else 0
     return lambda v: None if v is None else str(v)

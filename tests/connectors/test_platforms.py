@@ -103,7 +103,8 @@ class Crm:
     def map_users(self, cloud, box): return {}
     def import_delta(self, box, delta, idmap, **kw): return None
     def reconcile(self, box, delta, idmap, **kw): return None
-    def backup_max_id(self, box, entity, cutoff): return 0
+    def backup_marks(self, box, cutoff, *, entities, skip_ours=False):
+        return {e: {"max_id": 0, "count": 0} for e in entities}
     def sweep(self, cloud, box, idmap, history, **kw): return None
 
 class Codes:

@@ -6,7 +6,7 @@ import pytest
 
 from connectors.bitrix24.lists import fast_list, iter_rows, offset_list
 from connectors.bitrix24.rest import AmbiguousWriteError, Bitrix24Client, LeakyBucket
-from connectors.errors import AuthError, TransientError
+from connectors.errors import AuthError, RateLimitedError, TransientError
 from sandbox.portal import PortalLimits
 
 from .crm_helpers import clients, make_pair
@@ -131,3 +131,72 @@ def test_the_portal_codes_reach_the_one_classifier(status, code, kind):
 
     err = classify(status, error_code=code, codes=BITRIX24_CODES)
     assert type(err).__name__ == kind
+
+
+def test_a_limit_on_commands_inside_a_batch_is_waited_out_not_fatal(pair):
+    """OPERATION_TIME_LIMIT on single commands of a batch (HTTP 200, result_error): the listing
+    waits, in the client's one retry loop, and ends complete."""
+    cloud = Bitrix24Client(pair.cloud_webhook, rate=150, burst=40, max_attempts=4)
+    pair.cloud.faults.inject("OPERATION_TIME_LIMIT", times=2, method="crm.lead.list", reset_in=0.2)
+    ids = [int(r["ID"]) for r in iter_rows(cloud, "crm.lead.list", select=["ID"])]
+    assert ids == pair.cloud.store.ids["lead"]
+    assert pair.cloud.faults.fired["OPERATION_TIME_LIMIT"] == 2 and cloud.waited_s > 0
+    res = cloud.batch({"a": "crm.lead.list?start=-1", "b": "crm.nosuch.method"})
+    assert type(cloud.command_error({"b": "crm.nosuch.method"}, res, "b")).__name__ == "FatalError"
+    # what stays refused within the bound is raised as what it is: a limit, never a fatal error
+    pair.cloud.faults.inject("OPERATION_TIME_LIMIT", times=10_000, method="crm.lead.list")  # 1 per command
+    impatient = Bitrix24Client(pair.cloud_webhook, rate=150, burst=40, max_attempts=2, sleep=lambda s: None)
+    with pytest.raises(RateLimitedError):
+        list(iter_rows(impatient, "crm.lead.list", select=["ID"]))
+    pair.cloud.faults.clear()
+
+
+def test_writes_refused_by_a_limit_are_sent_again_only_when_nothing_ran(pair):
+    _, box = clients(pair)
+    before = pair.box.store.count("lead")
+    adds = {f"c{i}": f"crm.lead.add?fields[TITLE]=limit{i}" for i in range(3)}
+    # the first command refused, the batch halted: nothing ran, the same request goes again
+    pair.box.faults.inject("OPERATION_TIME_LIMIT", times=1, method="crm.lead.add")
+    res = box.batch(adds, halt=True, idempotent=False)
+    assert sorted(res["result"]) == ["c0", "c1", "c2"] and pair.box.store.count("lead") == before + 3
+    # without halt the others ran: the batch is not sent again; the refused command says it was a limit
+    pair.box.faults.inject("OPERATION_TIME_LIMIT", times=1, method="crm.lead.add")
+    res = box.batch(adds, idempotent=False)
+    assert sorted(res["result"]) == ["c1", "c2"] and pair.box.store.count("lead") == before + 5
+    assert isinstance(box.command_error(adds, res, "c0"), RateLimitedError)
+    # a refused request (503) is safe to send again, writes too
+    pair.box.faults.inject("QUERY_LIMIT_EXCEEDED", times=2)
+    box.call("crm.lead.add", {"fields": {"TITLE": "after 503"}}, idempotent=False)
+    assert pair.box.store.count("lead") == before + 6
+
+
+def test_a_write_timing_out_says_so():
+    """A write without an answer within the timeout is ambiguous and says it timed out (the box
+    may still be executing it); a connection that was never made is not ambiguous."""
+    import http.server
+    import threading
+    import time as _time
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            _time.sleep(0.6)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = Bitrix24Client(f"http://127.0.0.1:{srv.server_address[1]}/rest/1/slowcode/", timeout=0.2)
+        with pytest.raises(AmbiguousWriteError) as caught:
+            client.call("crm.lead.add", {"fields": {}}, idempotent=False)
+        assert caught.value.timed_out
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    dead = Bitrix24Client("http://127.0.0.1:9/rest/1/deadcode/", timeout=1, max_attempts=1)
+    with pytest.raises(TransientError) as caught:
+        dead.call("crm.lead.add", {"fields": {}}, idempotent=False)
+    assert not isinstance(caught.value, AmbiguousWriteError)
