@@ -423,13 +423,17 @@ class Portal:
         return body
 
     @staticmethod
-    def _entity_id(p: dict) -> int:
-        """``ID`` or ``id``, intval'd; not a positive integer → "ID is not defined or invalid."."""
-        raw = p.get("ID", p.get("id"))
+    def _intval(raw) -> int:
+        """PHP's intval of a request value, as the REST handlers read IDs (0 when it is none)."""
         try:
-            record_id = int(str(raw).strip()) if raw not in (None, "") else 0
+            return int(str(raw).strip()) if raw not in (None, "") else 0
         except ValueError:
-            record_id = 0
+            return 0
+
+    @classmethod
+    def _entity_id(cls, p: dict) -> int:
+        """``ID`` or ``id``, intval'd; not a positive integer → "ID is not defined or invalid."."""
+        record_id = cls._intval(p.get("ID", p.get("id")))
         if record_id <= 0:
             raise ApiError("", "ID is not defined or invalid.")
         return record_id
@@ -514,11 +518,7 @@ class Portal:
         the primary binding first); ``.set`` replaces the bindings (``items``) → ``true``
         (api-reference/crm/deals/contacts/crm-deal-contact-items-get.md, ...-items-set.md). The
         deal's ``CONTACT_ID`` follows the primary binding."""
-        raw = p.get("id", p.get("ID"))
-        try:
-            deal_id = int(str(raw).strip()) if raw not in (None, "") else 0
-        except ValueError:
-            deal_id = 0
+        deal_id = self._intval(p.get("id", p.get("ID")))
         if deal_id <= 0:
             raise ApiError("", "The parameter ownerEntityID is invalid or not defined.")
         if verb == "set":
