@@ -384,7 +384,7 @@ def _write_updates(ctx: _Context, entity: str, plans: list[tuple[str, str, dict,
         size = ctx.pace.records(1)
         group, rest = rest[:size], rest[size:]
         cmd = {}
-        for i, (cid, bid, fields, current) in enumerate(group):
+        for i, (_cid, bid, fields, current) in enumerate(group):
             f = dict(fields)
             for m in MULTI[entity]:
                 if multi_values(current.get(m)) == multi_values(f[m]):
@@ -472,8 +472,8 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
                     new_id = (ans.get("item") or {}).get("id") if isinstance(ans, dict) else None
                     if new_id:
                         ok.append((cid, str(new_id)))
-                    else:  # e.g. createdTime older than a box record: add with IMPORT keeps it anyway
-                        with_add.append((cid, f))
+                    else:  # refused inside batchImport: alone with add, whose answer says why (a creation
+                        with_add.append((cid, f))  # time the box refuses is then retimed, see _write_retimed)
             else:
                 ok.append((items[0][0], str(res["result"][key])))
         ctx.idmap.put(entity, ok)  # right after the box write: the window a crash can hit is this line
@@ -556,7 +556,7 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
             continue  # nothing to write: no need to read the box (sweeps mostly find nothing)
         order = sorted(d.rows, key=lambda c: (parse_date(d.rows[c].get("DATE_CREATE")) or delta.cutoff, int(c)))
         stalled, progress_was = 0, None
-        for round_no in range(MAX_ROUNDS_TOTAL):
+        for _ in range(MAX_ROUNDS_TOTAL):
             report.rounds += 1
             idm = _rebuild_map(ctx, entity, rep)
             progress_now = (sum(1 for c in order if c in idm), rep.updated)
