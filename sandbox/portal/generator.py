@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .server import Portal, PortalLimits, PortalServer, make_tls
+from .custom_data import (CustomDataset, make_custom, seed_custom_changes, seed_custom_definitions, seed_custom_items,
+                          seed_custom_post)
 from .store import CrmStore
+from .timeline_data import TimelineDataset, make_timeline, seed_timeline_backup, seed_timeline_post
 
 FIRST = ["Anna", "Ivan", "Maria", "Dmitri", "Olga", "Peter", "Elena", "Sergei", "Irina", "Nikolai", "Jana", "Budi",
          "Siti", "Georgi", "Lena", "Klaus"]
@@ -61,6 +64,10 @@ class CrmDataset:
     tasks: list[dict] = field(default_factory=list)
     # Comments posted in the cloud after the cutoff: (task_id, comment_id, author_id, post_date, text).
     post_comments: list[tuple] = field(default_factory=list)
+    # Activities, timeline comments, products and deal product rows, backup and post-cutoff (timeline_data.py).
+    timeline: TimelineDataset = field(default_factory=TimelineDataset)
+    # Custom fields, WEB/IM, contact ↔ company bindings, the smart process "Shipments" (custom_data.py).
+    custom: CustomDataset = field(default_factory=CustomDataset)
 
 
 def _phone(rng) -> list[dict]:
@@ -174,8 +181,10 @@ def generate(*, companies: int = 60, contacts: int = 150, leads: int = 400, deal
     changes.append(Change(post_end, "delete", "lead", victim))
     changes.sort(key=lambda c: c.at)
     task_list, post_comments = _tasks(random.Random(seed * 7919 + 1), tasks, cutoff, post_end, user_list)
+    timeline = make_timeline(random.Random(seed * 7919 + 2), backup, changes, cutoff, post_end, user_list)
+    custom = make_custom(random.Random(seed * 7919 + 3), backup, changes, cutoff, post_end, user_list, Change)
     return CrmDataset(cutoff=cutoff, backup=backup, changes=changes, users=user_list, new_users=[new_user],
-                      tasks=task_list, post_comments=post_comments)
+                      tasks=task_list, post_comments=post_comments, timeline=timeline, custom=custom)
 
 
 COMMENT_TEXTS = ["Called the customer, waiting for an answer", "Sent the offer", "Photos attached",
@@ -217,14 +226,17 @@ def _tasks(rng: random.Random, n: int, cutoff: dt.datetime, post_end: dt.datetim
 
 def seed_backup(store: CrmStore, data: CrmDataset) -> None:
     """Load the backup state (IDs and times kept) and the users that existed at the cutoff."""
+    seed_custom_definitions(store, data.custom)  # records carry values of these fields
     for entity in ("company", "contact", "lead", "deal"):
         for rid, fields in sorted(data.backup[entity].items()):
             store.add(entity, fields, keep_times=True, record_id=rid)
+    seed_custom_items(store, data.custom)
     for u in data.users:
         store.users[int(u["ID"])] = dict(u)
     for task in data.tasks:
         store.add_task(task["TITLE"], task["CREATED_DATE"], task["CREATED_BY"], comments=task["comments"],
                        task_id=task["ID"])
+    seed_timeline_backup(store, data.timeline)
 
 
 def seed_cloud(store: CrmStore, data: CrmDataset) -> None:
@@ -232,6 +244,7 @@ def seed_cloud(store: CrmStore, data: CrmDataset) -> None:
     seed_backup(store, data)
     for u in data.new_users:
         store.users[int(u["ID"])] = dict(u)
+    seed_custom_post(store, data.custom)
     for c in data.changes:
         if c.kind == "add":
             store.add(c.entity, c.fields, keep_times=True, record_id=c.record_id)
@@ -241,6 +254,8 @@ def seed_cloud(store: CrmStore, data: CrmDataset) -> None:
             store.delete(c.entity, c.record_id)
     for task_id, comment_id, author_id, at, text in data.post_comments:
         store.add_comment(task_id, author_id, at, text, comment_id=comment_id)
+    seed_timeline_post(store, data.timeline)
+    seed_custom_changes(store, data.custom)
 
 
 @dataclass

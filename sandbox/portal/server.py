@@ -17,7 +17,9 @@ Faithful to the vendor's docs where the connector depends on it:
   nested ``batch``, per-command ``result_error`` and ``result_time``, HTTP 200; one request for
   the rate limit;
 - the leaky bucket per portal (``rate``/s drain, ``burst``; 503 ``QUERY_LIMIT_EXCEEDED``) and the
-  per-method operating-time limit (429 ``OPERATION_TIME_LIMIT`` until ``operating_reset_at``);
+  per-method operating-time limit in ten buckets, commands inside a batch included (429
+  ``OPERATION_TIME_LIMIT`` until ``operating_reset_at``); every list page, counted row, add,
+  update and batchImport item costs the time the vendor published (:class:`PortalLimits`), slept;
 - ``crm.<entity>.list/get/add/update/delete`` (``params[IMPORT]``, PHP-true, makes the system
   fields writable and keeps the given dates, in ascending creation time),
   ``crm.deal.contact.items.get/set``, ``crm.item.list/get/add/update`` and
@@ -63,8 +65,10 @@ import orjson
 import requests
 
 from .faults import Faults
-from .store import (ENTITY_TYPE_IDS, ITEM_BINDINGS, ITEM_SOURCE, MULTI_FIELDS, CrmStore, StoreError,
-                    from_item_name, parse_date, render_item, to_item_name, _sort_key)
+from .timeline import TIMELINE_METHODS
+from . import dynamic, relations, userfields
+from .store import (DYNAMIC_PREFIX, ENTITY_TYPE_IDS, ITEM_BINDINGS, ITEM_SOURCE, MULTI_ENTITIES, MULTI_FIELDS,
+                    CrmStore, StoreError, from_item_name, parse_date, render_item, to_item_name, _sort_key)
 
 _PATH_RE = re.compile(r"^/rest/(\d+)/([^/]+)/([A-Za-z0-9_.]+?)(?:\.json)?/?$")
 _APP_PATH_RE = re.compile(r"^/rest/([A-Za-z0-9_.]+?)(?:\.json)?/?$")  # application (OAuth) calls
@@ -81,17 +85,33 @@ STATUS = {"QUERY_LIMIT_EXCEEDED": 503, "OPERATION_TIME_LIMIT": 429, "NO_AUTH_FOU
           "INVALID_CREDENTIALS": 401, "ACCESS_DENIED": 403, "ERROR_METHOD_NOT_FOUND": 404,
           "INTERNAL_SERVER_ERROR": 500, "INVALID_REQUEST": 400, "INVALID_ARG_VALUE": 400, "NOT_FOUND": 400,
           "ERROR_CORE": 400, "ERROR_BATCH_LENGTH_EXCEEDED": 400, "ERROR_ARGUMENT": 400,
-          "ERROR_BATCH_METHOD_NOT_ALLOWED": 405, "WRONG_AUTH_TYPE": 403, "invalid_token": 401, "": 400}
+          "ERROR_BATCH_METHOD_NOT_ALLOWED": 405, "WRONG_AUTH_TYPE": 403, "invalid_token": 401, "": 400,
+          "insufficient_scope": 403}
 CRM_NAMES = {"lead": "Lead", "deal": "Deal", "contact": "Contact", "company": "Company"}
 # Fields crm.<entity>.add writes only in import mode (restservice.php, CCrmRestProxyBase::add).
 SYSTEM_FIELDS = ("DATE_CREATE", "DATE_MODIFY", "CREATED_BY_ID", "MODIFY_BY_ID")
 
 log = logging.getLogger(__name__)
 
+# The scopes an incoming webhook is created with by default here; ``scope`` lists them
+# (api-reference/common/system/scope.md) and a method of a module outside them is refused with
+# insufficient_scope (403). Module of a method: api-reference/scopes/permissions.md.
+WEBHOOK_SCOPES = frozenset({"crm", "user", "task", "telephony", "im"})
+_METHOD_SCOPES = (("crm.", "crm"), ("user.", "user"), ("tasks.", "task"), ("task.", "task"),
+                  ("voximplant.", "telephony"), ("telephony.", "telephony"), ("im.", "im"))
+
+
+def _scope_of(method: str) -> str | None:
+    """The scope ``method`` belongs to; None for the basic methods every webhook has (scope, profile, batch)."""
+    return next((scope for prefix, scope in _METHOD_SCOPES if method.startswith(prefix)), None)
+
+
 # Methods the vendor serves only in an application's context (an incoming webhook is refused).
 APP_ONLY_METHODS = {"telephony.externalline.get", "telephony.externalline.add", "telephony.externalline.delete"}
 CRM_EVENT_ENTITIES = {"lead": "LEAD", "deal": "DEAL", "contact": "CONTACT", "company": "COMPANY"}
 CRM_EVENTS = frozenset(f"ONCRM{e}{a}" for e in CRM_EVENT_ENTITIES.values() for a in ("ADD", "UPDATE", "DELETE"))
+# Methods served by their own modules with the store: (store, params) → the answer's body.
+CRM_METHODS = {**userfields.METHODS, **relations.METHODS, **dynamic.METHODS}
 OAUTH_SERVER_ENDPOINT = "https://oauth.bitrix.info/rest/"  # where a real portal's events point for tokens
 
 
@@ -144,25 +164,62 @@ def _as_list(v) -> list:
 
 @dataclass
 class PortalLimits:
-    """The portal's plan limits. Defaults are the vendor's standard plan (2/s, burst 50, 480 s of
-    operating time per method per 10 min); ``count_cost_s`` is the simulated cost of counting one
-    row for offset paging (the vendor measured ~20 µs/row; the default is 10× cheaper so that
-    benchmarks finish, the shape is the same). ``write_latency_s`` is what one record's write costs
-    the portal's database (0: instant; a slow box: e.g. 0.1): each ``crm.<entity>.add``/``update``
-    and each ``crm.item.batchImport`` item is saved after that long, one after the other (commands of
-    a batch too), and is visible to other requests as soon as it is saved, while the request that
-    writes it is still running — a client whose timeout is shorter has not seen the end of it."""
+    """The portal's plan limits and what its work costs. Defaults are the vendor's published numbers
+    (bitrix-tools/b24-rest-docs limits.md; its examples' ``time`` blocks); simulated costs are
+    sleeps (the portal's database working), counted as the method's operating time.
+
+    - ``rate``/``burst``: the leaky bucket of the standard plans (2/s, 50; Enterprise 5/s, 250).
+    - ``operating_limit_s`` per ``operating_window_s``: each method's execution time is summed in
+      ten buckets of a tenth of the window (one minute of ten), commands inside a batch included,
+      the outer ``batch`` not; a call is refused (429 ``OPERATION_TIME_LIMIT``) when the sum is
+      already over the limit, until the oldest bucket drops out at ``operating_reset_at``
+      (limits.md, "Ограничения на ресурсоемкость"; 480 s is the doc's example limit).
+    - ``page_cost_s``: one page of a ``*.list`` method, 0.068 s of processing, and
+      ``request_cost_s``: the rest of that request's 0.098 s duration, spent once per HTTP request
+      outside the method (not operating time) — a ``start=-1`` page of ``crm.lead.list`` on
+      2 387 743 leads (performance/huge-data.md).
+    - ``count_cost_s``: offset paging (``start >= 0``) counts the filtered set on every page; the
+      same page with the count took 49.9 s of processing: (49.90 - 0.068) s / 2 387 743 rows ≈ 20.9 µs
+      per counted row (huge-data.md).
+    - ``add_cost_s`` / ``update_cost_s``: one record's ``crm.*.add`` / ``crm.*.update``: 1.83 s and
+      3.19 s of processing in the examples of crm/universal/crm-item-add.md and crm-item-update.md
+      (crm.lead.add's page shows 3.31 s).
+    - ``import_item_cost_s``: one item of ``crm.item.batchImport``. The only example
+      (import/crm-item-batch-import.md) spent 2.376 s on 2 items (one saved, one refused as
+      invalid); crm.item.import spent 2.43 s on one (import/crm-item-import.md). Two calls cannot
+      separate a fixed part from a per-item part, so none is assumed fixed: 2.376 s / 2 = 1.19 s
+      per item, which gives batching no saving it was not shown to have.
+    - ``write_latency_s``: a slow box on top of that: each ``crm.<entity>.add``/``update`` and
+      each ``crm.item.batchImport`` item is saved after that long, one after the other (commands
+      of a batch too), and is visible to other requests as soon as it is saved, while the request
+      that writes it is still running — a client whose timeout is shorter has not seen the end of it.
+
+    :meth:`free` is the same plan with no simulated cost (tests that must not wait)."""
 
     rate: float = 2.0
     burst: int = 50
     operating_limit_s: float = 480.0
     operating_window_s: float = 600.0
-    count_cost_s: float = 2e-6
+    count_cost_s: float = 20.9e-6
+    page_cost_s: float = 0.068
+    request_cost_s: float = 0.030
+    add_cost_s: float = 1.83
+    update_cost_s: float = 3.19
+    import_item_cost_s: float = 1.19
     write_latency_s: float = 0.0
+
+    COSTS = ("count_cost_s", "page_cost_s", "request_cost_s", "add_cost_s", "update_cost_s", "import_item_cost_s")
+
+    @classmethod
+    def free(cls, **overrides: Any) -> "PortalLimits":
+        """The plan's limits without simulated costs; ``overrides`` set any field."""
+        return cls(**{**{name: 0.0 for name in cls.COSTS}, **overrides})
 
 
 class Portal:
     """The API logic of one portal (no HTTP): auth, limits, methods, batch."""
+
+    scopes: frozenset[str] = WEBHOOK_SCOPES  # the incoming webhook's scopes; a test narrows them per portal
 
     def __init__(self, store: CrmStore | None = None, *, user_id: int = 1, code: str | None = None,
                  limits: PortalLimits | None = None, batch_import: bool = True) -> None:
@@ -176,7 +233,7 @@ class Portal:
         self._bucket_lock = threading.Lock()
         self._level = 0.0
         self._level_at = time.monotonic()
-        self._operating: dict[str, list[tuple[float, float]]] = {}
+        self._operating: dict[str, list[list[float]]] = {}  # method → [[bucket start, seconds], …]
         self.requests = 0
         self.rejected = 0
         # A local application installed on the portal: its access token opens the app-only methods.
@@ -232,7 +289,10 @@ class Portal:
         self._events.stop(timeout)
 
     def _emit(self, entity: str, action: str, record_id: int) -> None:
-        """Queue ``ONCRM{ENTITY}{ACTION}`` for every outgoing webhook subscribed to it."""
+        """Queue ``ONCRM{ENTITY}{ACTION}`` for every outgoing webhook subscribed to it (smart-process
+        items' events are not modelled)."""
+        if entity not in CRM_EVENT_ENTITIES:
+            return
         event = f"ONCRM{CRM_EVENT_ENTITIES[entity]}{action}"
         with self._bucket_lock:
             hooks = [h for h in self._webhooks if event in h.events]
@@ -264,23 +324,48 @@ class Portal:
                            {"time": {"operating": used, "operating_reset_at": reset_at}})
         return used, reset_at
 
-    def _operating_used(self, method: str) -> tuple[float, float]:
-        now = time.time()
+    def _operating_used(self, method: str, now: float | None = None) -> tuple[float, float]:
+        """(operating seconds of ``method`` in the window, when its oldest bucket drops out)."""
+        now = time.time() if now is None else now
+        window = self.limits.operating_window_s
         with self._bucket_lock:
-            entries = [e for e in self._operating.get(method, []) if e[0] > now - self.limits.operating_window_s]
-            self._operating[method] = entries
-            used = sum(c for _, c in entries)
-            reset_at = (entries[0][0] + self.limits.operating_window_s) if entries else now
+            buckets = [b for b in self._operating.get(method, []) if b[0] > now - window]
+            self._operating[method] = buckets
+            used = sum(c for _, c in buckets)
+            reset_at = (buckets[0][0] + window) if buckets else now
         return used, reset_at
 
-    def _write_pause(self) -> None:
-        """The time one record's write takes (``PortalLimits.write_latency_s``); no lock is held."""
-        if self.limits.write_latency_s > 0:
-            time.sleep(self.limits.write_latency_s)
+    def _write_pause(self, cost_s: float = 0.0) -> None:
+        """The time one record's write takes: ``cost_s`` (the vendor's cost of this kind of write)
+        plus ``PortalLimits.write_latency_s`` (a slow box); counted as the call's operating time;
+        no lock is held."""
+        self._simulate(cost_s + self.limits.write_latency_s)
 
-    def _operating_add(self, method: str, cost: float) -> None:
+    def _simulate(self, seconds: float) -> None:
+        """Sleep for work the portal's database would be doing (no CPU burnt) and count it for the
+        method running on this thread (see :meth:`_call`)."""
+        if seconds > 0:
+            time.sleep(seconds)
+            self._tl.simulated = getattr(self._tl, "simulated", 0.0) + seconds
+
+    def _operating_add(self, method: str, cost: float, now: float | None = None) -> None:
+        """Add ``cost`` to the method's current bucket: a bucket starts at the first call counted
+        in it and collects a tenth of the window (limits.md: ten one-minute buckets, each dropping
+        out ten minutes after its first call)."""
+        now = time.time() if now is None else now
+        width = self.limits.operating_window_s / 10
         with self._bucket_lock:
-            self._operating.setdefault(method, []).append((time.time(), cost))
+            buckets = self._operating.setdefault(method, [])
+            if buckets and now < buckets[-1][0] + width:
+                buckets[-1][1] += cost
+            else:
+                buckets.append([now, cost])
+
+    def reset_limits(self) -> None:
+        """Empty the leaky bucket and every method's operating time (a quiet portal again)."""
+        with self._bucket_lock:
+            self._level, self._level_at = 0.0, time.monotonic()
+            self._operating.clear()
 
     # --- entry point --------------------------------------------------------------------------
     def handle(self, user_id: str | None, code: str | None, method: str,
@@ -308,6 +393,8 @@ class Portal:
                     raise self._fault_error(fault)
                 post_fault = fault.kind
             self._admit()
+            if self.limits.request_cost_s > 0:
+                time.sleep(self.limits.request_cost_s)  # the request's share outside the method (not operating)
             proc_start = time.time()
             if method == "batch":
                 result = self._batch(params)
@@ -341,21 +428,40 @@ class Portal:
     def _call(self, method: str, params: dict) -> dict:
         """One method call (also used for each batch command); returns the envelope without time."""
         self._operating_check(method)
+        scope = _scope_of(method)
+        if scope is not None and not getattr(self._tl, "app", False) and scope not in self.scopes:
+            raise ApiError("insufficient_scope", "The request requires higher privileges than provided by the "
+                                                 "webhook token")
         # Operating time = this command's own execution: CPU time of this thread (wall time would
-        # charge it for other requests' work under the GIL) plus the simulated count.
+        # charge it for other requests' work under the GIL) plus the simulated work (_simulate).
         t0 = time.thread_time()
+        self._tl.simulated = 0.0
         try:
-            body, simulated = self._dispatch(method, params)
+            self._simulate(self._write_cost(method))  # the record is saved when its write ends
+            body, count_cost = self._dispatch(method, params)
         except StoreError as e:
             raise ApiError(e.code, e.description) from None
         except (ValueError, TypeError, AttributeError) as e:  # a value of the wrong shape (e.g. a list)
             raise ApiError("INVALID_ARG_VALUE", f"invalid parameter value: {e}") from None
-        if simulated > 0:
-            time.sleep(simulated)  # the count the portal's database would be doing
-        self._operating_add(method, time.thread_time() - t0 + simulated)
+        if _is_list_method(method):
+            self._simulate(self.limits.page_cost_s + count_cost)  # the page's query, and the count
+        self._operating_add(method, time.thread_time() - t0 + self._tl.simulated)
         return body
 
+    def _write_cost(self, method: str) -> float:
+        """The vendor's cost of one ``crm.*.add`` / ``crm.*.update`` (batchImport is charged per
+        item where it saves them)."""
+        verb = method.rsplit(".", 1)[-1]
+        if not method.startswith("crm."):
+            return 0.0
+        return self.limits.add_cost_s if verb == "add" else self.limits.update_cost_s if verb == "update" else 0.0
+
     def _dispatch(self, method: str, p: dict) -> tuple[dict, float]:
+        if method in TIMELINE_METHODS:  # activities, timeline comments, products, product rows
+            return self.store.timeline.call(method, p, user_id=self.user_id, base_url=f"{self.scheme}://{self.domain}",
+                                            count_cost_s=self.limits.count_cost_s)
+        if method in CRM_METHODS:  # custom fields, contact ↔ company bindings, smart-process types
+            return CRM_METHODS[method](self.store, p), 0.0
         if method in ("crm.deal.contact.items.get", "crm.deal.contact.items.set"):
             return self._deal_contacts(method.rsplit(".", 1)[1], p), 0.0
         m = _ENTITY_METHOD_RE.match(method)
@@ -364,7 +470,7 @@ class Portal:
             return getattr(self, f"_entity_{verb}")(entity, p), 0.0 if verb != "list" else self._tl.cost
         if method == "crm.item.list":
             return self._item_list(p), self._tl.cost
-        if method in ("crm.item.get", "crm.item.add", "crm.item.update"):
+        if method in ("crm.item.get", "crm.item.add", "crm.item.update", "crm.item.delete"):
             return getattr(self, f"_item_{method.rsplit('.', 1)[1]}")(p), 0.0
         if method == "crm.item.batchimport" and self.batch_import:
             return self._item_batch_import(p), 0.0
@@ -385,6 +491,8 @@ class Portal:
             return {"result": {lid: line["TITLE"] for lid, line in sorted(self.store.sip_lines.items())} or []}, 0.0
         if method == "profile":
             return {"result": {"ID": str(self.user_id), "ADMIN": True}}, 0.0
+        if method == "scope":  # without full=true: the webhook's own scopes (scope.md)
+            return {"result": sorted(self.scopes)}, 0.0
         raise ApiError("ERROR_METHOD_NOT_FOUND", "Method not found!")
 
 
@@ -400,7 +508,9 @@ class Portal:
             raise ApiError("INVALID_ARG_VALUE", "filter must be an object")
         order = p.get("order") or {}
         rows, total, cost = self.store.list(entity, filter=flt, order=order if isinstance(order, dict) else {},
-                                            select=_as_list(p.get("select")), start=start,
+                                            select=[s for s in _as_list(p.get("select"))
+                                                    if str(s).upper() != "COMPANY_IDS"],  # see store.LIST_BINDINGS
+                                            start=start,
                                             count_cost_s=self.limits.count_cost_s)
         self._tl.cost = cost
         return rows, total, max(start, 0)
@@ -455,7 +565,7 @@ class Portal:
         rec = self.store.get(entity, self._entity_id(p))
         if rec is None:
             raise ApiError("", "Not found")
-        return {"result": self.store.render(entity, rec, ["*", "PHONE", "EMAIL", "CONTACT_IDS"])}
+        return {"result": self.store.render(entity, rec, ["*", "UF_*", *MULTI_FIELDS, "CONTACT_IDS"])}
 
     def _entity_add(self, entity: str, p: dict) -> dict:
         """``crm.<entity>.add``. ``params[IMPORT]`` is read with PHP's ``(bool)``: any value but
@@ -533,13 +643,31 @@ class Portal:
                            for i, cid in enumerate(ids)]}
 
     def _entity_of(self, p: dict) -> str:
-        """crm.item.*'s ``entityTypeId``: 1 lead, 2 deal, 3 contact, 4 company; any other would be a
-        smart process, which this portal has none of: 400 NOT_FOUND (api-reference/crm/universal/
+        """crm.item.*'s ``entityTypeId``: 1 lead, 2 deal, 3 contact, 4 company, or one of the portal's
+        smart processes (dynamic.py); any other: 400 NOT_FOUND (api-reference/crm/universal/
         crm-item-list.md and crm-item-get.md, "Возможные коды ошибок")."""
         try:
-            return ENTITY_TYPE_IDS[int(p.get("entityTypeId") or 0)]
-        except (KeyError, ValueError, TypeError):
-            raise ApiError("NOT_FOUND", "Смарт-процесс не найден") from None
+            type_id = int(p.get("entityTypeId") or 0)
+        except (ValueError, TypeError):
+            type_id = 0
+        entity = ENTITY_TYPE_IDS.get(type_id) or dynamic.entity_of(self.store, type_id)
+        if entity is None:
+            raise ApiError("NOT_FOUND", "Смарт-процесс не найден")
+        return entity
+
+    def _uf_names(self, entity: str, p: dict) -> dict[str, str]:
+        """FIELD_NAME → the name crm.item.* answers: ``ufCrm…`` (userfields.item_name), or the
+        original name with ``useOriginalUfNames: Y`` (api-reference/crm/universal/index.md, since
+        CRM 25.0.0; import/crm-item-batch-import.md)."""
+        names = self.store.userfields.item_names(self.store.uf_entity[entity])
+        if str(p.get("useOriginalUfNames") or "").upper() in ("Y", "1", "TRUE"):
+            return {n: n for n in names}
+        return names
+
+    def _uf_in(self, entity: str) -> dict[str, str]:
+        """A custom field's name as a request may give it (``ufCrm…`` or ``UF_CRM_…``) → FIELD_NAME."""
+        names = self.store.userfields.item_names(self.store.uf_entity[entity])
+        return {**{v: k for k, v in names.items()}, **{k: k for k in names}}
 
     def _item_filter(self, entity: str, flt) -> dict:
         """crm.item.list's filter in the store's names. A field crm.item does not know (``statusId``)
@@ -554,7 +682,7 @@ class Portal:
                 out[key] = self._item_filter(entity, value) if isinstance(value, dict) else value
                 continue
             prefix = re.match(r"^[^A-Za-z]*", key).group(0)
-            name = from_item_name(key[len(prefix):], entity)
+            name = from_item_name(key[len(prefix):], entity) or self._uf_in(entity).get(key[len(prefix):])
             if name is None:
                 raise ApiError("INVALID_ARG_VALUE",
                                f"Invalid filter: field '{key[len(prefix):]}' is not allowed in filter")
@@ -571,7 +699,7 @@ class Portal:
         if not isinstance(raw_order, dict):
             raise ApiError("INVALID_ARG_VALUE", "order must be an object")
         for key, direction in raw_order.items():
-            name = from_item_name(str(key), entity)
+            name = from_item_name(str(key), entity) or self._uf_in(entity).get(str(key))
             if name is None:
                 raise ApiError("INVALID_ARG_VALUE", f"Invalid order: field '{key}' is not allowed in order")
             if str(direction).upper() not in ("ASC", "DESC"):
@@ -587,9 +715,10 @@ class Portal:
         except (TypeError, ValueError):
             raise ApiError("INVALID_ARG_VALUE", "start must be an integer") from None
         rows, total, cost = self.store.list(entity, filter=flt, order=order, select=list(ITEM_SOURCE), start=start,
-                                            count_cost_s=self.limits.count_cost_s, nested=True)
+                                            count_cost_s=self.limits.count_cost_s, nested=True, item=True)
         self._tl.cost = cost
-        body: dict = {"result": {"items": [render_item(entity, r, select) for r in rows]}}
+        uf_names = self._uf_names(entity, p)
+        body: dict = {"result": {"items": [render_item(entity, r, select, uf_names) for r in rows]}}
         if total is None:
             body["total"] = 0  # start=-1: no count, total 0 and no next (api-reference/performance/huge-data.md)
         else:
@@ -604,17 +733,28 @@ class Portal:
         except (TypeError, ValueError):
             raise ApiError("INVALID_ARG_VALUE", "id must be an integer") from None
 
-    def _item_answer(self, entity: str, record_id: int) -> dict:
+    def _item_answer(self, entity: str, record_id: int, p: dict) -> dict:
         """``{"item": {…}}``: what crm.item.get/add/update answer (crm-item-get.md, crm-item-add.md);
         an unknown ID is 400 NOT_FOUND "Элемент не найден" (crm-item-get.md, errors)."""
         rec = self.store.get(entity, record_id)
         if rec is None:
             raise ApiError("NOT_FOUND", "Элемент не найден")
-        return {"item": render_item(entity, self.store.render(entity, rec, ITEM_SOURCE))}
+        return {"item": render_item(entity, self.store.render(entity, rec, ITEM_SOURCE, item=True),
+                                    uf_names=self._uf_names(entity, p))}
 
     def _item_get(self, p: dict) -> dict:
         entity = self._entity_of(p)
-        return {"result": self._item_answer(entity, self._item_id(p))}
+        return {"result": self._item_answer(entity, self._item_id(p), p)}
+
+    def _item_delete(self, p: dict) -> dict:
+        """``crm.item.delete`` → ``[]`` (crm-item-delete.md's answer); an unknown ID is NOT_FOUND."""
+        entity = self._entity_of(p)
+        record_id = self._item_id(p)
+        if self.store.get(entity, record_id) is None:
+            raise ApiError("NOT_FOUND", "Элемент не найден")
+        self.store.delete(entity, record_id)
+        self._emit(entity, "DELETE", record_id)
+        return {"result": []}
 
     def _item_add(self, p: dict) -> dict:
         """``crm.item.add`` (api-reference/crm/universal/crm-item-add.md): ``fields`` in crm.item
@@ -623,13 +763,24 @@ class Portal:
         given = p.get("fields") or {}
         if not isinstance(given, dict):
             raise ApiError("INVALID_ARG_VALUE", "fields must be an object")
-        fields = _from_item(entity, given, importing=False)
+        fields = _from_item(entity, given, importing=False, uf_in=self._uf_in(entity))
         fields.update(_fm_added(entity, given.get("fm")))
-        _item_defaults(entity, fields)
+        self._item_defaults(entity, fields)
         self._write_pause()
         new_id = self.store.add(entity, fields)
+        self._item_saved(entity, new_id)
+        return {"result": self._item_answer(entity, new_id, p)}
+
+    def _item_defaults(self, entity: str, fields: dict) -> None:
+        if entity.startswith(DYNAMIC_PREFIX):
+            dynamic.item_defaults(self.store, entity, fields)
+        else:
+            _item_defaults(entity, fields)
+
+    def _item_saved(self, entity: str, new_id: int) -> None:
+        if entity.startswith(DYNAMIC_PREFIX):
+            dynamic.default_title(self.store, entity, new_id)
         self._emit(entity, "ADD", new_id)
-        return {"result": self._item_answer(entity, new_id)}
 
     def _item_update(self, p: dict) -> dict:
         """``crm.item.update`` (api-reference/crm/universal/crm-item-update.md): only the given
@@ -643,13 +794,13 @@ class Portal:
         rec = self.store.get(entity, record_id)
         if rec is None:
             raise ApiError("NOT_FOUND", "Элемент не найден")
-        fields = _from_item(entity, given, importing=False)
+        fields = _from_item(entity, given, importing=False, uf_in=self._uf_in(entity))
         fields.update(_fm_changes(entity, rec, given.get("fm")))
         if fields:
             self._write_pause()
             self.store.update(entity, record_id, fields)
             self._emit(entity, "UPDATE", record_id)
-        return {"result": self._item_answer(entity, record_id)}
+        return {"result": self._item_answer(entity, record_id, p)}
 
     def _item_batch_import(self, p: dict) -> dict:
         """``crm.item.batchImport`` (api-reference/crm/universal/import/crm-item-batch-import.md): up
@@ -664,9 +815,10 @@ class Portal:
         items = []
         now = dt.datetime.now(dt.timezone.utc)
         for entry in data:
-            self._write_pause()
-            fields = _from_item(entity, entry if isinstance(entry, dict) else {}, importing=True)
-            _item_defaults(entity, fields)
+            self._write_pause(self.limits.import_item_cost_s)
+            fields = _from_item(entity, entry if isinstance(entry, dict) else {}, importing=True,
+                                uf_in=self._uf_in(entity))
+            self._item_defaults(entity, fields)
             try:
                 tz = self.store.tz  # a time without an offset is the portal's
                 created = parse_date(fields["DATE_CREATE"], tz) if fields.get("DATE_CREATE") else now
@@ -683,7 +835,7 @@ class Portal:
                     # the time checked above is the time stored (no later clock reading that would
                     # make the next item of this call "older than the newest record")
                     new_id = self.store.add(entity, fields, keep_times=True, now=created)
-                self._emit(entity, "ADD", new_id)
+                self._item_saved(entity, new_id)
                 items.append({"item": {"id": new_id}})
             except StoreError as e:
                 items.append({"error": e.code, "error_description": e.description})
@@ -954,6 +1106,12 @@ def _user_fields(p: dict) -> dict:
     return {k.upper(): v for k, v in p.items() if k.upper() in _USER_ADD_FIELDS}
 
 
+def _is_list_method(method: str) -> bool:
+    """A method that answers one page of a list (``crm.lead.list``, ``crm.item.list``,
+    ``task.commentitem.getlist`` …): each call costs ``PortalLimits.page_cost_s``."""
+    return method.endswith((".list", ".getlist"))
+
+
 def _truthy(value) -> bool:
     return str(value).strip().lower() not in ("", "0", "n", "false", "none")
 
@@ -1161,11 +1319,12 @@ def _substitute(node: Any, parts: dict) -> Any:
 def _fix_multi(fields: dict) -> dict:
     """Multi-fields arrive as lists or (form/query encoded) as dicts keyed 0, 1, … or n0, n1."""
     out = dict(fields)
-    for m in ("PHONE", "EMAIL"):
+    for m in MULTI_FIELDS:
         if m in out:
             out[m] = _as_list(out[m])
-    if "CONTACT_IDS" in out:
-        out["CONTACT_IDS"] = _as_list(out["CONTACT_IDS"])
+    for binding in ("CONTACT_IDS", "COMPANY_IDS"):
+        if binding in out:
+            out[binding] = _as_list(out[binding])
     return out
 
 
@@ -1179,25 +1338,30 @@ _ITEM_SYSTEM_FIELDS = {"DATE_CREATE", "DATE_MODIFY", "CREATED_BY_ID", "MODIFY_BY
 _ITEM_DEFAULTS = {"lead": {"STATUS_ID": "NEW"}, "company": {"COMPANY_TYPE": "CUSTOMER"}}
 
 
-def _from_item(entity: str, fields: dict, *, importing: bool) -> dict:
+def _from_item(entity: str, fields: dict, *, importing: bool, uf_in: dict[str, str] | None = None) -> dict:
     """crm.item.* ``fields`` → the store's fields. "Некорректное поле в fields будет проигнорировано"
     (crm-item-add.md, crm-item-update.md, import/crm-item-import.md): a name crm.item does not know —
     ``statusId``, ``companyType``, the read-only ``phone``/``email`` strings, ``fm`` in an import —
     changes nothing. Multi-fields: crm.item.import's page takes ``PHONE``/``EMAIL`` (lists of
     ``{VALUE, VALUE_TYPE}``, the crm_multifield structure); add/update take ``fm`` (see
-    ``_fm_added``/``_fm_changes``). A lead's ``contactIds``/a contact's ``companyIds`` set the one
-    link the store keeps to their first entry."""
+    ``_fm_added``/``_fm_changes``). A lead's ``contactIds`` sets the one link the store keeps to
+    their first entry. Custom fields (``uf_in``: a name as given → FIELD_NAME) are taken by their
+    crm.item name or by the original one: the portal upper-cases the keys it is given, keeping a
+    known UPPER_CASE name (see ``store.from_item_name``), which is what ``useOriginalUfNames: Y``
+    relies on (import/crm-item-batch-import.md)."""
     out: dict = {}
     bound = None
     for raw_key, value in fields.items():
         key = str(raw_key)
         name = from_item_name(key, entity)
-        if name is not None and name != "ID":
+        if name is None and key in (uf_in or {}):
+            out[uf_in[key]] = value
+        elif name is not None and name != "ID":
             if importing or name not in _ITEM_SYSTEM_FIELDS:
                 out[name] = value
         elif entity in ITEM_BINDINGS and key == ITEM_BINDINGS[entity][0]:
             bound = [x for x in _as_list(value) if str(x).strip() not in ("", "0")]
-        elif importing and key in MULTI_FIELDS and entity != "deal":
+        elif importing and key in MULTI_FIELDS and entity in MULTI_ENTITIES:
             out[key] = value
     if bound is not None:
         out[ITEM_BINDINGS[entity][1]] = bound[0] if bound else None
@@ -1230,10 +1394,10 @@ def _fm_value(entry: dict) -> str:
 
 def _fm_added(entity: str, fm) -> dict:
     """crm.item.add's ``fm``: every entry ``{typeId, valueType, value}`` is a new value
-    (crm-item-add.md, "fm"). The store keeps PHONE and EMAIL; WEB/IM/LINK entries are dropped."""
+    (crm-item-add.md, "fm"). The store keeps PHONE, EMAIL, WEB and IM; LINK entries are dropped."""
     out: dict[str, list] = {}
-    if entity == "deal":
-        return out  # deals have no multi-fields (object-fields.md)
+    if entity not in MULTI_ENTITIES:
+        return out  # deals and smart processes have no multi-fields (object-fields.md)
     for _, entry in _fm_entries(fm):
         type_id = str(entry.get("typeId") or "").upper()
         if type_id in MULTI_FIELDS and _fm_value(entry).strip():
@@ -1248,7 +1412,7 @@ def _fm_changes(entity: str, rec: dict, fm) -> dict:
     empty; a key ``n0``, ``n1`` … or an ID the record does not have → a new value ("Если не существует
     мультиполя с данным id, то будет создано новое мультиполе"). So a plain list only appends."""
     out: dict[str, list] = {}
-    if entity == "deal":
+    if entity not in MULTI_ENTITIES:
         return out
     owner = {str(x["ID"]): m for m in MULTI_FIELDS for x in rec.get(m) or []}
     for key, entry in _fm_entries(fm):

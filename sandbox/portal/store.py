@@ -17,9 +17,15 @@ import threading
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable
 
+from .errors import StoreError
+from .userfields import ENTITY_IDS as UF_ENTITY_IDS, UserFields
+
 ENTITIES = ("company", "contact", "lead", "deal")
 ENTITY_TYPE_IDS = {1: "lead", 2: "deal", 3: "contact", 4: "company"}
-MULTI_FIELDS = ("PHONE", "EMAIL")
+# The multi-fields of leads, contacts and companies (crm/data-types.md, "crm_multifield"); deals and
+# smart-process items have none (universal/object-fields.md).
+MULTI_FIELDS = ("PHONE", "EMAIL", "WEB", "IM")
+MULTI_ENTITIES = ("lead", "contact", "company")
 DATE_FIELDS = ("DATE_CREATE", "DATE_MODIFY")
 # Fields a list returns for select "*" / no select (multi-fields only when named, as on the portal).
 BASE_FIELDS = {
@@ -34,8 +40,11 @@ BASE_FIELDS = {
              "LEAD_ID", "ASSIGNED_BY_ID", "CREATED_BY_ID", "MODIFY_BY_ID", "DATE_CREATE", "DATE_MODIFY",
              "ORIGINATOR_ID", "ORIGIN_ID", "COMMENTS"),
 }
-ALL_FIELDS = {e: set(BASE_FIELDS[e]) | ({"PHONE", "EMAIL"} if e != "deal" else set()) | (
-    {"CONTACT_IDS"} if e == "deal" else set()) for e in ENTITIES}
+# A contact's COMPANY_IDS is written by crm.contact.add/update but is no field of its list/get
+# (crm/contacts/crm-contact-fields.md, COMPANY_IDS): the server keeps it out of their select.
+LIST_BINDINGS = {"deal": ("CONTACT_IDS", "CONTACT_ID"), "contact": ("COMPANY_IDS", "COMPANY_ID")}
+ALL_FIELDS = {e: set(BASE_FIELDS[e]) | (set(MULTI_FIELDS) if e in MULTI_ENTITIES else set()) | (
+    {LIST_BINDINGS[e][0]} if e in LIST_BINDINGS else set()) for e in ENTITIES}
 INT_FIELDS = {"ID", "COMPANY_ID", "CONTACT_ID", "LEAD_ID", "ASSIGNED_BY_ID", "CREATED_BY_ID", "MODIFY_BY_ID",
               "CATEGORY_ID"}
 MONEY_FIELDS = {"OPPORTUNITY"}  # compared as numbers in filters, rendered with two decimals
@@ -56,11 +65,38 @@ ITEM_NAMES = {"ID": "id", "DATE_CREATE": "createdTime", "DATE_MODIFY": "updatedT
 ITEM_NAMES_OF = {"lead": {"STATUS_ID": "stageId"}, "company": {"COMPANY_TYPE": "typeId"}}
 ITEM_ENTITY_TYPE_IDS = {e: t for t, e in ENTITY_TYPE_IDS.items()}
 # What an item is rendered from (CrmStore.render): every field the store keeps.
-ITEM_SOURCE = ("*", "PHONE", "EMAIL", "CONTACT_IDS")
+ITEM_SOURCE = ("*", "UF_*", *MULTI_FIELDS, "CONTACT_IDS", "COMPANY_IDS")
 # Bindings the store keeps as one link and crm.item names as a list (object-fields.md: a lead's
-# ``contactIds``, a contact's ``companyIds``); the link is the list's first entry (a lead's
-# CONTACT_ID is "the first bound contact": api-reference/crm/leads/crm-lead-fields.md).
-ITEM_BINDINGS = {"lead": ("contactIds", "CONTACT_ID"), "contact": ("companyIds", "COMPANY_ID")}
+# ``contactIds``); the link is the list's first entry (a lead's CONTACT_ID is "the first bound
+# contact": api-reference/crm/leads/crm-lead-fields.md). A contact's companies are a real list,
+# COMPANY_IDS (``LIST_BINDINGS``), as a deal's contacts are.
+ITEM_BINDINGS = {"lead": ("contactIds", "CONTACT_ID")}
+
+# --- smart processes (crm.type.*, see dynamic.py) -------------------------------------------------
+# Their items are kept like the classic records, in a table per type named ``dynamic_<entityTypeId>``,
+# with the fields object-fields.md lists for "Смарт-процесс" that the sandbox models (xmlId, title,
+# stageId, categoryId, opportunity, currencyId, companyId, contactIds, opened) and the common ones.
+# There is no originatorId/originId among them: those exist for leads, deals, contacts, companies.
+DYNAMIC_PREFIX = "dynamic_"
+DYNAMIC_BASE = ("ID", "XML_ID", "TITLE", "STAGE_ID", "CATEGORY_ID", "OPPORTUNITY", "CURRENCY_ID", "COMPANY_ID",
+                "CONTACT_ID", "ASSIGNED_BY_ID", "CREATED_BY_ID", "MODIFY_BY_ID", "DATE_CREATE", "DATE_MODIFY",
+                "OPENED")
+
+
+def dynamic_entity(entity_type_id: int) -> str:
+    """The table of a smart process's items; its field lists are registered on first use."""
+    entity = f"{DYNAMIC_PREFIX}{int(entity_type_id)}"
+    BASE_FIELDS.setdefault(entity, DYNAMIC_BASE)
+    ALL_FIELDS.setdefault(entity, set(DYNAMIC_BASE) | {"CONTACT_IDS"})
+    LIST_BINDINGS.setdefault(entity, ("CONTACT_IDS", "CONTACT_ID"))
+    return entity
+
+
+def entity_type_id(entity: str) -> int:
+    """crm.item's entityTypeId of a table: 1–4 for the classic entities, the type's for a smart process."""
+    if entity.startswith(DYNAMIC_PREFIX):
+        return int(entity[len(DYNAMIC_PREFIX):])
+    return ITEM_ENTITY_TYPE_IDS[entity]
 # Links that read 0 when empty (crm-item-get.md's example: "companyId": 0, "contactId": 0; a deal's
 # categoryId defaults to 0, the general funnel: import/crm-item-import.md, table "Сделка").
 ITEM_ZERO_LINKS = {"COMPANY_ID", "CONTACT_ID", "CATEGORY_ID"}
@@ -113,19 +149,25 @@ def from_item_name(name: str, entity: str) -> str | None:
     return _FROM_ITEM[key]
 
 
-def render_item(entity: str, row: dict, select: Iterable[str] | None = None) -> dict:
+def render_item(entity: str, row: dict, select: Iterable[str] | None = None,
+                uf_names: dict[str, str] | None = None) -> dict:
     """A record as crm.item.* returns it, from its classic rendering (``CrmStore.render`` with
     ``ITEM_SOURCE``): camelCase names, integer IDs (object-fields.md), ``fm`` for the multi-fields.
 
     ``select`` is crm.item.list's: ``fm`` "is not a field and cannot be asked for by name; pass
     select ['*'] to get it" (api-reference/crm/universal/crm-item-list.md, "select"), so it comes only
     with no select or ``["*"]``; other names pick fields (``id`` always). crm.item.get/add/update
-    return the whole item, ``fm`` included (crm-item-get.md: "fm is always returned")."""
+    return the whole item, ``fm`` included (crm-item-get.md: "fm is always returned"). Custom
+    fields come already in the crm.item style (``CrmStore.render(…, item=True)``) and are named by
+    ``uf_names`` (FIELD_NAME → ``ufCrm…``, or the original name with ``useOriginalUfNames``)."""
     item: dict[str, Any] = {}
     for f, v in row.items():
         if f in MULTI_FIELDS:
             continue
-        if f == "CONTACT_IDS":
+        if f.startswith("UF_"):
+            item[(uf_names or {}).get(f, f)] = v
+            continue
+        if f in ("CONTACT_IDS", "COMPANY_IDS"):
             v = [int(x) for x in v or []]
         elif f in INT_FIELDS:
             v = int(v) if v not in (None, "") else (0 if f in ITEM_ZERO_LINKS else None)
@@ -140,7 +182,7 @@ def render_item(entity: str, row: dict, select: Iterable[str] | None = None) -> 
         link = item.get(to_item_name(one, entity))
         item[many] = [link] if link else []
     fm = None
-    if entity != "deal":  # deals have no multi-fields (object-fields.md, table "Сделка")
+    if entity in MULTI_ENTITIES:  # deals and smart processes have none (object-fields.md)
         fm = [{"id": int(x["ID"]), "typeId": m, "valueType": x.get("VALUE_TYPE"), "value": x.get("VALUE")}
               for m in MULTI_FIELDS for x in row.get(m) or []]
         item["hasPhone"] = "Y" if any(e["typeId"] == "PHONE" for e in fm) else "N"
@@ -148,7 +190,7 @@ def render_item(entity: str, row: dict, select: Iterable[str] | None = None) -> 
         for alias, (type_id, value_type) in ITEM_FM_ALIASES.items():
             item[alias] = next((e["value"] for e in fm
                                 if e["typeId"] == type_id and value_type in (None, e["valueType"])), "")
-    item["entityTypeId"] = ITEM_ENTITY_TYPE_IDS[entity]
+    item["entityTypeId"] = entity_type_id(entity)
     wanted = [str(s) for s in select or []]
     if not wanted or wanted == ["*"]:
         if fm is not None:
@@ -176,12 +218,10 @@ def parse_date(value: Any, tz: dt.tzinfo = dt.timezone.utc) -> dt.datetime:
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class StoreError(Exception):
-    """A request the portal would refuse (wire error code + description)."""
-
-    def __init__(self, code: str, description: str) -> None:
-        self.code, self.description = code, description
-        super().__init__(f"{code}: {description}")
+def _now() -> dt.datetime:
+    """The current time as the portal stores it: to the second (its MySQL ``DATETIME`` columns keep
+    no fractions), so a time read back through the API compares equal to the stored one."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
 class CrmStore:
@@ -206,18 +246,42 @@ class CrmStore:
         self.multi_seq = 1
         self.newest: dict[str, dt.datetime | None] = {e: None for e in ENTITIES}  # max DATE_CREATE ever
         self.rows_listed = 0  # rows returned by list calls: benchmarks measure any client with it
+        self.userfields = UserFields(tz)  # custom-field definitions (userfields.py)
+        self.uf_entity: dict[str, str] = dict(UF_ENTITY_IDS)  # table → ENTITY_ID of its custom fields
+        # smart processes (dynamic.py): entityTypeId → the type as crm.type.get answers it
+        self.types: dict[int, dict] = {}
+        from .timeline import TimelineStore  # here: timeline.py builds on this module's helpers
+        self.timeline = TimelineStore(self)  # activities, timeline comments, products, product rows
+
+    def add_table(self, entity: str, uf_entity_id: str) -> None:
+        """A table for a smart process's items (``dynamic_entity``) whose custom fields belong to
+        ``uf_entity_id`` (``CRM_<type id>``)."""
+        with self.lock:
+            self.tables.setdefault(entity, {})
+            self.ids.setdefault(entity, [])
+            self.next_id.setdefault(entity, 1)
+            self.newest.setdefault(entity, None)
+            self.uf_entity[entity] = uf_entity_id
+
+    def uf_fields(self, entity: str) -> dict[str, dict]:
+        """FIELD_NAME → definition of the table's custom fields."""
+        return self.userfields.of(self.uf_entity[entity])
 
     # --- writing ------------------------------------------------------------------------------
     def _normalise(self, entity: str, fields: dict, *, partial: bool) -> dict:
         out: dict[str, Any] = {}
+        ufs = self.uf_fields(entity) if any(str(k).startswith("UF_") for k in fields) else {}
         for key, value in fields.items():
+            if key in ufs:
+                out[key] = self.userfields.value(ufs[key], value)
+                continue
             if key not in ALL_FIELDS[entity] or key == "ID":
                 continue  # the portal ignores unknown and read-only fields
             if key in DATE_FIELDS:
                 out[key] = parse_date(value, self.tz)  # no offset: the portal's time zone
             elif key in MULTI_FIELDS:
                 out[key] = value
-            elif key == "CONTACT_IDS":
+            elif key in ("CONTACT_IDS", "COMPANY_IDS"):
                 out[key] = [int(v) for v in (value or []) if int(v) > 0]
             elif key in INT_FIELDS:
                 out[key] = int(value) if value not in (None, "", "0", 0) else None
@@ -235,18 +299,31 @@ class CrmStore:
         primary one, ``CONTACT_ID``; a ``CONTACT_ID`` given alone becomes the only binding.
         ``CONTACT_ID`` is documented as deprecated in favour of the bindings
         (bitrix-tools/b24-rest-docs api-reference/crm/deals/crm-deal-get.md, CONTACT_ID;
-        api-reference/crm/deals/contacts/crm-deal-contact-items-get.md)."""
-        if entity != "deal":
+        api-reference/crm/deals/contacts/crm-deal-contact-items-get.md). A contact's ``COMPANY_IDS``
+        and ``COMPANY_ID`` ("основная компания", crm/contacts/crm-contact-add.md) and a smart-process
+        item's contacts follow the same rule (``LIST_BINDINGS``)."""
+        if entity not in LIST_BINDINGS:
             return
-        if "CONTACT_IDS" in changes:
-            ids = list(dict.fromkeys(changes["CONTACT_IDS"]))
-        elif "CONTACT_ID" in changes:
-            ids = [changes["CONTACT_ID"]] if changes["CONTACT_ID"] else []
+        many, one = LIST_BINDINGS[entity]
+        if many in changes:
+            ids = list(dict.fromkeys(changes[many]))
+        elif one in changes:
+            ids = [changes[one]] if changes[one] else []
         else:
             return
-        changes["CONTACT_IDS"] = ids
-        changes["CONTACT_ID"] = ids[0] if ids else None
-        rec.update({k: changes[k] for k in ("CONTACT_IDS", "CONTACT_ID")})
+        changes[many] = ids
+        changes[one] = ids[0] if ids else None
+        rec.update({k: changes[k] for k in (many, one)})
+
+    def set_bindings(self, entity: str, record_id: int, ids: list[int], *, now: dt.datetime | None = None) -> None:
+        """Replace a record's list binding (``LIST_BINDINGS``), the first being the primary one."""
+        with self.lock:
+            rec = self.tables[entity].get(int(record_id))
+            if rec is None:
+                raise StoreError("", "Not found")
+            changes = {LIST_BINDINGS[entity][0]: [int(i) for i in ids]}
+            self._bind_contacts(entity, rec, changes)
+            rec["DATE_MODIFY"] = now or _now()
 
     def _multi(self, current: list[dict], given: Any) -> list[dict]:
         """Multi-field semantics of add/update: entries with ID update (or DELETE='Y' remove) an
@@ -273,7 +350,7 @@ class CrmStore:
             record_id: int | None = None) -> int:
         """Insert a record; returns its ID. ``keep_times``: honour DATE_CREATE/DATE_MODIFY (import);
         ``record_id``: seeding only (a restored backup keeps its IDs)."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or _now()
         rec = self._normalise(entity, fields, partial=False)
         with self.lock:
             if record_id is None:
@@ -285,8 +362,8 @@ class CrmStore:
                 if m in rec:
                     rec[m] = self._multi([], rec[m])
             self._bind_contacts(entity, rec, dict(rec))
-            if entity == "deal":
-                rec.setdefault("CONTACT_IDS", [])
+            if entity in LIST_BINDINGS:
+                rec.setdefault(LIST_BINDINGS[entity][0], [])
             if not keep_times or "DATE_CREATE" not in rec:
                 rec["DATE_CREATE"] = now
             if not keep_times or "DATE_MODIFY" not in rec:
@@ -303,7 +380,7 @@ class CrmStore:
         return record_id
 
     def update(self, entity: str, record_id: int, fields: dict, *, now: dt.datetime | None = None) -> None:
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or _now()
         changes = self._normalise(entity, fields, partial=True)
         changes.pop("DATE_CREATE", None)
         changes.pop("DATE_MODIFY", None)
@@ -334,7 +411,7 @@ class CrmStore:
                 ids.insert(0, primary)
             rec["CONTACT_IDS"] = ids
             rec["CONTACT_ID"] = ids[0] if ids else None
-            rec["DATE_MODIFY"] = now or dt.datetime.now(dt.timezone.utc)
+            rec["DATE_MODIFY"] = now or _now()
 
     def delete(self, entity: str, record_id: int) -> None:
         with self.lock:
@@ -342,6 +419,7 @@ class CrmStore:
                 raise StoreError("NOT_FOUND", f"{entity} with ID {record_id} not found")
             i = bisect.bisect_left(self.ids[entity], int(record_id))
             del self.ids[entity][i]
+            self.timeline.forget_owner(entity, int(record_id))  # as the portal deletes "all related objects"
 
     def get(self, entity: str, record_id: int) -> dict | None:
         return self.tables[entity].get(int(record_id))
@@ -447,18 +525,25 @@ class CrmStore:
                 raise StoreError("ERROR_CORE", f"Could not find line with number {number}")
 
     # --- reading ------------------------------------------------------------------------------
-    def render(self, entity: str, rec: dict, select: Iterable[str] | None) -> dict:
-        fields = _select_fields(entity, select)
+    def render(self, entity: str, rec: dict, select: Iterable[str] | None, *, item: bool = False,
+               ufs: dict[str, dict] | None = None) -> dict:
+        """A record as the classic methods answer it (``item``: custom-field values as crm.item.*
+        answers them, for ``render_item``). ``ufs``: the table's custom fields, when the caller
+        renders many records."""
+        ufs = self.uf_fields(entity) if ufs is None else ufs
+        fields = _select_fields(entity, select, ufs)
         out = {}
         for f in fields:
             v = rec.get(f)
-            if f in DATE_FIELDS and v is not None:
+            if f in ufs:
+                v = self.userfields.render(ufs[f], v, item=item)
+            elif f in DATE_FIELDS and v is not None:
                 v = v.astimezone(self.tz).isoformat(timespec="seconds")
             elif f in MULTI_FIELDS:
                 if not v:
                     continue  # the portal omits empty multi-fields
                 v = [dict(x, TYPE_ID=f) for x in v]
-            elif f == "CONTACT_IDS":
+            elif f in ("CONTACT_IDS", "COMPANY_IDS"):
                 v = [str(x) for x in (v or [])]
             elif v is None and f in ZERO_LINKS:
                 v = "0"  # an empty link reads "0", not null
@@ -469,15 +554,21 @@ class CrmStore:
 
     def list(self, entity: str, *, filter: dict | None, order: dict | None, select: list | None, start: int,
              count_cost_s: float = 0.0, page_size: int = 50,
-             nested: bool = False) -> tuple[list[dict], int | None, float]:
+             nested: bool = False, item: bool = False) -> tuple[list[dict], int | None, float]:
         """One page of a list call: (rows, total or None when start=-1, simulated cost in seconds).
 
         With ``start >= 0`` the portal counts every matching row (``total``); that costs
         ``count_cost_s`` per row, which is what makes offset paging slow on big tables.
         ``nested``: the filter may hold sub-filters under numeric keys and ``logic: OR``
-        (``crm.item.list`` only; the classic ``crm.lead.list`` has no OR).
+        (``crm.item.list`` only; the classic ``crm.lead.list`` has no OR). ``item``: see ``render``.
         """
-        predicates, id_floor = _compile_filter(entity, filter or {}, self.tz, nested=nested)
+        ufs = self.uf_fields(entity)
+        predicates, id_floor = _compile_filter(entity, filter or {}, self.tz, nested=nested,
+                                               uf={n: self.userfields.converter(d) for n, d in ufs.items()})
+
+        def draw(r: dict) -> dict:
+            return self.render(entity, r, select, item=item, ufs=ufs)
+
         order = {str(k).upper(): str(v).upper() for k, v in (order or {}).items()} or {"ID": "ASC"}
         with self.lock:
             table = self.tables[entity]
@@ -496,13 +587,13 @@ class CrmStore:
                             if len(rows) == page_size:
                                 break
                     self.rows_listed += len(rows)
-                    return [self.render(entity, r, select) for r in rows], None, 0.0
+                    return [draw(r) for r in rows], None, 0.0
                 if not predicates and not desc:
                     # counting an unfiltered range needs no scan here; its cost is simulated below
                     total = len(ids) - lo
                     page = [table[rid] for rid in ids[lo + start: lo + start + page_size]]
                     self.rows_listed += len(page)
-                    return [self.render(entity, r, select) for r in page], total, total * count_cost_s
+                    return [draw(r) for r in page], total, total * count_cost_s
                 matching = [table[rid] for rid in walk if all(p(table[rid]) for p in predicates)]
             else:
                 matching = [r for r in table.values() if all(p(r) for p in predicates)]
@@ -512,7 +603,7 @@ class CrmStore:
             page = matching[max(start, 0): max(start, 0) + page_size]
             self.rows_listed += len(page)
             cost = total * count_cost_s if start >= 0 else 0.0
-            return [self.render(entity, r, select) for r in page], (total if start >= 0 else None), cost
+            return [draw(r) for r in page], (total if start >= 0 else None), cost
 
     def count(self, entity: str) -> int:
         return len(self.tables[entity])
@@ -528,15 +619,21 @@ def _sort_key(v):
     return (2, str(v))
 
 
-def _select_fields(entity: str, select) -> tuple[str, ...]:
+def _select_fields(entity: str, select, ufs: dict | None = None) -> tuple[str, ...]:
+    """The fields a select names: ``*`` is every field but the custom fields and the multi-fields,
+    ``UF_*`` every custom field, multi-fields only by name; no select is ``*`` + ``UF_*``
+    (crm/contacts/crm-contact-list.md, crm/deals/crm-deal-list.md, "select")."""
+    ufs = ufs or {}
     if not select:
-        return BASE_FIELDS[entity]
+        return BASE_FIELDS[entity] + tuple(ufs)
     fields: list[str] = []
     for s in select:
         s = str(s).upper()
         if s == "*":
             fields.extend(f for f in BASE_FIELDS[entity] if f not in fields)
-        elif s in ALL_FIELDS[entity] and s not in fields:
+        elif s == "UF_*":
+            fields.extend(f for f in ufs if f not in fields)
+        elif (s in ALL_FIELDS[entity] or s in ufs) and s not in fields:
             fields.append(s)
     if "ID" not in fields:
         fields.insert(0, "ID")  # the portal always returns ID
@@ -584,11 +681,14 @@ def _like(pattern: str) -> re.Pattern:
 
 
 def _compile_filter(entity: str, flt: dict, tz: dt.tzinfo = dt.timezone.utc, *, nested: bool = False,
-                    _top: bool = True):
+                    uf: dict | None = None, _top: bool = True):
     """Filter keys with the portal's prefixes → predicates (all must hold); also the lower bound for
     ``>ID``/``>=ID`` (used to bisect into the sorted IDs). A value without a UTC offset is a time in
     the portal's zone ``tz``. With ``nested``, numeric keys hold sub-filters and ``logic: OR`` joins
-    a level's conditions by OR (crm.item.list's filter, api-reference/crm/universal/crm-item-list.md)."""
+    a level's conditions by OR (crm.item.list's filter, api-reference/crm/universal/crm-item-list.md).
+    ``uf``: the table's custom fields (FIELD_NAME → how a filter value of it is read); a multiple
+    field matches when one of its values does."""
+    uf = uf or {}
     if not isinstance(flt, dict):
         raise StoreError("INVALID_ARG_VALUE", "filter must be an object")
     logic = "AND"
@@ -603,15 +703,15 @@ def _compile_filter(entity: str, flt: dict, tz: dt.tzinfo = dt.timezone.utc, *, 
         if nested and key.isdigit():
             if not isinstance(value, dict):
                 raise StoreError("INVALID_ARG_VALUE", f"sub-filter {key!r} must be an object")
-            sub, _ = _compile_filter(entity, value, tz, nested=True, _top=False)
+            sub, _ = _compile_filter(entity, value, tz, nested=True, uf=uf, _top=False)
             predicates.append(lambda r, s=tuple(sub): all(p(r) for p in s))
             continue
         op = next((p for p in _PREFIXES if key.startswith(p)), "")
         field = key[len(op):].upper()
-        if field not in ALL_FIELDS[entity]:
+        if field not in ALL_FIELDS[entity] and field not in uf:
             raise StoreError("INVALID_ARG_VALUE", f"unknown filter field {field!r}")
         try:
-            pred = _condition(field, op, value, tz)
+            pred = _condition(field, op, value, tz, uf.get(field))
         except (ValueError, TypeError, ArithmeticError):
             raise StoreError("INVALID_ARG_VALUE", f"bad filter value for {key}") from None
         if _top and field == "ID" and op in (">", ">=") and logic == "AND" and not isinstance(value, (list, dict)) \
@@ -625,11 +725,12 @@ def _compile_filter(entity: str, flt: dict, tz: dt.tzinfo = dt.timezone.utc, *, 
     return predicates, id_floor
 
 
-def _condition(field: str, op: str, value, tz: dt.tzinfo):
-    """One ``{prefix}{FIELD}: value`` condition → predicate over a stored record."""
+def _condition(field: str, op: str, value, tz: dt.tzinfo, conv=None):
+    """One ``{prefix}{FIELD}: value`` condition → predicate over a stored record (``conv``: how
+    the value is read, for a custom field)."""
     negate = op in _NEGATED
     base = _NEGATED.get(op, op)
-    conv = _converter(field, tz)
+    conv = conv or _converter(field, tz)
     if base in ("%", "=%", "%="):
         if base == "%":  # the value is a substring: its own % and _ are plain characters
             pattern = re.compile(".*" + re.escape(str(value)) + ".*", re.IGNORECASE | re.DOTALL)
@@ -655,6 +756,8 @@ def _condition(field: str, op: str, value, tz: dt.tzinfo):
         else:
             def test(r, w=wanted, e=empty):
                 v = _comparable(r, field)
+                if isinstance(v, list):  # a multiple custom field or a list binding: any of its values
+                    return bool(w.intersection(v)) or (e and not v)
                 return v in w or (e and v in (None, "", 0))
     elif base in (">", ">=", "<", "<="):
         if isinstance(value, (list, dict)):

@@ -43,7 +43,7 @@ ITEM_TITLE = {"lead": "title", "deal": "title", "contact": "name", "company": "t
 @pytest.fixture(scope="module")
 def pair():
     # small, fast, and a plan generous enough that the clients' own throttles never wait long
-    p = start_pair(limits=PortalLimits(rate=200, burst=100), tls=True, companies=60, contacts=110, leads=160,
+    p = start_pair(limits=PortalLimits.free(rate=200, burst=100), tls=True, companies=60, contacts=110, leads=160,
                    deals=120, tasks=0)
     yield p
     p.close()
@@ -139,7 +139,7 @@ def test_fast_bitrix24_recovers_from_the_rate_limit(pair, entity):
 def test_fast_bitrix24_under_the_real_leaky_bucket():
     """No injected fault: a portal with a small plan (burst 10, 20/s) and the client's own leaky
     bucket set to it; whatever the portal refuses with 503 is retried, nothing is lost."""
-    with start_pair(limits=PortalLimits(rate=20, burst=10), tls=True, leads=400, deals=5, contacts=5,
+    with start_pair(limits=PortalLimits.free(rate=20, burst=10), tls=True, leads=400, deals=5, contacts=5,
                     companies=5, tasks=0) as p:
         rows = _fast(p.cloud, lambda b: b.get_all("crm.lead.list", {"select": ["ID"]}),
                      request_pool_size=10, requests_per_second=20.0)

@@ -9,7 +9,7 @@ from sandbox.portal import Portal, PortalLimits, PortalServer
 from sandbox.portal.store import CrmStore
 from sandbox.website import next_stamp, start_website
 
-FAST = PortalLimits(rate=1000, burst=500)
+FAST = PortalLimits.free(rate=1000, burst=500)
 
 
 @pytest.fixture
