@@ -25,9 +25,11 @@ def _journal_from(args):
     if args.journal_url:
         return Journal(args.journal_url)
     if args.config:
-        from flows.config import load_config
+        from flows.config import journal_chain_key, load_config
 
-        return Journal(load_config(args.config).journal.url)
+        config = load_config(args.config)
+        # the chain key, when the config names one: writes stay keyed, verify checks the keys
+        return Journal(config.journal.url, chain_key=journal_chain_key(config))
     demo_db = DEMO_DIR / "journal.db"
     if demo_db.exists():
         return Journal(f"sqlite:///{demo_db.resolve()}")
@@ -49,11 +51,7 @@ def cmd_journal(args) -> int:
 
     journal = _journal_from(args)
     if args.journal_cmd == "verify":
-        from journal.chain import verify_run
-
-        result = verify_run(journal, args.run or _latest_run_id(journal))
-        print(result.summary())
-        return 0 if result.ok else 1
+        return _verify_journal(journal, args)
     if args.journal_cmd == "list":
         table = Table(title="migration runs")
         for col in ("run", "name", "mode", "status", "created (UTC)", "attempts"):
@@ -83,6 +81,34 @@ def cmd_journal(args) -> int:
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def _verify_journal(journal, args) -> int:
+    """``journal verify``: every run (or ``--run``), then the anchors. Exit 0 intact, 1 tampered or an
+    anchor differs, 3 nothing wrong found but not everything proven (unchained, keys not checked)."""
+    from journal.anchor import check_anchor, current_anchor, parse_anchors
+    from journal.chain import verify_all, verify_run
+
+    results = [verify_run(journal, args.run)] if args.run else verify_all(journal)
+    for result in results:
+        print(result.summary())
+    print(f"journal: {current_anchor(journal).short} ({len(results)} run(s) verified)")
+    differs = False
+    if args.anchor:
+        try:
+            anchors = parse_anchors(args.anchor)
+        except (OSError, ValueError) as exc:
+            raise MigrationError(f"--anchor: {exc}", fix="give the file [journal] anchor wrote, one of its JSON "
+                                                       "lines, or the 'runs=N head=HEX' of a notice") from None
+        for check in (check_anchor(journal, a) for a in anchors):
+            print(check.summary())
+            differs |= not check.ok
+    else:
+        print("no --anchor given: a cut tail or a deleted last run leaves no trace inside the journal; check it "
+              "against an anchor kept elsewhere (--anchor FILE_OR_VALUE)")
+    if differs or not all(r.ok for r in results):
+        return 1
+    return 0 if all(r.proven for r in results) else 3
 
 
 class _KnownFailureFilter(logging.Filter):
@@ -122,12 +148,9 @@ def _print_outcome(state) -> int:
 
 
 def cmd_run(args) -> int:
-    from flows.config import load_config
-
-    load_config(args.config)  # fail fast, before Prefect starts, with every config problem listed
     from flows.migration import check_setup, migration
 
-    check_setup(args.config)  # secrets, runbook, what its automated steps need
+    check_setup(args.config)  # one pass: schema, secrets, runbook, what its automated steps need
     if not os.environ.get("PREFECT_API_URL"):
         # a temporary server of our own: its telemetry heartbeat only adds SQLite lock errors to the output
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -138,9 +161,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from flows.config import load_config
-
-    load_config(args.config)
     if not os.environ.get("PREFECT_API_URL"):
         print("note: PREFECT_API_URL is not set, so deployments go to a temporary server the UI cannot see.\n"
               "      Start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api first.",
@@ -259,16 +279,19 @@ def cmd_sweep(args) -> int:
 def cmd_verify(args) -> int:
     """The post-migration checks now, outside a run's steps (journaled into the latest run). Exit 1
     when a fire-severity check failed or could not run."""
+    from connectors.errors import ConfigError
     from flows.actions import ActionContext
     from flows.actions.verify import verify
-    from flows.config import load_config, resolve_secrets
+    from flows.config import load_config_and_secrets
     from journal.store import Journal
     from journal.verification import verification_markdown
 
-    config = load_config(args.config)
+    config, secrets, problems = load_config_and_secrets(args.config)  # schema and secrets: one list
+    if config is None or problems:
+        raise ConfigError(args.config, problems)
     journal = Journal(config.journal.url)
     run_id = args.run or _latest_run_id(journal)
-    ctx = ActionContext(config=config, secrets=resolve_secrets(config), journal=journal, run_id=run_id,
+    ctx = ActionContext(config=config, secrets=secrets, journal=journal, run_id=run_id,
                         step_id=args.step, mode=journal.get_run(run_id).mode,
                         work_dir=Path(config.journal.out_dir) / "runs" / run_id)
     result, changes = verify(ctx)
@@ -279,6 +302,35 @@ def cmd_verify(args) -> int:
         print(f"not run, and a fire if it fails: {', '.join(unproven)}; give the access they need "
               "(see each reason above) and run cloud2box verify again")
     return 1 if result.fires or unproven else 0
+
+
+def cmd_check(args) -> int:
+    """Prove every credential and dependency of the config without changing anything: a table of
+    ok / failed (with the fix) / skipped; exit 0 only when nothing failed."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from connectors.errors import ConfigError
+    from flows.access_check import run_checks
+    from flows.config import load_config_and_secrets
+
+    config, _, problems = load_config_and_secrets(args.config)
+    if config is None:  # schema and secret problems together; a valid file gets a row per secret instead
+        raise ConfigError(args.config, problems)
+    reader = None
+    if any(ref.prefect_secret for ref in config.secrets.values()):
+        from flows.run_context import _read_prefect_secret as reader
+    report = run_checks(config, prefect_reader=reader, timeout_s=args.timeout)
+    table = Table(title=f"cloud2box check — {args.config}")
+    for col in ("check", "result", "finding", "fix"):
+        table.add_column(col, overflow="fold")
+    style = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
+    for r in report.rows:  # findings quote config keys like [box_host]: not rich markup
+        table.add_row(escape(r.name), f"[{style[r.status]}]{r.status}[/]", escape(r.finding), escape(r.fix))
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
+    print(f"{report.summary()}" + ("" if report.ok else "; fix the failed checks and run cloud2box check again"))
+    return 0 if report.ok else 1
 
 
 def _journal_args(p: argparse.ArgumentParser) -> None:
@@ -343,14 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--new-run", action="store_true", help="start a fresh journal run instead of resuming")
     r.set_defaults(fn=cmd_run)
 
+    c = sub.add_parser("check", help="prove every credential and dependency of a config, changing nothing "
+                                     "(exit 1 when a check failed)")
+    c.add_argument("--config", required=True)
+    c.add_argument("--timeout", type=float, default=20.0, help="seconds per remote call (default 20)")
+    c.set_defaults(fn=cmd_check)
+
     s = sub.add_parser("serve", help="register the rehearsal and cutover deployments and serve them")
     s.add_argument("--config", required=True)
     s.set_defaults(fn=cmd_serve)
 
     j = sub.add_parser("journal", help="read the journal (no Prefect needed)")
     j.add_argument("journal_cmd", choices=["list", "show", "export", "verify"],
-                   help="verify: prove no journal entry was edited, removed or reordered (exit 1 if one was)")
-    j.add_argument("--run", help="run id (default: the latest)")
+                   help="verify: prove no journal entry was edited, removed or reordered (exit 1 if one was or an "
+                        "anchor differs, 3 if something could not be proven)")
+    j.add_argument("--run", help="run id (default: the latest; verify: every run)")
+    j.add_argument("--anchor", help="verify: an anchor kept away from the journal (the [journal] anchor file, its "
+                                    "JSON line, or 'runs=N head=HEX' from a notice)")
     _journal_args(j)
     j.add_argument("--out", default=".", help="export: directory for journal.csv and journal.md")
     j.set_defaults(fn=cmd_journal)

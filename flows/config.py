@@ -8,6 +8,7 @@ into ``SecretStr`` by :func:`resolve_secrets` and registered for redaction.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -69,6 +70,14 @@ class JournalSection(_Model):
         description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg2://user@host/db",
     )
     out_dir: Path = Path("cloud2box-out")
+    anchor: str = Field(
+        default="", description="where the journal's anchor (run count + head hash) goes at every gate and at the "
+                                "end: a file to append to, an http(s) URL to POST to, or the name of a [secrets] "
+                                "entry holding one; the auditor keeps it, away from the journal")
+    anchor_timeout_s: float = Field(default=10.0, gt=0, le=300, description="timeout of the anchor's POST")
+    chain_key_secret: str = Field(
+        default="", description="[secrets] entry whose value keys the journal's hash chain (HMAC-SHA256): a "
+                                "rewrite then needs the key too; keep the key away from the journal")
 
     @field_validator("url")
     @classmethod
@@ -226,25 +235,114 @@ class Config(_Model):
         return self.model_dump(mode="json")
 
 
+_MISSING_FILE = "file not found; copy config.example.toml and edit it"
+# What a [secrets] entry's name looks like; a ``*_secret`` field holding anything else is taken for a
+# pasted secret value and never shown.
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+# Characters no config string needs: C0/C1 controls but tab and newline (a NUL ends a C string and a
+# PostgreSQL text), and the bidi controls that make text read differently than it is (Trojan Source).
+_HOSTILE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_STRING = 10_000  # the longest config string (a notice's workaround text is the longest real one)
+
+
 def load_config(path: str | os.PathLike, *, overrides: dict | None = None) -> Config:
     """Load and validate ``path``; raise :class:`ConfigError` listing every problem."""
-    raw = read_toml(path, missing="file not found; copy config.example.toml and edit it")
+    raw = read_toml(path, missing=_MISSING_FILE)
     return config_from_dict(raw, source=str(path), overrides=overrides)
 
 
 def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | None = None) -> Config:
     data = _deep_merge(raw, overrides or {})
+    # a secret value pasted where a secret's NAME belongs is taken out before pydantic sees it: its
+    # errors carry the input (input_value) and the messages of some validators repeat it
+    problems = _pasted_secrets(data) + _hostile_strings(data)
     data["source"] = source
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, validation_problems(exc, union_tags=_UNION_TAGS)) from None
-    problems = [f"[{key}] file {path} not found" for key, path in
-                (("runbook.path", config.runbook.path), ("runbook.risks", config.runbook.risks),
-                 ("verify.path", config.verify.path)) if not Path(path).exists()]
+        raise ConfigError(source, problems + validation_problems(exc, union_tags=_UNION_TAGS)) from None
+    problems += [f"[{key}] file {path} not found" for key, path in
+                 (("runbook.path", config.runbook.path), ("runbook.risks", config.runbook.risks),
+                  ("verify.path", config.verify.path)) if not Path(path).exists()]
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _pasted_secrets(data: dict, prefix: str = "") -> list[str]:
+    """Problems for every ``*_secret`` key whose value is no [secrets] name; those keys are removed
+    from ``data`` (in place, nested tables copied first) so their values reach no message."""
+    problems = []
+    if not prefix and isinstance(data.get("secrets"), dict):
+        data["secrets"] = table = dict(data["secrets"])
+        for key, entry in list(table.items()):
+            if not isinstance(entry, dict):
+                del table[key]
+                problems.append(f"[secrets.{key}] must say where the secret is, e.g. {key} = {{ env = \"VAR\" }} "
+                                "or { prefect_secret = \"block-name\" }, not hold it (the value is not shown)")
+    for key, value in list(data.items()):
+        where = f"{prefix}{key}"
+        if isinstance(value, dict) and where != "secrets":
+            data[key] = dict(value)
+            problems += _pasted_secrets(data[key], f"{where}.")
+        elif key.endswith("_secret") and value not in (None, "") and not (
+                isinstance(value, str) and SECRET_NAME_RE.match(value)):
+            del data[key]
+            problems.append(f"[{where}] must be the NAME of a [secrets] entry (letters, digits, _ . -), not the "
+                            "secret itself (the value is not shown); put the value into an environment variable "
+                            "and add NAME = { env = \"VAR\" } to [secrets]")
+    return problems
+
+
+def _hostile_strings(node: Any, where: str = "") -> list[str]:
+    """Problems for strings with control or bidi characters or over :data:`MAX_STRING` long; they are
+    cleaned in place (nested tables and lists copied first), so validation goes on and lists every
+    other problem too. The value is never shown."""
+    problems = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        at = f"{where}.{key}" if where else str(key)
+        if isinstance(value, (dict, list)):
+            node[key] = value = dict(value) if isinstance(value, dict) else list(value)
+            problems += _hostile_strings(value, at)
+        elif isinstance(value, str):
+            hostile = _HOSTILE_RE.search(value)
+            if hostile:
+                problems.append(f"[{at}] contains a control character (U+{ord(hostile.group()):04X}); control and "
+                                "bidi characters hide what a text says: remove them")
+                value = node[key] = _HOSTILE_RE.sub("", value)
+            if len(value) > MAX_STRING:
+                problems.append(f"[{at}] is {len(value)} characters long; at most {MAX_STRING}")
+                node[key] = value[:MAX_STRING]
+    return problems
+
+
+def load_config_and_secrets(path: str | os.PathLike, *, prefect_reader=None
+                            ) -> tuple[Config | None, dict[str, SecretStr], list[str]]:
+    """The config, its resolved secrets and every problem of both, found in one pass: a file with
+    schema problems still has its ``[secrets]`` entries resolved, so nobody fixes it twice.
+    The config is None when it does not validate; the problems are one line each, no value shown."""
+    source = str(path)
+    raw = read_toml(path, missing=_MISSING_FILE)
+    config, problems = None, []
+    try:
+        config = config_from_dict(raw, source=source)
+    except ConfigError as exc:
+        problems += exc.problems
+    refs = config.secrets if config is not None else _readable_refs(raw.get("secrets"))
+    values, secret_problems = _resolve_refs(refs, prefect_reader)
+    return config, values, problems + secret_problems
+
+
+def _readable_refs(table: Any) -> dict[str, SecretRef]:
+    """The ``[secrets]`` entries that are well-formed (the others are schema problems already)."""
+    refs = {}
+    for key, entry in (table or {}).items() if isinstance(table, dict) else ():
+        try:
+            refs[key] = SecretRef.model_validate(entry)
+        except ValidationError:
+            continue
+    return refs
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
@@ -263,26 +361,63 @@ def resolve_secrets(config: Config, *, prefect_reader=None) -> dict[str, SecretS
     ``prefect_reader(name) -> str`` reads a Prefect Secret block (passed in by the flows so this
     module stays usable without a Prefect server).
     """
-    values: dict[str, SecretStr] = {}
-    problems: list[str] = []
-    for key, ref in config.secrets.items():
-        value: str | None = None
-        if ref.env:
-            value = os.environ.get(ref.env)
-        elif prefect_reader is not None:
-            try:
-                value = prefect_reader(ref.prefect_secret)
-            except Exception as exc:  # a missing block raises ValueError; report, don't crash
-                problems.append(f"[secrets.{key}] cannot read {ref.describe()}: {type(exc).__name__}")
-                continue
-        if not value:
-            problems.append(f"[secrets.{key}] {ref.describe()} is not set; set it before starting")
-            continue
-        register_secret(value)
-        values[key] = SecretStr(value)
+    values, problems = _resolve_refs(config.secrets, prefect_reader)
     if problems:
         raise ConfigError(config.source, problems)
     return values
 
 
+def resolve_secret(key: str, ref: SecretRef, prefect_reader=None) -> tuple[SecretStr | None, str | None]:
+    """One ``[secrets]`` entry: (its value, None) or (None, the problem in one line, no value shown).
+    Without ``prefect_reader`` a Prefect Secret block counts as not set."""
+    value: str | None = None
+    if ref.env:
+        value = os.environ.get(ref.env)
+    elif prefect_reader is not None:
+        try:
+            value = prefect_reader(ref.prefect_secret)
+        except Exception as exc:  # noqa: BLE001 — a missing block raises ValueError; report, don't crash
+            return None, (f"[secrets.{key}] cannot read {ref.describe()} ({type(exc).__name__}); create the "
+                          f"block (prefect block create secret) or check PREFECT_API_URL")
+    if not value:
+        where = f"export {ref.env}=..." if ref.env else "give the block a value"
+        return None, f"[secrets.{key}] {ref.describe()} is not set; {where} before starting"
+    register_secret(value)
+    return SecretStr(value), None
+
+
+def _resolve_refs(refs: dict[str, SecretRef], prefect_reader) -> tuple[dict[str, SecretStr], list[str]]:
+    values, problems = {}, []
+    for key, ref in refs.items():
+        value, problem = resolve_secret(key, ref, prefect_reader)
+        if problem:
+            problems.append(problem)
+        elif value is not None:
+            values[key] = value
+    return values, problems
+
+
 Mode = Literal["rehearsal", "cutover"]
+
+
+def journal_chain_key(config: Config, secrets: dict[str, SecretStr] | None = None, *,
+                      prefect_reader=None) -> bytes | None:
+    """The key of the journal's hash chain (``[journal] chain_key_secret``), None when unset.
+
+    ``secrets`` are a run's resolved secrets; without them only this entry is resolved, so an
+    auditor's ``cloud2box journal verify --config`` needs no other secret.
+    """
+    name = config.journal.chain_key_secret
+    if not name:
+        return None
+    if name not in config.secrets:
+        # the value is not echoed: a key pasted here instead of a name would be shown otherwise
+        raise ConfigError(config.source, ["[journal] chain_key_secret does not name an entry of [secrets] (its "
+                                          "value is not shown); name one, e.g. journal_key = { env = "
+                                          "\"C2B_JOURNAL_KEY\" } and chain_key_secret = \"journal_key\""])
+    value = (secrets or {}).get(name)
+    if value is None:
+        value, problem = resolve_secret(name, config.secrets[name], prefect_reader)
+        if problem:
+            raise ConfigError(config.source, [problem])
+    return value.get_secret_value().encode("utf-8")

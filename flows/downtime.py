@@ -26,6 +26,7 @@ from connectors.errors import GateRejected
 from connectors.outputs import write_private_text
 from flows.forms import RollbackDecision
 from journal import ladder
+from journal.anchor import current_anchor
 from journal.configuration import resolve_notice_urls
 from journal.events import EventKind
 from journal.export import downtime_window
@@ -117,8 +118,10 @@ def decision_due(journal: Journal, run_id: str, ladder_section, now: dt.datetime
 
 
 def final_summary(notifier: Notifier, journal: Journal, run_id: str) -> None:
-    """The post-move summary (seed 004 shape), sent when the run completes."""
-    notifier.send("summary", **summary_values(journal, run_id))
+    """The post-move summary (seed 004 shape), sent when the run completes, with the journal's
+    anchor: the customer keeps a copy of it that nobody with access to the journal can change."""
+    notifier.send("summary", **summary_values(journal, run_id),
+                  anchor=current_anchor(journal, reason=f"summary notice of run {run_id}").short)
 
 
 # --- the flow's side: called between steps, with the run's context ------------------------------

@@ -3,7 +3,9 @@
 :func:`ask_gate` pauses the phase flow for the sign-off (flow code: Prefect pauses flows, not
 tasks) and :func:`record_gate` journals the answer. An approval is not taken while a fire is open
 or, at gate 1, while a high-impact risk without mitigation is not explicitly accepted: it is
-journaled as refused and the gate is asked again, within :data:`MAX_GATE_ASKS`.
+journaled as refused and the gate is asked again, within :data:`MAX_GATE_ASKS`. Every answer is
+followed by the journal's anchor (:func:`flows.outputs.publish_anchor`), so a sign-off removed
+later shows against the copy kept away from the journal.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from checklists.risks import load_risks
 from checklists.runbook import Phase
 from connectors.errors import FatalError, GateRejected
 from flows.forms import GateSignOff, GateSignOffAcceptingRisks, gate_prompt
+from flows.outputs import publish_anchor
 from flows.run_context import RunContext, flow_run_id
 from flows.steps import verify_before
 from journal.events import EventKind
@@ -110,7 +113,11 @@ def ask_gate(run: RunContext, phase: Phase) -> dict:
             decide_first=decide_now, refused_reason=refused_reason))
         answer = pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
                                 poll_interval=cfg.prefect.poll_interval_s, key=f"gate-{phase.number}-attempt-{attempt}")
-        result = record_gate(run, phase.number, answer.model_dump(include=set(form_cls.model_fields)), must_accept)
+        try:
+            result = record_gate(run, phase.number, answer.model_dump(include=set(form_cls.model_fields)),
+                                 must_accept)
+        finally:  # every decision, refusals and rejections too, leaves the journal at once
+            publish_anchor(run, f"gate {phase.number} of run {run_id}, ask {attempt}")
         if result["decision"] == "approve":
             return result
         refused_reason = result["reason"]

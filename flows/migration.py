@@ -12,16 +12,42 @@ users' downtime) and :mod:`flows.outputs` (artifacts, exports, the report).
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from connectors.errors import FatalError, GateRejected, MigrationError
+from flows.access_check import Stage, require_access
 from flows.config import Mode
 from flows.downtime import final_summary, stop_watching, watch_downtime
 from flows.gates import ask_gate, record_gate
 from flows.outputs import write_outputs
 from flows.run_context import RunContext, build_setup, check_setup, open_run
 from flows.steps import do_step, run_step
+from journal.events import EventKind
 from journal.export import downtime_window
+
+
+@task(name="check access", cache_policy=NO_CACHE, persist_result=False, tags=["action:check_access"])
+def check_access(run: RunContext, stage: Stage, step_id: str | None = None) -> str:
+    """``cloud2box check`` inside the run: at its start and right before the users' downtime. A failed
+    check stops the run here, before anything irreversible, with each fix in the state message."""
+    logger = get_run_logger()
+    try:
+        report = require_access(run.config, run.secrets, stage=stage)
+    except MigrationError as exc:
+        run.journal.add_event(run.run_id, EventKind.PREFLIGHT, f"access check ({stage}) failed: {exc.message}",
+                              data={"fix": exc.fix or ""}, step_id=step_id)
+        raise
+    run.journal.add_event(run.run_id, EventKind.PREFLIGHT, f"access check ({stage}): {report.summary()}",
+                          data={"rows": [r.__dict__ for r in report.rows]}, step_id=step_id)
+    try:
+        create_table_artifact([r.__dict__ for r in report.rows], key=f"access-{run.run_id}-{stage}".lower(),
+                              description=f"Access check ({stage}): {report.summary()}")
+    except Exception as exc:  # noqa: BLE001 — the journal holds the rows; the artifact is a view
+        logger.warning("could not publish the access check artifact: %s", exc)
+    logger.info("access check (%s): %s", stage, report.summary())
+    return report.summary()
 
 
 @flow(name="phase", flow_run_name="phase-{number}-{mode}", persist_result=False)
@@ -40,6 +66,8 @@ def run_phase(run: RunContext, config: str, mode: str, number: int) -> dict:
         if step.id in done:
             logger.info("step %s already done (%s by %s): not redone", step.id, done[step.id].actual_end, done[step.id].actor)
             continue
+        if step.downtime == "start":  # the last moment before users stop: every credential once more
+            check_access(run, "before-downtime", step.id)
         do_step(run, phase, step)
     if number in journal.approved_phases(run.run_id):
         logger.info("phase %s was already signed off: not asked again", number)
@@ -60,6 +88,7 @@ def migration(config: str, mode: Mode = "rehearsal", new_run: bool = False) -> d
     run = open_run(build_setup(config), mode, new_run)
     journal, run_id = run.journal, run.run_id
     try:
+        check_access(run, "start")
         for phase in run.runbook.phases:
             run_phase(run, config, mode, phase.number)
     except GateRejected as exc:

@@ -18,6 +18,8 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from checklists.runbook import Phase, Step
 from connectors.secrets import redact
+from journal.anchor import Anchor, current_anchor, deliver, target_label
+from journal.events import EventKind
 from journal.export import SUMMARY_COLUMNS, export_run, phase_rows
 from journal.report import report_markdown, write_report
 
@@ -73,6 +75,47 @@ def publish_verification(run: RunContext, step: Step, label: str | None, result)
         get_run_logger().warning("could not publish the verification artifact: %s", exc)
 
 
+def anchor_target(run: RunContext) -> str:
+    """``[journal] anchor``: a path or URL, or the name of a ``[secrets]`` entry holding one."""
+    value = run.config.journal.anchor
+    secret = run.secrets.get(value) if value else None
+    return secret.get_secret_value() if secret is not None else value
+
+
+def publish_anchor(run: RunContext, reason: str) -> Anchor | None:
+    """Send the journal's anchor (run count + head hash) away from it: a Prefect artifact and
+    ``[journal] anchor``. Never fails the run: a failure is logged and journaled (a warning)."""
+    logger = get_run_logger()
+    try:
+        anchor = current_anchor(run.journal, reason=reason)
+    except Exception as exc:  # the journal write that follows will raise properly if the database is gone
+        logger.warning("could not compute the journal anchor (%s): %s", reason, redact(exc))
+        return None
+    try:
+        create_markdown_artifact(anchor_markdown(anchor), key=f"journal-anchor-{run.run_id}",
+                                 description=f"Journal anchor ({reason}): {anchor.short}")
+    except Exception as exc:  # the artifact is one of the anchor's copies; the others still go
+        logger.warning("could not publish the journal anchor artifact: %s", redact(exc))
+    target = anchor_target(run)
+    if target:
+        try:
+            deliver(anchor, target, timeout_s=run.config.journal.anchor_timeout_s)
+        except Exception as exc:  # the auditor's copy is missing this one: say so where they will look
+            where = target_label(target)
+            logger.warning("could not send the journal anchor to %s: %s", where, redact(type(exc).__name__))
+            run.journal.add_event(run.run_id, EventKind.ANCHOR_UNDELIVERED, f"journal anchor ({reason}) not delivered to "
+                                  f"{where}: {type(exc).__name__}", data={"anchor": anchor.short, "target": where})
+    return anchor
+
+
+def anchor_markdown(anchor: Anchor) -> str:
+    rows = "\n".join(f"| `{run_id}` | {entries} | `{head}` |" for run_id, entries, head in anchor.chains or [])
+    return (f"## Journal anchor — {anchor.reason}\n\n**{anchor.short}**\n\nKeep this apart from the journal: "
+            f"`cloud2box journal verify --anchor '<the JSON below>'` shows any run removed, tail cut or entry "
+            f"rewritten since.\n\n| run | entries | head hash |\n|---|---|---|\n{rows}\n\n"
+            f"```json\n{anchor.to_json()}\n```\n")
+
+
 def write_outputs(run: RunContext) -> dict[str, Path]:
     """The journal exports and the auditor's report, on disk and as a Prefect artifact.
 
@@ -88,4 +131,5 @@ def write_outputs(run: RunContext) -> dict[str, Path]:
                                  description=f"Migration report of run {run_id}")
     except Exception as exc:  # the journal is the record; a report failure is logged, never fatal
         get_run_logger().warning("could not write the report of run %s: %s", run_id, redact(exc))
+    publish_anchor(run, f"end of run {run_id} ({journal.get_run(run_id).status})")
     return paths

@@ -26,7 +26,7 @@ from connectors.errors import ConfigError
 from connectors.http_download.disk import make_private_dir
 from connectors.secrets import install_log_redaction
 from flows.actions import MANUAL, ActionContext, known_actions, missing_requirements
-from flows.config import Config, Mode, load_config, resolve_secrets
+from flows.config import Config, Mode, load_config_and_secrets, journal_chain_key
 from flows.downtime import DowntimeWatcher, notifier_for
 from flows.outputs import ProgressArtifact
 from journal.events import EventKind
@@ -54,17 +54,23 @@ def _read_prefect_secret(name: str) -> str:
 def build_setup(config_path: str) -> Setup:
     """Load the config, resolve its secrets, load the runbook and check what its actions need."""
     install_log_redaction()
-    config = load_config(config_path)
-    secrets = resolve_secrets(config, prefect_reader=_read_prefect_secret)
+    # one pass: schema, secrets and what the runbook's actions need, all in one ConfigError
+    config, secrets, problems = load_config_and_secrets(config_path, prefect_reader=_read_prefect_secret)
+    if config is None:
+        raise ConfigError(str(config_path), problems)
     runbook = load_runbook(config.runbook.path, known_actions=known_actions())
     unknown = sorted(set(config.runbook.manual_steps) - {s.id for s in runbook.steps})
-    if unknown:
-        raise ConfigError(config.source, [f"[runbook.manual_steps] no step {u} in the runbook" for u in unknown])
-    runbook = runbook.with_actions({step_id: MANUAL for step_id in config.runbook.manual_steps})
-    problems = missing_requirements(runbook, config)
+    problems += [f"[runbook.manual_steps] no step {u} in the runbook" for u in unknown]
+    runbook = runbook.with_actions({step_id: MANUAL for step_id in set(config.runbook.manual_steps) - set(unknown)})
+    problems += missing_requirements(runbook, config)
+    chain_key = None
+    try:
+        chain_key = journal_chain_key(config, secrets)
+    except ConfigError as exc:
+        problems += exc.problems
     if problems:
         raise ConfigError(config.source, problems)
-    return Setup(config, secrets, runbook, Journal(config.journal.url))
+    return Setup(config, secrets, runbook, Journal(config.journal.url, chain_key=chain_key))
 
 
 def check_setup(config_path: str) -> None:

@@ -80,7 +80,9 @@ def resolve_notice_urls(section: NoticesSection, secrets: dict[str, SecretStr], 
         elif "://" in entry:
             urls.append(entry)
         else:
-            problems.append(f"[notices.urls.{i}] {entry!r} is neither a URL nor the name of a [secrets] entry")
+            # not repeated: it may be a token pasted without its scheme
+            problems.append(f"[notices.urls.{i}] is neither an apprise URL (scheme://…) nor the name of a [secrets] "
+                            "entry; write the URL, or put it into [secrets] and write that entry's name")
     if problems:
         raise ConfigError(source, problems)
     return urls

@@ -52,6 +52,8 @@ class EventKind(StrEnum):
     NOTICE = "notice"
     FORECAST = "forecast"
     FORECAST_ETA = "forecast-eta"
+    # the journal itself
+    ANCHOR_UNDELIVERED = "anchor-undelivered"  # an anchor did not reach [journal] anchor (journal/anchor.py)
 
 
 __all__ = ["EventKind"]

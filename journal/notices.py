@@ -5,7 +5,7 @@ Kinds (one template each, ``journal/templates/notices/<lang>/<kind>.j2`` with a 
 ``downtime-started``, ``progress`` (what is known, the impact, when the next update comes),
 ``workaround`` (the 1-hour rung of the escalation ladder), ``completed``, and ``summary`` (the
 post-incident summary of seed 004: UTC window, who was affected, timeline, root causes,
-corrective actions), ``stragglers`` (phase 3: to the people still working in the cloud) and
+corrective actions, and the journal's anchor ``runs=N head=HEX`` for the customer to keep), ``stragglers`` (phase 3: to the people still working in the cloud) and
 ``sync-alert`` (to the contractor: a sweep quarantined a record or spent its request budget).
 English is shipped, Russian and German too; ``[notices] templates_dir``
 overrides any of them per language, a missing one falls back to English.
@@ -43,7 +43,8 @@ KINDS = ("announcement", "downtime-started", "progress", "workaround", "complete
 _FINAL_KINDS = {"completed", "summary", "stragglers", "sync-alert"}
 # Values a template may test for; the required ones (e.g. ``known`` of a progress notice) have no default.
 _OPTIONAL = {"eta": None, "eta_latest": None, "latest_end": None, "open_issues": [], "resolution": "",
-             "timeline": [], "root_causes": [], "immediate_actions": [], "corrective_actions": [], "downtime_s": None}
+             "timeline": [], "root_causes": [], "immediate_actions": [], "corrective_actions": [], "downtime_s": None,
+             "anchor": None}
 # Events the post-incident summary's timeline shows besides the notices.
 _TIMELINE_KINDS = {EventKind.DOWNTIME_START, EventKind.DOWNTIME_END, EventKind.ISSUE, EventKind.ISSUE_RESOLVED,
                    EventKind.LADDER}

@@ -133,8 +133,19 @@ def build_context(journal, run_id: str) -> dict:
                                      if str(e.step_id).startswith("gate-") else f"step {e.step_id}"),
                            "results": e.data.get("results", [])} for e in events if e.kind == EventKind.VERIFICATION],
         "sweeps": _sweeps_view(events),
+        "crm_moved": _crm_moved_view(events),
         "charts": {"gantt": data_uri(gantt_png(executions)), "throughput": data_uri(throughput_png(events))},
     }
+
+
+def _crm_moved_view(events) -> dict | None:
+    """The last CRM reconciliation's per-entity table (what the delta moved and what the box holds)."""
+    done = [e for e in events if e.kind == EventKind.CRM_RECONCILIATION and (e.data or {}).get("per_entity")]
+    if not done:
+        return None
+    last = done[-1]
+    return {"step": last.step_id, "at": last.at, "ok": bool(last.data.get("ok")),
+            "rows": [{"entity": k, **v} for k, v in last.data["per_entity"].items()]}
 
 
 def _sweeps_view(events) -> dict | None:
@@ -199,10 +210,12 @@ def render_markdown(context: dict) -> str:
            f"- Backup cutoff: {both(run.cutoff)}",
            f"- User downtime ({down['start_step'] or '?'} → {down['end_step'] or '?'}): {both(down['start'])} → "
            f"{both(down['end'])}" + (f", {human_duration(down['seconds'])}" if down["seconds"] is not None else ""),
-           f"- Journal integrity: {chain.status.upper()} — {chain.entries} chained entries, "
+           f"- Journal integrity: {chain.status.upper()} ({chain.mode}) — {chain.entries} chained entries, "
            f"head hash `{chain.head_hash}`"]
     if chain.status == "tampered":
         out += [f"  - {md(p.message)}" for p in chain.problems]
+    elif not chain.proven:
+        out += [f"  - {md(chain.summary())}"]
     cols = ["step", "title", "owner", "actor", "planned_start_utc", "planned_min", "actual_start_utc",
             "actual_end_utc", "actual_min", "outcome", "deviation", "evidence"]
     for phase in context["phases"]:
@@ -232,6 +245,13 @@ def render_markdown(context: dict) -> str:
                 markdown_table([{"check": r["id"], "result": r["status"], "severity_if_failed": r["severity"],
                                  "finding": r["summary"]} for r in v["results"]],
                                ["check", "result", "severity_if_failed", "finding"])]
+    moved = context["crm_moved"]
+    if moved:
+        out += ["", f"## CRM records moved (step {moved['step']}, reconciliation "
+                    f"{'OK' if moved['ok'] else 'FAILED'})", "",
+                markdown_table([{"entity": r["entity"], "in the delta": r["delta"], "on the box as in the cloud":
+                                 r["matched"], "problems": r["problems"]} for r in moved["rows"]],
+                               ["entity", "in the delta", "on the box as in the cloud", "problems"])]
     sw = context["sweeps"]
     if sw:
         out += ["", "## Straggler sweeps", "",

@@ -22,7 +22,7 @@ from connectors.errors import FatalError, RunNotFound, TransientError
 from connectors.http_download.disk import make_private_dir, open_private
 from connectors.secrets import redact, redact_obj
 
-from . import chain, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
+from . import chain, idmap, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
 from .counters import StepCounters
 from .events import EventKind
 from .models import Base, Event, MigrationRun, SignOff, StepExecution, utcnow
@@ -77,15 +77,19 @@ def _connect_timeout(url: str) -> dict:
 class Journal:
     """Access to one journal database. Thread-safe; each method is one committed transaction."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None, chain_key: bytes | None = None) -> None:
+        """``chain_key`` keys the hash chain (HMAC) of every Journal of this URL in the process
+        from now on: ``[journal] chain_key_secret``, resolved."""
         self.url = url
         self.engine = engine or _engine_for(url)
         # ChainedSession links every write into the run's hash chain (journal/chain.py).
         self._sessions = sessionmaker(self.engine, class_=chain.ChainedSession, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
+            chain.ensure_schema(self.engine)  # a journal made before the chain format 2
         except SQLAlchemyError as exc:
             raise _convert(exc, url) from None
+        chain.use_key(self.engine, chain_key)
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -68,9 +68,13 @@ class Bitrix24BackupSource:
                              fix="check the licence key and backup password secrets")
         return root
 
-    def list_parts(self) -> list[RemotePart]:
+    def part_names(self) -> list[tuple[str, int]]:
+        """(name, size) of every part as ``get_info`` lists them; nothing is located or fetched."""
         root = self._call("the backup's part list (get_info)", action="get_info")
-        files = [(f.get("name", ""), int(f.get("size", "0"))) for f in root.iter("file")]
+        return [(f.get("name", ""), int(f.get("size", "0"))) for f in root.iter("file")]
+
+    def list_parts(self) -> list[RemotePart]:
+        files = self.part_names()
         if not files:
             raise FatalError("the backup service lists no backup parts",
                              fix="ask the vendor's support whether the backup was made; request it again")

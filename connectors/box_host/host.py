@@ -25,6 +25,10 @@ from connectors.ssh import RemoteHost
 from .configuration import BoxHostSection, PreflightSettings
 
 AGENT_DIR = ".c2b"
+# Runs the agent from stdin: a length line, the agent's source, then its request (read by its main()).
+_RUN_FROM_STDIN = ("import sys; b = sys.stdin.buffer; n = int(b.readline()); src = b.read(n); "
+                   "ns = {'__name__': 'c2b_agent'}; exec(compile(src, 'restore_agent.py', 'exec'), ns); "
+                   "sys.exit(ns['main']())")
 
 
 class UnsafeArchiveError(IntegrityError):
@@ -160,6 +164,28 @@ class BoxHost:
         if "corrupt" in message or "truncated" in message or "checksum" in message or "holds" in message:
             raise IntegrityError(message, fix=fix)
         raise FatalError(f"{self.remote.label}: {op}: {message}", fix=fix)
+
+    def facts_read_only(self, *, timeout: float = 60) -> dict:
+        """The agent's ``facts`` (paths, python, the DB login and whether the database exists) without
+        uploading it: its source and the request travel over stdin and run from memory, so nothing is
+        written on the host (``cloud2box check``). The DB password travels over stdin, as always."""
+        source = self.agent_source.read_bytes()
+        request = json.dumps({"op": "facts", "paths": [self.settings.site_root, self.settings.staging_dir],
+                              "db": self._db()}).encode()
+        status, out, err = self.remote.run(f"{shlex.quote(self.settings.python)} -c {shlex.quote(_RUN_FROM_STDIN)}",
+                                           timeout=timeout, input=b"%d\n" % len(source) + source + request)
+        lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+        if not lines:
+            if status == 127 or "not found" in err:
+                raise FatalError(f"{self.remote.label}: {self.settings.python} is not available on the host",
+                                 fix="install Python 3 on the box host or set [box_host] python to its path")
+            raise FatalError(f"{self.remote.label}: the restore agent's facts gave no answer (exit {status}): "
+                             f"{redact(err.strip())[-300:]}", fix="run the same python on the host by hand and "
+                             "look at its error")
+        answer = json.loads(lines[-1])
+        if not answer.get("ok"):
+            raise FatalError(f"{self.remote.label}: facts: {redact(answer.get('error', '?'))}", fix=answer.get("fix"))
+        return answer
 
     # -- preflight (steps 1.1, 1.2, 1.5) ------------------------------------------------------
     def facts(self, *, with_db: bool = True) -> dict:

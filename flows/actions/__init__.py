@@ -123,8 +123,10 @@ def missing_requirements(runbook, config) -> list[str]:
                 continue
             for where, name in _secret_references(value, section):
                 if name not in config.secrets and f"[{where}]" not in " ".join(problems):
-                    problems.append(f"[{where}] names the secret {name!r}, but [secrets] has no {name} entry; "
-                                    f"add {name} = {{ env = \"VAR\" }} (or a Prefect Secret block) to [secrets]")
+                    # the name is not repeated: a secret value pasted there looks like a name too
+                    problems.append(f"[{where}] names a secret that [secrets] does not define; add that name "
+                                    "= { env = \"VAR\" } (or a Prefect Secret block) to [secrets], or, if the "
+                                    "secret itself was pasted there, move it to an env var and write its name")
     return problems
 
 

@@ -24,7 +24,7 @@ from journal.triage import issues, open_fires
 from journal.verification import record_verification
 from sandbox.backup_maker import SANDBOX_REST_APPS, dump_statements
 from sandbox.box_web import start_box_web
-from sandbox.portal import start_pair
+from sandbox.portal import PortalLimits, start_pair
 
 pytestmark = [pytest.mark.mariadb]
 
@@ -42,7 +42,7 @@ def sandbox(tmp_path_factory):
         box_host = start_box_host(tmp / "box")
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    with box_host, start_pair() as pair, start_box_web(tmp / "web") as web:
+    with box_host, start_pair(limits=PortalLimits.free()) as pair, start_box_web(tmp / "web") as web:
         for statement in dump_statements():
             box_host.sql(statement)
         section = BoxHostSection.model_validate(tomllib.loads("\n".join(box_host.toml_lines()))["box_host"])

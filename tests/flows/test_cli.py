@@ -99,8 +99,10 @@ manual_steps = ["1.2", "1.5", "2.3", "2.4", "2.11"]
     assert res.returncode == 1, res.stderr[-2000:]
     assert "Traceback" not in res.stderr + res.stdout
     ours = [line for line in res.stderr.splitlines() if line.startswith(("migration stopped:", "fix:"))]
-    assert ours[0].startswith("migration stopped: nobody@127.0.0.1:1: nothing answers on port 1")
-    assert ours[-1].startswith("fix: check that 127.0.0.1 is up, that sshd listens on port 1")
+    # the run's access check at its start finds it, before any step
+    assert ours[0].startswith("migration stopped: 1 access check(s) failed before the run's start: box host SSH: "
+                              "nobody@127.0.0.1:1: nothing answers on port 1")
+    assert ours[-1].startswith("fix: box host SSH: check that 127.0.0.1 is up, that sshd listens on port 1")
     debug = _cli("--debug", "run", "--config", str(config))
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 

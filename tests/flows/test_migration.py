@@ -201,7 +201,8 @@ def test_killed_run_resumes_without_repeating_completed_steps(prefect_server, ma
     rows = [(s.step_id, s.attempt, s.outcome) for s in journal.steps(run_id)]
     assert rows[:3] == [("1.1", 1, "done"), ("1.2", 1, "failed"), ("1.2", 2, "done")]
     assert "interrupted" in journal.steps(run_id)[1].error
-    assert [e.kind for e in journal.events(run_id)][:2] == ["start", "resume"]
+    kinds = [e.kind for e in journal.events(run_id) if e.kind != "preflight"]  # the access checks of each start
+    assert kinds[:2] == ["start", "resume"]
     # the dead process's paused run was retired, so nobody can answer its prompt any more
     from prefect.client.orchestration import get_client
 
@@ -271,6 +272,8 @@ def test_gate_1_needs_explicit_acceptance_of_unmitigated_high_risks(prefect_serv
     from journal.risks import risk_statuses
 
     config = make_config()
+    anchors = config.parent / "auditor-anchors.jsonl"  # issue 14: the auditor's copy of every anchor
+    config.write_text(config.read_text().replace("[journal]\n", f'[journal]\nanchor = "{anchors}"\n', 1))
     seen = []
 
     def careless_then_careful(prompt):
@@ -292,3 +295,22 @@ def test_gate_1_needs_explicit_acceptance_of_unmitigated_high_risks(prefect_serv
     statuses = risk_statuses(journal, run.id)
     assert statuses["R05"].status == "accepted" and statuses["R05"].decided_by == "Dana Demo"
     assert statuses["R01"].status == "mitigation-planned" and len(statuses) == 10
+    _assert_anchored(config, anchors, run.id)
+
+
+def _assert_anchored(config, anchors, run_id: str) -> None:
+    """An anchor left at every gate answer (the refused one too) and at the end; the journal matches them."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.cli import main
+
+    reasons = [json.loads(line)["reason"] for line in anchors.read_text().splitlines()]
+    assert [r.split(" of run")[0] for r in reasons] == ["gate 1", "gate 1", "gate 2", "end"], reasons
+    assert main(["journal", "verify", "--config", str(config), "--anchor", str(anchors)]) == 0
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"journal-anchor-{run_id}"])))
+    assert found and "runs=" in found[0].description

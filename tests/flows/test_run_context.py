@@ -40,8 +40,9 @@ def test_a_run_loads_its_config_once_and_its_phases_share_the_context(prefect_se
     from flows.migration import migration
 
     loads: list[str] = []
-    real_load = flows.run_context.load_config
-    monkeypatch.setattr(flows.run_context, "load_config", lambda path: loads.append(path) or real_load(path))
+    real_load = flows.run_context.load_config_and_secrets
+    monkeypatch.setattr(flows.run_context, "load_config_and_secrets",
+                        lambda path, **kw: loads.append(path) or real_load(path, **kw))
     config = make_config()
     with ScriptedCustomer(answer=demo_answer, config=str(config), poll_s=0.3) as customer:
         state = migration(str(config), "rehearsal", return_state=True)

@@ -26,6 +26,7 @@ STORED = {
     "QUARANTINE_RELEASE": "quarantine-release", "STRAGGLERS_TOLD": "stragglers-told",
     "VERIFICATION": "verification", "ISSUE": "issue", "ISSUE_RESOLVED": "issue-resolved", "LADDER": "ladder",
     "NOTICE": "notice", "FORECAST": "forecast", "FORECAST_ETA": "forecast-eta",
+    "ANCHOR_UNDELIVERED": "anchor-undelivered",
 }
 
 # Modules that still pass a string literal as an event kind, until their owners switch to EventKind.

@@ -1332,6 +1332,9 @@ def op_facts(req):
             db = Mysql(req["db"])
             try:
                 facts["db_version"] = db.query("SELECT VERSION()")[0][0]
+                if req["db"].get("database"):  # the restore creates it; the steps after the restore need it
+                    facts["db_exists"] = bool(db.query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
+                                                       "WHERE SCHEMA_NAME = %s" % _quote(req["db"]["database"])))
             finally:
                 db.close()
         except AgentError as exc:
