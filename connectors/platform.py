@@ -11,6 +11,7 @@ A platform is one package ``connectors/<name>/`` whose ``platform`` module defin
     ├── crm          CrmEndpoint     export / import / reconcile / sweep of the CRM records
     ├── events       CrmEvents|None  pushed change events that wake a sweep early
     ├── checks       PlatformChecks|None  the platform's own verification check kinds
+    ├── access       AccessChecks|None    read-only proof of its credentials (``cloud2box check``)
     ├── error_codes  ErrorCodes      its application error codes, for the one HTTP classifier
     └── redaction    patterns        where its credentials sit inside URLs (masked by connectors.secrets)
 
@@ -27,7 +28,7 @@ from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-__all__ = ["BackupDelivery", "BackupFormat", "CheckNotRun", "CrmEndpoint", "CrmEvents", "ErrorCodes",
+__all__ = ["AccessChecks", "BackupDelivery", "BackupFormat", "CheckNotRun", "CrmEndpoint", "CrmEvents", "ErrorCodes",
            "PartHeaderInfo", "Platform", "PlatformChecks", "RestoreSpec", "SecretLookup", "SweepHistory",
            "SweepOutcome", "SweepPolicy"]
 
@@ -100,7 +101,11 @@ class CrmEndpoint(Protocol):
     flows take them once, journal them, and pass ``max_ids`` to ``export``, the checks and the
     sweeps from the journal; ``skip_ours`` for a box written to before (records carrying the
     migration's own marker are left out). ``reconcile`` takes ``cloud=`` to list the cloud's records
-    created since the backup on its own.
+    created since the backup on its own. ``import_delta`` takes ``review_dir=`` for the lists the
+    customer reviews; its report has ``summary()`` (per entity), ``details()`` (what else it moved or
+    made, by kind), ``failures``, ``method``, ``written``, ``requests`` and ``fallback_users``;
+    ``reconcile``'s result has ``ok``, ``mismatches``, ``without_twin``, ``evidence()`` and
+    ``per_entity()`` (the report's table of what moved).
     """
 
     entities: tuple[str, ...]
@@ -149,6 +154,20 @@ class PlatformChecks(Protocol):
 
 
 @runtime_checkable
+class AccessChecks(Protocol):
+    """Optional: prove, without changing anything, that the run's credentials on this platform work
+    (``cloud2box check``, and a run at its start and before the users' downtime). Each method returns
+    :class:`connectors.access.AccessResult` rows; every remote call is bounded by ``timeout_s``."""
+
+    def webhooks(self, section: Any, secrets: dict, migration: Any, *, source: str,
+                 timeout_s: float) -> list[Any]:
+        """The cloud's and the box's CRM access with the rights the run needs (``section``: ``[crm_delta]``)."""
+
+    def delivery(self, section: Any, secret: SecretLookup, *, timeout_s: float) -> list[Any]:
+        """The platform's own backup delivery (``section``: its ``[backup]`` model): the parts are listed."""
+
+
+@runtime_checkable
 class ErrorCodes(Protocol):
     """The hook of :func:`connectors.http_errors.classify`: what an application error code means."""
 
@@ -167,6 +186,7 @@ class Platform:
     error_codes: ErrorCodes
     events: CrmEvents | None = None
     checks: PlatformChecks | None = None
+    access: AccessChecks | None = None
     redaction: tuple[re.Pattern, ...] = ()  # each: group 1 is kept, group 2 (the credential) is masked
 
 

@@ -81,7 +81,7 @@ def run_demo(out: Path) -> int:
     _start_prefect()
     states = {}
     with contextlib.ExitStack() as stack:
-        sandbox = stack.enter_context(start_sandbox(out))
+        sandbox = stack.enter_context(start_sandbox(out, cloud_costs=False))  # the runbook twice in minutes
         config_path = write_demo_config(out, sandbox)
         os.environ.update(sandbox.env)  # the sandbox's secrets, referenced by name from the config
         print(f"cloud2box demo: config {config_path}")
@@ -191,6 +191,11 @@ def _print_run(journal, run, out: Path) -> None:
         print(f"  {s.step_id} {s.title}: {s.notes}")
     if start and end:
         print(f"  user downtime (2.10 → 2.12): {(end - start).total_seconds():.1f} s")
+    moved = [e for e in journal.events(run.id, EventKind.CRM_RECONCILIATION) if (e.data or {}).get("per_entity")]
+    if moved:
+        rows = moved[-1].data["per_entity"]
+        print(f"  CRM delta at {moved[-1].step_id}, per kind (in the delta / on the box as in the cloud): "
+              + ", ".join(f"{k} {v['delta']}/{v['matched']}" for k, v in rows.items()))
     for e in journal.events(run.id, EventKind.VERIFICATION):
         failed = [r["id"] for r in e.data["results"] if r["status"] == "failed"]
         print(f"  verification before {e.step_id}: {e.data['summary']}" + (f" — {', '.join(failed)}" if failed else ""))

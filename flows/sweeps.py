@@ -175,7 +175,7 @@ class StragglerSweeper:
                 try:
                     if self.backup_max_ids is None:  # as step 2.11 journaled them (or taken now, before any write)
                         marks = backup_marks(self.ctx, self.box, self.cutoff, self.idmap)
-                        self.backup_max_ids = {e: marks[e]["max_id"] for e in self.entities}
+                        self.backup_max_ids = {e: m["max_id"] for e, m in marks.items()}  # timeline, smart processes too
                     user_map = self.crm.map_users(self.cloud, self.box)  # each time: users are invited meanwhile
                     outcome = self.crm.sweep(self.cloud, self.box, self.idmap, self.history, since=since,
                                              backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(done),

@@ -19,12 +19,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .lists import iter_rows, php_query
-from .model import ENTITIES, MULTI, ORIGINATOR, SELECT, parse_date
+from . import userfields
+from .lists import ITEM_ENTITY_TYPE, iter_rows, php_query
+from .model import BINDINGS, ENTITIES, MULTI, ORIGINATOR, SELECT, chunks, parse_date
 from .rest import Bitrix24Client
 
 log = logging.getLogger("cloud2box.bitrix24")
+
+TIMELINE_MARKS = ("activity", "product")  # timeline.timeline_marks' kinds
 
 
 @dataclass
@@ -52,16 +56,33 @@ class DeltaExport:
     entities: dict[str, EntityDelta]
     seconds: float = 0.0
     requests: int = 0
+    # The cloud's custom field definitions per entity (userfields.read_definitions): the import makes
+    # the missing ones on the box and maps list values by their text.
+    uf_definitions: dict[str, dict[str, dict]] = field(default_factory=dict)
+    timeline: Any = None  # timeline.TimelineDelta: activities, comments, products, deal product rows
+    dynamic: Any = None  # dynamic.DynamicDelta: smart-process items
+
+    @property
+    def entity_records(self) -> int:
+        """Records of the four entities (leads, deals, contacts, companies)."""
+        return sum(len(e.rows) for e in self.entities.values())
 
     @property
     def records(self) -> int:
-        return sum(len(e.rows) for e in self.entities.values())
+        """Everything the delta moves: the four entities' records, timeline entries, smart-process items."""
+        return self.entity_records + (self.timeline.records if self.timeline is not None else 0) + \
+            (self.dynamic.records if self.dynamic is not None else 0)
 
     def summary(self) -> dict:
-        return {e: {"created": d.created, "modified": d.modified, "deleted_in_cloud": len(d.deleted_in_cloud),
-                    "echoes_skipped": len(d.echoes), "backup_max_id": d.backup_max_id,
-                    "listed_up_to": d.listed_up_to}
-                for e, d in self.entities.items()}
+        out: dict = {e: {"created": d.created, "modified": d.modified, "deleted_in_cloud": len(d.deleted_in_cloud),
+                         "echoes_skipped": len(d.echoes), "backup_max_id": d.backup_max_id,
+                         "listed_up_to": d.listed_up_to}
+                     for e, d in self.entities.items()}
+        if self.timeline is not None:
+            out.update(self.timeline.summary())
+        if self.dynamic is not None:
+            out.update(self.dynamic.summary())
+        return out
 
 
 def _iso(d: dt.datetime) -> str:
@@ -75,11 +96,12 @@ def backup_marks(box: Bitrix24Client, cutoff: dt.datetime, entities=ENTITIES, *,
     it made later has higher IDs), and ``count``, the box's records with IDs up to it. Two requests.
 
     Valid only while nothing has been imported (see the module doc): take them once and keep them.
-    ``skip_ours``: the box was written to before the marks were kept (an older journal): records
-    carrying our ORIGINATOR_ID are not the backup's.
+    ``skip_ours``: the box was written to before the marks were kept (an older journal): records we
+    created (our ORIGINATOR_ID, an ORIGIN_ID other than their own ID) are not the backup's; a backup
+    record we updated carries our marker too, but its own cloud ID.
     """
     cut = _iso(cutoff)
-    select = ["ID", "ORIGINATOR_ID"]
+    select = ["ID", "ORIGINATOR_ID", "ORIGIN_ID"]
     highest = box.batch_each({f"m{i}": f"crm.{e}.list?" + php_query(
         {"order": {"ID": "DESC"}, "filter": {"<=DATE_CREATE": cut}, "select": select, "start": -1})
         for i, e in enumerate(entities)})
@@ -87,7 +109,7 @@ def backup_marks(box: Bitrix24Client, cutoff: dt.datetime, entities=ENTITIES, *,
     for i, entity in enumerate(entities):
         rows = highest[f"m{i}"]["result"] or []
         for _ in range(100_000):  # pages of our own records, newest first (skip_ours only): bounded
-            keep = [r for r in rows if not skip_ours or str(r.get("ORIGINATOR_ID") or "") != ORIGINATOR]
+            keep = [r for r in rows if not skip_ours or not _created_by_us(r)]
             if keep or len(rows) < 50:
                 max_ids[entity] = int(keep[0]["ID"]) if keep else 0
                 break
@@ -104,15 +126,21 @@ def backup_marks(box: Bitrix24Client, cutoff: dt.datetime, entities=ENTITIES, *,
     return out
 
 
+def _created_by_us(row: dict) -> bool:
+    return str(row.get("ORIGINATOR_ID") or "") == ORIGINATOR and str(row.get("ORIGIN_ID") or "") != str(row["ID"])
+
+
 def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime, *,
                  entities: tuple[str, ...] | list[str] = ENTITIES, detect_deleted: bool = True,
                  max_ids: dict[str, int] | None = None, after_ids: dict[str, int] | None = None,
-                 progress=None) -> DeltaExport:
+                 progress=None, extras: bool = True) -> DeltaExport:
     """List the delta of every entity (see the module doc). ``max_ids``: the backup's highest IDs
     as :func:`backup_marks` took them before the import (read from the box when missing, which is
     right only before anything was imported). ``after_ids`` (sweeps): list creations only above these
     cloud IDs (seen by an earlier pass), changes since ``cutoff`` as always.
-    ``progress(done_records, message)`` is told per page."""
+    ``extras``: also the timeline of those records and the smart-process items (:func:`_export_extras`;
+    their marks are ``max_ids``' ``activity``, ``product`` and ``dynamic:<entityTypeId>`` entries).
+    ``progress(done_records, message)`` is told per entity."""
     if cutoff.tzinfo is None:
         raise ValueError("cutoff must be timezone-aware")
     t0 = time.monotonic()
@@ -138,6 +166,7 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
                     continue
                 d.rows[rid] = row
         d.listed_up_to = max([floor, *map(int, d.rows), *map(int, d.echoes)])
+        read_bindings(cloud, entity, list(d.rows.values()))
         for rid, row in d.rows.items():
             created = parse_date(row.get("DATE_CREATE"))
             d.kind[rid] = "created" if int(rid) > max_id or (created and created > cutoff) else "modified"
@@ -151,7 +180,56 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
             progress(done, f"{entity}: {d.created} created, {d.modified} modified after the cutoff")
         log.info("delta %s: %d created, %d modified, %d deleted in the cloud, %d echoes of our writes skipped",
                  entity, d.created, d.modified, len(d.deleted_in_cloud), len(d.echoes))
-    return DeltaExport(cutoff, out, time.monotonic() - t0, cloud.requests + box.requests - req0)
+    definitions = {e: userfields.read_definitions(cloud, e) for e in entities}
+    exported = DeltaExport(cutoff, out, 0.0, 0, uf_definitions=definitions)
+    if extras:
+        _export_extras(cloud, box, exported, max_ids or {}, progress, changed_only=after_ids is not None)
+    exported.seconds, exported.requests = time.monotonic() - t0, cloud.requests + box.requests - req0
+    return exported
+
+
+def _export_extras(cloud: Bitrix24Client, box: Bitrix24Client, exported: DeltaExport, max_ids: dict[str, int],
+                   progress, *, changed_only: bool = False) -> None:
+    """The timeline (activities, comments, products, deal rows) of the records in the delta and the
+    smart-process items, with their backup marks from ``max_ids`` (read from the box when missing,
+    right only before anything is imported). ``changed_only`` (a sweep's pass, ``after_ids`` given):
+    what changed since its ``cutoff`` only, not again everything created since the backup."""
+    from . import dynamic, timeline  # they build on the importer, which builds on this module
+
+    marks = None
+    if all(k in max_ids for k in TIMELINE_MARKS):
+        marks = {k: {"max_id": int(max_ids[k]), "count": 0} for k in TIMELINE_MARKS}
+    exported.timeline = timeline.export_timeline(
+        cloud, box, exported.cutoff, marks=marks, owners={e: set(d.rows) for e, d in exported.entities.items()},
+        entity_max_ids={e: d.backup_max_id for e, d in exported.entities.items()}, changed_only=changed_only)
+    dynamic_ids = {k: int(v) for k, v in max_ids.items() if k.startswith("dynamic:")}
+    if not dynamic_ids:
+        dynamic_ids = {k: m["max_id"] for k, m in dynamic.dynamic_marks(box, exported.cutoff).items()}
+    exported.dynamic = dynamic.export_dynamic(cloud, exported.cutoff, dynamic_ids, changed_only=changed_only)
+    if progress:
+        progress(exported.records, f"timeline: {exported.timeline.records} entries; smart processes: "
+                                   f"{exported.dynamic.records} items")
+
+
+def read_bindings(client: Bitrix24Client, entity: str, rows: list[dict]) -> None:
+    """Fill each row's multiple bindings (``CONTACT_IDS`` of leads and deals, ``COMPANY_IDS`` of
+    contacts: model.BINDINGS) from crm.item.list, which alone returns them: 50 IDs per command, 50
+    commands per request. A row the answer lacks (deleted meanwhile) gets an empty list."""
+    for binding, (_target, item_name) in BINDINGS[entity].items():
+        by_id = {str(r["ID"]): r for r in rows}
+        for r in rows:
+            r[binding] = []
+        for group in chunks(list(by_id), 50 * 50):
+            cmd = {f"b{i}": "crm.item.list?" + php_query({"entityTypeId": ITEM_ENTITY_TYPE[entity],
+                                                          "filter": {"@id": ids}, "select": ["id", item_name],
+                                                          "start": -1})
+                   for i, ids in enumerate(chunks(group, 50))}
+            for answer in client.batch_each(cmd).values():
+                result = answer.get("result") or {}
+                for item in (result.get("items") if isinstance(result, dict) else None) or []:
+                    row = by_id.get(str(item.get("id")))
+                    if row is not None:
+                        row[binding] = [str(v) for v in item.get(item_name) or []]
 
 
 def write_csvs(delta: DeltaExport, out_dir: Path) -> list[Path]:

@@ -17,9 +17,9 @@ makes the next ones smaller (:class:`_Pace`). A command refused by a limit insid
 executed: it is planned again.
 
 Why it never loses one: whatever a run did not finish is planned again from the delta and the
-box; a record created in the cloud after the backup but dated before its cutoff, whose creation time
-the box refuses (imports go in ascending creation time), is still moved, with the box's newest
-creation time (:func:`_write_retimed`), and listed.
+box; a record older than the box's newest record, whose creation time the box refuses (imports go
+in ascending creation time), is still moved, with the box's newest creation time
+(:func:`_write_retimed`), and listed with its cloud time.
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from connectors.errors import FatalError, RateLimitedError, TransientError
 
-from .delta import DeltaExport
+from .delta import DeltaExport, read_bindings
 from .lists import ITEM_ENTITY_TYPE, iter_rows, php_query
-from .model import DATA_FIELDS, ENTITIES, MULTI, ORIGINATOR, RELATIONS, SELECT, USER_FIELDS, chunks, comparable, \
-    multi_values, parse_date
+from .model import BINDINGS, DATA_FIELDS, ENTITIES, MULTI, ORIGINATOR, RELATIONS, SELECT, USER_FIELDS, chunks, \
+    MAIN_LINK, UserMap, bindings_of, comparable, multi_values, parse_date
 from .rest import AmbiguousWriteError, Bitrix24Client
+from .userfields import UserFieldMaps, is_uf, sync_definitions
 
 log = logging.getLogger("cloud2box.bitrix24")
 
@@ -55,18 +57,20 @@ SETTLE_MAX_S = 600.0  # longest wait for an in-flight write to end on the box (a
 _ITEM_COMMON = {"ASSIGNED_BY_ID": "assignedById", "ORIGINATOR_ID": "originatorId", "ORIGIN_ID": "originId",
                 "COMMENTS": "comments", "DATE_CREATE": "createdTime", "DATE_MODIFY": "updatedTime",
                 "CREATED_BY_ID": "createdBy", "MODIFY_BY_ID": "updatedBy"}
-_ITEM_MULTI = {"PHONE": "PHONE", "EMAIL": "EMAIL"}
+_ITEM_MULTI = {"PHONE": "PHONE", "EMAIL": "EMAIL", "WEB": "WEB", "IM": "IM"}
 ITEM_NAMES: dict[str, dict[str, str]] = {
     "company": {**_ITEM_COMMON, **_ITEM_MULTI, "TITLE": "title", "COMPANY_TYPE": "typeId", "INDUSTRY": "industry"},
     "contact": {**_ITEM_COMMON, **_ITEM_MULTI, "NAME": "name", "LAST_NAME": "lastName", "POST": "post",
-                "SOURCE_ID": "sourceId", "COMPANY_ID": "companyIds"},
+                "SOURCE_ID": "sourceId", "COMPANY_ID": "companyIds", "COMPANY_IDS": "companyIds"},
     "lead": {**_ITEM_COMMON, **_ITEM_MULTI, "TITLE": "title", "NAME": "name", "LAST_NAME": "lastName",
              "STATUS_ID": "stageId", "SOURCE_ID": "sourceId", "OPPORTUNITY": "opportunity",
-             "CURRENCY_ID": "currencyId", "CONTACT_ID": "contactIds", "COMPANY_ID": "companyId"},
+             "CURRENCY_ID": "currencyId", "CONTACT_ID": "contactIds", "CONTACT_IDS": "contactIds",
+             "COMPANY_ID": "companyId"},
     "deal": {**_ITEM_COMMON, "TITLE": "title", "STAGE_ID": "stageId", "CATEGORY_ID": "categoryId",
              "OPPORTUNITY": "opportunity", "CURRENCY_ID": "currencyId", "CONTACT_ID": "contactIds",
-             "COMPANY_ID": "companyId", "LEAD_ID": "leadId"},
+             "CONTACT_IDS": "contactIds", "COMPANY_ID": "companyId", "LEAD_ID": "leadId"},
 }
+# Custom fields keep their UF_CRM_… names: the import is asked for them (useOriginalUfNames=Y).
 # Contacts and companies are bound through the lists (contactIds/companyIds in the same tables; a
 # deal's single CONTACT_ID is "Устаревшее", api-reference/crm/deals/crm-deal-add.md): our one link
 # goes as a one-entry list, an empty link as no entry.
@@ -74,19 +78,23 @@ _ITEM_AS_LIST = {("lead", "CONTACT_ID"), ("deal", "CONTACT_ID"), ("contact", "CO
 
 
 def item_name(entity: str, field: str) -> str:
-    """crm.item.batchImport's name of ``field`` of ``entity`` (``STATUS_ID`` of a lead → ``stageId``).
+    """crm.item.batchImport's name of ``field`` of ``entity`` (``STATUS_ID`` of a lead → ``stageId``;
+    a custom field keeps its name, see ``useOriginalUfNames``).
 
     Raises:
         KeyError: a field nobody has looked up in the import page (see ``ITEM_NAMES``).
     """
-    return ITEM_NAMES[entity][field]
+    return field if is_uf(field) else ITEM_NAMES[entity][field]
 
 
 def batch_import_item(entity: str, fields: dict) -> dict:
-    """One entry of crm.item.batchImport's ``data`` from the fields we give crm.<entity>.add."""
+    """One entry of crm.item.batchImport's ``data`` from the fields we give crm.<entity>.add. The
+    list of bindings (CONTACT_IDS, COMPANY_IDS), when given, stands for the single link too."""
     out = {}
     for f, v in fields.items():
         if (entity, f) in _ITEM_AS_LIST:
+            if any(b in fields for b in BINDINGS[entity]):
+                continue
             v = [v] if str(v or "") not in ("", "0") else []
         out[item_name(entity, f)] = v
     return out
@@ -102,6 +110,7 @@ class EntityImport:
     unresolved_relations: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     times_not_kept: list[str] = field(default_factory=list)  # cloud IDs the box refused the creation time of
+    cloud_times: dict[str, str] = field(default_factory=dict)  # their cloud DATE_CREATE (kept for the review)
 
 
 @dataclass
@@ -114,6 +123,9 @@ class ImportReport:
     rounds: int = 0
     unknown_outcomes: int = 0  # writes whose answer was lost, resolved on the box
     settle_s: float = 0.0  # seconds spent waiting for such writes to end on the box
+    userfields: UserFieldMaps = field(default_factory=UserFieldMaps)  # custom field definitions made, values mapped
+    timeline: Any = None  # timeline.TimelineImport
+    dynamic: dict[str, Any] = field(default_factory=dict)  # dynamic:<entityTypeId> → dynamic.TypeImport
 
     @property
     def written(self) -> int:
@@ -121,7 +133,25 @@ class ImportReport:
 
     @property
     def failures(self) -> list[str]:
-        return [f for e in self.entities.values() for f in e.failures]
+        return [f for e in self.entities.values() for f in e.failures] + \
+            (self.timeline.failures if self.timeline is not None else []) + \
+            [f for t in self.dynamic.values() for f in t.failures]
+
+    def userfields_summary(self) -> dict:
+        uf = self.userfields
+        return {"definitions_created": uf.created, "list_values_added": uf.values_added[:50],
+                "not_moved": uf.not_moved, "problems": uf.problems[:50]}
+
+    def details(self) -> dict:
+        """What else the import did, by kind (the step's evidence shows each under its key)."""
+        out: dict = {"custom_fields": self.userfields_summary()}
+        if self.timeline is not None:
+            out["timeline"] = self.timeline.summary()
+        if self.dynamic:
+            out["smart_processes"] = {k: {"created": t.created, "updated": t.updated, "unchanged": t.unchanged,
+                                          "creation_time_not_kept": t.times_not_kept[:50],
+                                          "failures": t.failures[:50]} for k, t in self.dynamic.items()}
+        return out
 
     def summary(self) -> dict:
         return {e: {"created": r.created, "updated": r.updated, "unchanged": r.unchanged,
@@ -191,6 +221,14 @@ class _Context:
         self.failed: dict[str, set[str]] = {}  # entity → cloud IDs whose write failed for good (reported)
         self.quiet_s, self.settle_max_s, self.sleep = quiet_s, settle_max_s, sleep
         self.maps: dict[str, dict[str, str]] = {}
+        self.uf = UserFieldMaps()  # filled by import_delta before any record is written
+
+    def relations(self) -> dict[str, dict[str, str]]:
+        """cloud ID → box ID per entity, as mapped so far (records of the backup keep their IDs)."""
+        for e in ENTITIES:
+            if e not in self.maps:
+                self.maps[e] = self.idmap.get(e)
+        return self.maps
 
     def box_user(self, cloud_user) -> str:
         v = str(cloud_user or "")
@@ -223,6 +261,14 @@ def _box_fields(ctx: _Context, entity: str, cloud_id: str, row: dict, *, create:
         out[f] = ctx.relation(entity, f, target, row.get(f), cloud_id)
     for f in USER_FIELDS:
         out[f] = ctx.box_user(row.get(f))
+    for f, (target, _) in BINDINGS[entity].items():
+        ids = [ctx.relation(entity, f, target, v, cloud_id) for v in bindings_of(row, f)]
+        main = str(out.get(MAIN_LINK[f]) or "")
+        out[f] = sorted({i for i in ids if i}, key=lambda i: (i != main, len(i), i))  # the main link first
+    for f in ctx.uf.fields(entity):
+        if f in row:
+            out[f] = ctx.uf.to_box(entity, f, row.get(f), users=UserMap(ctx.user_map, ctx.fallback),
+                                   relations=ctx.relations())
     for f in MULTI[entity]:
         out[f] = [{"VALUE": v, "VALUE_TYPE": t} for t, v in multi_values(row.get(f))]
     if create:
@@ -270,6 +316,7 @@ def _fetch_box(ctx: _Context, entity: str, box_ids: list[str]) -> dict[str, dict
         for answer in ctx.box.batch_each(cmd).values():
             for row in answer["result"] or []:
                 out[str(row["ID"])] = row
+    read_bindings(ctx.box, entity, list(out.values()))
     return out
 
 
@@ -283,10 +330,10 @@ def _on_box(ctx: _Context, entity: str, cloud_ids) -> dict[str, tuple[str, ...]]
     return {c: tuple(sorted(ids, key=int)) for c, ids in found.items()}
 
 
-def _same(entity: str, current: dict, want: dict, cloud_id: str) -> bool:
+def _same(ctx: _Context, entity: str, current: dict, want: dict, cloud_id: str) -> bool:
     """The box record already holds what we would write (creation times aside: never updated)."""
-    return comparable(entity, {**current, "DATE_CREATE": None}) == comparable(entity, {**want, "DATE_CREATE": None}) \
-        and str(current.get("ORIGINATOR_ID") or "") == ORIGINATOR and str(current.get("ORIGIN_ID")) == cloud_id
+    return comparable(entity, {**current, "DATE_CREATE": None}, uf=ctx.uf) == \
+        comparable(entity, {**want, "DATE_CREATE": None}, uf=ctx.uf) and str(current.get("ORIGINATOR_ID") or "") == ORIGINATOR and str(current.get("ORIGIN_ID")) == cloud_id
 
 
 def _settle(ctx: _Context, what: str, look: Callable[[], tuple[bool, object]]) -> object:
@@ -356,8 +403,8 @@ def _map_found(ctx: _Context, entity: str, rep: EntityImport, found) -> None:
 def _updated_look(ctx: _Context, entity: str, plans: list[tuple]) -> Callable[[], tuple[bool, object]]:
     def look() -> tuple[bool, object]:
         rows = _fetch_box(ctx, entity, [bid for _, bid, _, _ in plans])
-        state = tuple(sorted((bid, repr(comparable(entity, rows.get(bid) or {}))) for _, bid, _, _ in plans))
-        done = all(bid in rows and _same(entity, rows[bid], want, cid) for cid, bid, want, _ in plans)
+        state = tuple(sorted((bid, repr(comparable(entity, rows.get(bid) or {}, uf=ctx.uf))) for _, bid, _, _ in plans))
+        done = all(bid in rows and _same(ctx, entity, rows[bid], want, cid) for cid, bid, want, _ in plans)
         return done, state
     return look
 
@@ -435,7 +482,7 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
             if use_import:
                 data = [batch_import_item(entity, f) for _, f in items]
                 cmd[f"c{i}"] = "crm.item.batchImport?" + php_query(
-                    {"entityTypeId": ITEM_ENTITY_TYPE[entity], "data": data})
+                    {"entityTypeId": ITEM_ENTITY_TYPE[entity], "data": data, "useOriginalUfNames": "Y"})
             else:
                 cmd[f"c{i}"] = f"crm.{entity}.add?" + php_query({"fields": items[0][1], "params": {"IMPORT": "Y"}})
             members[f"c{i}"] = items
@@ -447,7 +494,7 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
         with_add: list[tuple[str, dict]] = []
         again: list[str] = []
         unsure: list[str] = []
-        retime: list[tuple[str, dict]] = []
+        refused: list[tuple[tuple[str, dict], dict]] = []
         for key, items in members.items():
             if key not in res["result"]:
                 err = res["result_error"].get(key) or {}
@@ -459,11 +506,10 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
                 if why is not None:  # refused by a limit / not run: plan again; else it may have run
                     (unsure if why == "unknown" else again).extend(cid for cid, _ in items)
                     continue
-                if not use_import and not retimed and _backdated(ctx, items[0][1]):
-                    retime.extend(items)  # the box refuses its creation time: see _write_retimed
+                if not use_import and not retimed:
+                    refused.append((items[0], err))  # the box's answer, or its creation time: see below
                     continue
-                rep.failures.extend(f"{entity} {cid}: create failed: {err}" for cid, _ in items)
-                ctx.failed.setdefault(entity, set()).update(cid for cid, _ in items)
+                _failed(ctx, entity, rep, items, err)
                 continue
             if use_import:
                 answers = (res["result"][key] or {}).get("items") or []
@@ -483,8 +529,14 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
         if unsure:
             _map_found(ctx, entity, rep, _settle(ctx, f"{len(unsure)} new {entity}(s)",
                                                  _created_look(ctx, entity, unsure)))
-        if retime:  # dated by the box's newest record: no order to keep
-            _write_retimed(ctx, entity, retime, rep)
+        if refused:  # older than the box's newest record: moved with the box's time (_write_retimed)
+            newest = _box_newest(ctx, entity)
+            retime = [plan for plan, _ in refused if _older_than(plan[1], newest)]
+            for plan, err in refused:
+                if not _older_than(plan[1], newest):
+                    _failed(ctx, entity, rep, [plan], err)
+            if retime:
+                _write_retimed(ctx, entity, retime, rep, newest)
         if unsure or again:
             # nothing past a record left behind: planned again in order (with_add too)
             raise _Replan(f"{len(unsure) + len(again)} new {entity}(s) not surely written (limits, errors)")
@@ -494,26 +546,40 @@ def _write_creates(ctx: _Context, entity: str, plans: list[tuple[str, dict]], re
             use_import, per_cmd = False, 1
 
 
-def _backdated(ctx: _Context, fields: dict) -> bool:
-    """Created in the cloud after the backup (a higher ID) but dated at or before its cutoff."""
-    created = parse_date(fields.get("DATE_CREATE"))
-    return created is not None and created <= ctx.delta.cutoff
+def _failed(ctx: _Context, entity: str, rep: EntityImport, plans: list[tuple[str, dict]], err) -> None:
+    """Refused for good (the box said why): reported, and not planned again in this run."""
+    rep.failures.extend(f"{entity} {cid}: create failed: {err}" for cid, _ in plans)
+    ctx.failed.setdefault(entity, set()).update(cid for cid, _ in plans)
 
 
-def _write_retimed(ctx: _Context, entity: str, plans: list[tuple[str, dict]], rep: EntityImport) -> None:
-    """Records created in the cloud after the backup but dated before its cutoff (an import in the
-    cloud, a clock): the box keeps creation times only in ascending order, and the backup's records
-    are newer, so it refuses theirs. They still move, in import mode (no robots), dated as the box's
-    newest record — the oldest time it accepts, so no later import is refused for them — and are
-    listed (``times_not_kept``, the reconciliation's ``creation_time_not_kept``)."""
+def _box_newest(ctx: _Context, entity: str) -> str | None:
+    """DATE_CREATE of the box's newest record of ``entity`` (None on an empty table)."""
     body = ctx.box.call(f"crm.{entity}.list", {"order": {"DATE_CREATE": "DESC"}, "select": ["ID", "DATE_CREATE"],
                                                "start": -1})
     rows = body.get("result") or []
-    newest = rows[0].get("DATE_CREATE") if rows else None
-    log.warning("%s: %d record(s) created in the cloud after the backup but dated before it: the box refuses "
-                "their creation times; moved with %s", entity, len(plans), newest or "the box's time")
+    return rows[0].get("DATE_CREATE") if rows else None
+
+
+def _older_than(fields: dict, newest: str | None) -> bool:
+    created, limit = parse_date(fields.get("DATE_CREATE")), parse_date(newest)
+    return created is not None and limit is not None and created < limit
+
+
+def _write_retimed(ctx: _Context, entity: str, plans: list[tuple[str, dict]], rep: EntityImport,
+                   newest: str | None) -> None:
+    """Records whose cloud creation time the box refuses: imports keep creation times only in
+    ascending order, and the box already holds a newer record — the backup's own (a record created
+    in the cloud after the backup but dated before its cutoff: an import in the cloud, a clock), the
+    2.8 test records, or, in a sweep after go-live, what the team made on the box since. They still
+    move, in import mode (no robots), dated as the box's newest record — the oldest time it accepts,
+    so no later import is refused for them. The cloud's time is kept in the report
+    (``times_not_kept``: cloud ID → cloud DATE_CREATE, written to crm-creation-time-not-kept.csv) and
+    the reconciliation lists them under ``creation_time_not_kept``."""
+    log.warning("%s: %d record(s) older than the box's newest record: the box refuses their creation times; "
+                "moved with %s, the cloud's times are listed", entity, len(plans), newest or "the box's time")
     fixed = []
     for cid, fields in plans:
+        rep.cloud_times.setdefault(cid, str(fields.get("DATE_CREATE") or ""))
         f = {k: v for k, v in fields.items() if k not in ("DATE_CREATE", "DATE_MODIFY")}
         if newest:
             f.update(DATE_CREATE=newest, DATE_MODIFY=newest)
@@ -549,6 +615,8 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
                    sleep=sleep)
     total = delta.records
     done = 0
+    if delta.entity_records:  # before any record needs them (a sweep that found nothing reads nothing)
+        ctx.uf = report.userfields = sync_definitions(delta.uf_definitions, box)
     for entity in [e for e in ENTITIES if e in delta.entities]:
         d = delta.entities[entity]
         rep = report.entities[entity] = EntityImport()
@@ -580,7 +648,7 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
                     creates.append((cid, _box_fields(ctx, entity, cid, row, create=True)))
                     continue
                 want = _box_fields(ctx, entity, cid, row, create=False)
-                if _same(entity, current, want, cid):
+                if _same(ctx, entity, current, want, cid):
                     unchanged.append((cid, bid))
                 else:
                     updates.append((cid, bid, want, current))
@@ -600,6 +668,36 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
         done += len(d.rows)
         if progress:
             progress(done, total, f"{entity}: {rep.created} created, {rep.updated} updated, {rep.unchanged} unchanged")
+    _import_extras(box, delta, idmap, report, user_map, fallback_user_id, settle_quiet_s, settle_max_s, sleep)
     report.seconds = time.monotonic() - t0
     report.requests = box.requests - req0
     return report
+
+
+def _import_extras(box, delta: DeltaExport, idmap, report: ImportReport, user_map, fallback_user_id,
+                   settle_quiet_s, settle_max_s, sleep) -> None:
+    """After the four entities (their map is complete): the timeline, then the smart-process items."""
+    from .dynamic import import_dynamic  # both build on this module
+    from .timeline import import_timeline
+
+    if delta.timeline is not None and delta.timeline.records:
+        report.timeline = import_timeline(box, delta.timeline, idmap, user_map=user_map,
+                                          fallback_user_id=fallback_user_id, settle_quiet_s=settle_quiet_s,
+                                          settle_max_s=settle_max_s, sleep=sleep)
+    if delta.dynamic is not None and delta.dynamic.records:
+        report.dynamic = import_dynamic(box, delta.dynamic, idmap, user_map=user_map,
+                                        fallback_user_id=fallback_user_id, quiet_s=settle_quiet_s, sleep=sleep)
+
+
+def write_retimed_csv(report: ImportReport, out_dir) -> Path:
+    """crm-creation-time-not-kept.csv: every record the box took with its own creation time, with the
+    cloud's (0600, cells neutralised: connectors.outputs)."""
+    import pandas as pd
+
+    from connectors.outputs import write_csv
+
+    rows = [{"ENTITY": e, "CLOUD_ID": cid, "CLOUD_DATE_CREATE": r.cloud_times.get(cid, ""),
+             "ACTION": "moved with the box's newest creation time (the box refuses older ones)"}
+            for e, r in report.entities.items() for cid in r.times_not_kept]
+    return write_csv(pd.DataFrame.from_records(rows, columns=["ENTITY", "CLOUD_ID", "CLOUD_DATE_CREATE", "ACTION"]),
+                     Path(out_dir) / "crm-creation-time-not-kept.csv")

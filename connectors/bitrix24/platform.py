@@ -129,15 +129,24 @@ class _Crm:
     def map_users(self, cloud, box) -> dict[str, str]:
         return importer.map_users(cloud, box)
 
-    def import_delta(self, box, exported, idmap, **kw) -> importer.ImportReport:
-        return importer.import_delta(box, exported, idmap, **kw)
+    def import_delta(self, box, exported, idmap, *, review_dir: Path | None = None, **kw) -> importer.ImportReport:
+        """The import; ``review_dir``: where the list of records moved with the box's creation time goes."""
+        report = importer.import_delta(box, exported, idmap, **kw)
+        if review_dir is not None and any(r.times_not_kept for r in report.entities.values()):
+            importer.write_retimed_csv(report, review_dir)
+        return report
 
     def reconcile(self, box, exported, idmap, **kw) -> reconcile.Reconciliation:
         return reconcile.reconcile(box, exported, idmap, **kw)
 
     def backup_marks(self, box, cutoff: dt.datetime, *, entities,
                      skip_ours: bool = False) -> dict[str, dict[str, int]]:
-        return delta.backup_marks(box, cutoff, tuple(entities), skip_ours=skip_ours)
+        from . import dynamic, timeline
+
+        marks = delta.backup_marks(box, cutoff, tuple(entities), skip_ours=skip_ours)
+        marks.update(timeline.timeline_marks(box, cutoff))  # activities, products
+        marks.update(dynamic.dynamic_marks(box, cutoff))  # dynamic:<entityTypeId> per smart process
+        return marks
 
     def sweep(self, cloud, box, idmap, history: SweepHistory, **kw) -> SweepOutcome:
         return sweep.run_sweep(cloud, box, idmap, history, **kw)
@@ -165,5 +174,44 @@ class _Checks:
         return {"pull_options": dict(post.pull_options), "network_auth_ids": list(post.network_auth_ids)}
 
 
+class _Access:
+    """Read-only proof of the webhooks and the backup delivery (:mod:`.access`)."""
+
+    def webhooks(self, section: CrmDeltaSection, secrets: dict, migration: Any, *, source: str,
+                 timeout_s: float) -> list:
+        from .access import check_webhook
+
+        try:
+            cloud, box = _Crm().endpoints(section, secrets, migration, source=source)
+        except ConfigError as exc:
+            from connectors.access import failed
+
+            return [failed("webhooks", "; ".join(exc.problems), exc.fix or "")]
+        rows = []
+        for client, label, admin in ((cloud, "cloud", False), (box, "box", True)):
+            client.timeout, client.max_attempts, client.max_wait_s = timeout_s, 1, timeout_s  # a probe, not a run
+            try:
+                rows += check_webhook(client, label, user_id=section.webhook_user_id, needs_admin=admin)
+            finally:
+                client.session.close()
+        return rows
+
+    def delivery(self, section: Bitrix24BackupSection, secret: SecretLookup, *, timeout_s: float) -> list:
+        from connectors.access import failed
+
+        from .access import check_delivery
+
+        problems: list[str] = []
+        source = _Delivery().source(section, secret, problems)
+        if source is None:
+            return [failed("backup delivery", "; ".join(problems), "add the missing [secrets] entries")]
+        source.timeout = (min(10.0, timeout_s), timeout_s)
+        try:
+            return [check_delivery(source)]
+        finally:
+            source.session.close()
+
+
 PLATFORM = Platform(name="bitrix24", format=_Format(), delivery=_Delivery(), restore=_Restore(), crm=_Crm(),
-                    error_codes=BITRIX24_CODES, events=_Events(), checks=_Checks(), redaction=(WEBHOOK_CODE,))
+                    error_codes=BITRIX24_CODES, events=_Events(), checks=_Checks(), access=_Access(),
+                    redaction=(WEBHOOK_CODE,))

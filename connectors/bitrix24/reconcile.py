@@ -8,17 +8,19 @@ missing twin, duplicate and field mismatch is listed.
 It does not trust the export either: with the cloud's client it lists, on its own, every cloud
 record created since the backup (IDs above the backup's highest, up to what the export saw) and
 fails on any without a box twin, whether the export listed it or not (``not_moved``). A record the
-box could only take with a later creation time (created after the backup, dated before its cutoff:
-see the importer) is listed under ``creation_time_not_kept``, not as a mismatch.
+box could only take with a later creation time (older than the box's newest record: see the
+importer) is listed under ``creation_time_not_kept``, not as a mismatch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from .delta import DeltaExport
+from .delta import DeltaExport, read_bindings
 from .lists import iter_rows
-from .model import ENTITIES, ORIGINATOR, SELECT, comparable, diff, field_hash, parse_date
+from .model import ENTITIES, ORIGINATOR, SELECT, UserMap, comparable, diff, field_hash, parse_date
+from .userfields import UserFieldMaps, sync_definitions
 from .rest import Bitrix24Client
 
 
@@ -44,26 +46,45 @@ class EntityReconciliation:
 @dataclass
 class Reconciliation:
     entities: dict[str, EntityReconciliation]
+    timeline: Any = None  # timeline.TimelineReconciliation
+    dynamic: Any = None  # dynamic.DynamicReconciliation
+
+    def _parts(self) -> list:
+        return [p for p in (self.timeline, self.dynamic) if p is not None]
 
     @property
     def ok(self) -> bool:
-        return all(e.ok for e in self.entities.values())
+        return all(e.ok for e in self.entities.values()) and all(p.ok for p in self._parts())
 
     @property
     def mismatches(self) -> int:
         return sum(len(e.missing) + len(e.duplicates) + len(e.mismatches) + len(e.not_moved)
-                   for e in self.entities.values())
+                   for e in self.entities.values()) + sum(p.mismatches for p in self._parts())
 
     @property
     def without_twin(self) -> int:
         """Records of the cloud (in the delta or created since the backup) with no box twin at all."""
-        return sum(len(e.missing) + len(e.not_moved) for e in self.entities.values())
+        return sum(len(e.missing) + len(e.not_moved)
+                   for e in [*self.entities.values(), *(r for p in self._parts() for r in p.entities.values())])
 
     def evidence(self) -> dict:
-        return {e: {"cloud_delta": r.cloud_delta, "box_migrated": r.box_migrated, "matched": r.matched,
-                    "missing": r.missing[:50], "duplicates": r.duplicates[:50], "mismatches": r.mismatches[:50],
-                    "not_moved": r.not_moved[:50], "creation_time_not_kept": r.creation_time_not_kept[:50],
-                    "created_after_export": r.created_after_export, "ok": r.ok} for e, r in self.entities.items()}
+        out: dict = {e: {"cloud_delta": r.cloud_delta, "box_migrated": r.box_migrated, "matched": r.matched,
+                         "missing": r.missing[:50], "duplicates": r.duplicates[:50], "mismatches": r.mismatches[:50],
+                         "not_moved": r.not_moved[:50], "creation_time_not_kept": r.creation_time_not_kept[:50],
+                         "created_after_export": r.created_after_export, "ok": r.ok}
+                     for e, r in self.entities.items()}
+        if self.timeline is not None:
+            out["timeline"] = self.timeline.evidence()
+        if self.dynamic is not None:
+            out["smart_processes"] = self.dynamic.evidence()
+        return out
+
+    def per_entity(self) -> dict[str, dict[str, int]]:
+        """For the report: per entity (timeline kinds and smart processes included) how many records
+        the delta had and how many the box holds as the cloud does."""
+        rows = {**self.entities, **{e: r for p in self._parts() for e, r in p.entities.items()}}
+        return {e: {"delta": r.cloud_delta, "matched": r.matched, "problems": len(r.missing) + len(r.duplicates)
+                    + len(r.mismatches) + len(getattr(r, "not_moved", []))} for e, r in rows.items()}
 
 
 def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[str, str],
@@ -76,12 +97,15 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
     for e in ENTITIES:
         m = dict(maps[e])
         relation_map[e] = m
-    users = {**user_map}
+    users = UserMap(user_map, str(fallback_user_id))
+    uf = sync_definitions(delta.uf_definitions, box, create=False) if delta.entity_records else UserFieldMaps()
     for entity in [e for e in ENTITIES if e in delta.entities]:
         d = delta.entities[entity]
         r = out[entity] = EntityReconciliation(entity, cloud_delta=len(d.rows))
         by_origin: dict[str, list[dict]] = {}
-        for row in iter_rows(box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR}, select=SELECT[entity]):
+        ours = list(iter_rows(box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR}, select=SELECT[entity]))
+        read_bindings(box, entity, [row for row in ours if str(row.get("ORIGIN_ID")) in d.rows])
+        for row in ours:
             by_origin.setdefault(str(row.get("ORIGIN_ID")), []).append(row)
         r.box_migrated = sum(len(v) for k, v in by_origin.items() if k in d.rows)
         for cid, row in d.rows.items():
@@ -95,10 +119,9 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
             if twin is None:
                 r.missing.append(cid)
                 continue
-            cloud_user_map = {u: users.get(u, str(fallback_user_id)) for u in {str(row.get("ASSIGNED_BY_ID") or "")}}
-            want = comparable(entity, row, relation_map=relation_map, user_map=cloud_user_map)
-            have = comparable(entity, twin)
-            if field_hash(want) != field_hash(have) and _box_dated(want, have, delta.cutoff):
+            want = comparable(entity, row, relation_map=relation_map, user_map=users, uf=uf)
+            have = comparable(entity, twin, uf=uf)
+            if field_hash(want) != field_hash(have) and _box_dated(want, have):
                 r.creation_time_not_kept.append(cid)
                 r.matched += 1
             elif field_hash(want) != field_hash(have):
@@ -107,16 +130,28 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
                 r.matched += 1
         if cloud is not None:
             _created_since_backup(cloud, d, by_origin, r)
-    return Reconciliation(out)
+    result = Reconciliation(out)
+    if delta.timeline is not None:
+        from .timeline import reconcile_timeline  # it builds on the importer
+
+        result.timeline = reconcile_timeline(box, delta.timeline, idmap, user_map=user_map,
+                                             fallback_user_id=fallback_user_id, cloud=cloud)
+    if delta.dynamic is not None:
+        from .dynamic import reconcile_dynamic
+
+        result.dynamic = reconcile_dynamic(box, delta.dynamic, idmap, user_map=user_map,
+                                           fallback_user_id=fallback_user_id)
+    return result
 
 
-def _box_dated(want: dict, have: dict, cutoff) -> bool:
-    """Only the creation time differs, and the box's is later than a cloud time at or before the
-    cutoff: the box refused that time (imports go in ascending creation time), as the importer says."""
+def _box_dated(want: dict, have: dict) -> bool:
+    """Only the creation time differs, and the box's is later than the cloud's: the box refused that
+    time (imports go in ascending creation time and it held a newer record), as the importer says; it
+    never writes a later time otherwise."""
     if diff(want, have) != ["DATE_CREATE"]:
         return False
     cloud_t, box_t = parse_date(want["DATE_CREATE"]), parse_date(have["DATE_CREATE"])
-    return cloud_t is not None and box_t is not None and cloud_t <= cutoff and box_t > cloud_t
+    return cloud_t is not None and box_t is not None and box_t > cloud_t
 
 
 def _created_since_backup(cloud: Bitrix24Client, d, by_origin: dict[str, list[dict]], r: EntityReconciliation) -> None:

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from connectors.errors import AuthError, FatalError, RateLimitedError, TransientError
 from connectors.http_errors import classify
@@ -33,6 +33,10 @@ from connectors.secrets import redact, register_secret
 from .errors import BITRIX24_CODES
 
 log = logging.getLogger("cloud2box.bitrix24")
+
+# OPERATION_TIME_LIMIT and QUERY_LIMIT_EXCEEDED are waited out until the operating reset comes, for up to
+# max_wait_s (see Bitrix24Client._stop); this only bounds the loop.
+LIMIT_ATTEMPTS = 200
 
 
 class AmbiguousWriteError(TransientError):
@@ -191,6 +195,15 @@ class Bitrix24Client:
             return AmbiguousWriteError(str(err))
         return err
 
+    def _stop(self, state: RetryCallState) -> bool:
+        """Other errors: ``max_attempts`` attempts. A limit (the portal refused before executing)
+        is waited out for up to ``max_wait_s`` in all — the operating-time limit may last until its
+        window moves on (limits.md) — and at most ``LIMIT_ATTEMPTS`` attempts: bounded either way."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitedError):
+            return state.attempt_number >= LIMIT_ATTEMPTS or state.seconds_since_start >= self.max_wait_s
+        return state.attempt_number >= self.max_attempts
+
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         # a limit that resets later than we may wait raises: tell the human
@@ -265,7 +278,7 @@ class Bitrix24Client:
               check: Callable[[dict], None] | None = None) -> dict:
         """The one bounded retry loop: every request, its waits and what is retried."""
         retry_on = TransientError if idempotent else RateLimitedError
-        for attempt in Retrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
+        for attempt in Retrying(stop=self._stop, wait=self._wait,
                                 retry=retry_if_exception_type(retry_on), reraise=True, sleep=self._sleep):
             with attempt:
                 body = self._once(method, params, idempotent=idempotent)

@@ -107,7 +107,7 @@ def _transfer(ctx: ActionContext) -> ActionResult:
     user_map = crm.map_users(cloud, box)
     t_import = time.monotonic()
     report = crm.import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
-                              use_batch_import=section.use_batch_import,
+                              use_batch_import=section.use_batch_import, review_dir=out_dir,
                               progress=lambda d, t, msg: ctx.progress(d, t, f"import: {msg}"))
     import_s = time.monotonic() - t_import
     if report.fallback_users:
@@ -125,14 +125,14 @@ def _transfer(ctx: ActionContext) -> ActionResult:
                         cloud=cloud)
     elapsed = time.monotonic() - t0
     evidence = {"cutoff": cutoff.isoformat(), "backup_marks": marks, "export": delta.summary(),
-                "import": report.summary(),
+                "import": report.summary(), **report.details(),
                 "import_method": report.method, "reconciliation": rec.evidence(), "reconciliation_ok": rec.ok,
                 "deleted_in_cloud": deleted, "fallback_users": report.fallback_users,
                 "failures": report.failures[:50], "csv_dir": str(out_dir), "cloud": cloud.display_url,
                 "box": box.display_url}
     ctx.journal.add_event(ctx.run_id, EventKind.CRM_RECONCILIATION,
                           f"reconciliation: {'OK' if rec.ok else f'{rec.mismatches} problem(s)'}",
-                          data=rec.evidence(), step_id=ctx.step_id)
+                          data={**rec.evidence(), "ok": rec.ok, "per_entity": rec.per_entity()}, step_id=ctx.step_id)
     if not rec.ok or report.failures:
         raise IntegrityError(f"CRM delta: reconciliation found {rec.mismatches} problem(s) ({rec.without_twin} "
                              f"record(s) of the cloud without a box twin), {len(report.failures)} write failure(s); "

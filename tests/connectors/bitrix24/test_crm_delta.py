@@ -170,7 +170,7 @@ def test_lost_answers_and_a_lost_map_do_not_duplicate(pair, tmp_path):
     m2 = idmap(tmp_path, key="same-migration-new-journal")
     report = import_delta(box, delta, m2, user_map=users)
     assert sum(r.created for r in report.entities.values()) == 0
-    assert sum(r.map_rebuilt for r in report.entities.values()) == delta.records
+    assert sum(r.map_rebuilt for r in report.entities.values()) == delta.entity_records
     assert reconcile(box, delta, m2, user_map=users).ok
 
 

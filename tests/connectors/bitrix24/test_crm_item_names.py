@@ -38,8 +38,10 @@ def test_every_field_we_write_has_the_import_pages_name():
                                       "PHONE": [{"VALUE": "+7 1", "VALUE_TYPE": "WORK"}]}) == {
         "stageId": "JUNK", "contactIds": ["7"], "companyId": "", "PHONE": [{"VALUE": "+7 1", "VALUE_TYPE": "WORK"}]}
     assert batch_import_item("contact", {"COMPANY_ID": "0"}) == {"companyIds": []}
+    # custom fields keep their own names: the import is asked for them (useOriginalUfNames=Y)
+    assert item_name("lead", "UF_CRM_1721244707107") == "UF_CRM_1721244707107"
     with pytest.raises(KeyError):
-        item_name("lead", "UF_CRM_NOT_LOOKED_UP")
+        item_name("lead", "SOURCE_DESCRIPTION")  # not looked up in the import page yet
 
 
 def read_classic(client, entity: str, ids) -> dict[str, dict]:

@@ -73,7 +73,7 @@ def test_client_bucket_keeps_the_portal_from_refusing():
     from sandbox.portal import PortalServer, Portal
     from sandbox.portal.store import CrmStore
 
-    portal = Portal(CrmStore(), limits=PortalLimits(rate=20, burst=5))
+    portal = Portal(CrmStore(), limits=PortalLimits.free(rate=20, burst=5))
     with PortalServer(portal) as srv:
         client = Bitrix24Client(srv.webhook, rate=20, burst=5)
         for _ in range(15):
