@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .importer import _Context, _send, _settle, _unwritten
 from .lists import iter_rows, php_query
 from .model import ORIGINATOR, chunks, parse_date
-from .timeline_base import OWNER_ENTITIES, OWNER_TYPE_IDS, Owners, run_rounds
+from .timeline_base import OWNER_ENTITIES, OWNER_TYPE_IDS, Owners, created_by, run_rounds
 
 log = logging.getLogger("cloud2box.bitrix24")
 
@@ -220,7 +220,6 @@ def import_activities(ctx: _Context, owners: Owners, rows: dict[str, dict], kind
 
 
 def _create(ctx: _Context, plans: list[tuple[str, dict]]) -> None:
-    rep = ctx.report.entities["activity"]
     for group in chunks(plans, max(1, min(50, ctx.pace.records(1)))):
         cmd = {}
         for i, (_cid, fields) in enumerate(group):
@@ -237,20 +236,7 @@ def _create(ctx: _Context, plans: list[tuple[str, dict]]) -> None:
 
         res = _send(ctx, "activity", cmd, len(group), f"a write of {len(group)} new activities", look,
                     lambda state: None)  # what it wrote is found by ORIGIN_ID in the next round
-        ok, unsure = [], []
-        for i, (cid, _) in enumerate(group):
-            key = f"a{i}"
-            if key in res["result"]:
-                ok.append((cid, str(res["result"][key])))
-                continue
-            why = _unwritten(ctx, cmd, res, key)
-            if why is None:
-                rep.failures.append(f"activity {cid}: create failed: {res['result_error'].get(key)}")
-                ctx.failed.setdefault("activity", set()).add(cid)
-            elif why == "unknown":
-                unsure.append(cid)
-        ctx.idmap.repoint("activity", ok)  # also over a twin the box lost
-        rep.created += len(ok)
+        _ok, unsure = created_by(ctx, "activity", cmd, res, [(f"a{i}", cid) for i, (cid, _) in enumerate(group)])
         if unsure:
             _settle(ctx, f"{len(unsure)} new activities", lambda ids=unsure: look(ids))
 

@@ -34,10 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from connectors.errors import FatalError
 
-from .importer import _Context, _send, _settle, _unwritten
+from .importer import _Context, _send, _settle
 from .lists import CHAINS, iter_rows, php_query
 from .model import chunks, parse_date
-from .timeline_base import Owners, run_rounds
+from .timeline_base import Owners, created_by, run_rounds
 
 log = logging.getLogger("cloud2box.bitrix24")
 
@@ -167,7 +167,6 @@ def _texts(on_box: dict[tuple[str, str], list[dict]]) -> Counter:
 
 def _create(ctx: _Context, todo: list[str], cloud: dict[str, dict], box_owner_of, author_of, state,
             on_box: dict[tuple[str, str], list[dict]]) -> None:
-    rep = ctx.report.entities["comment"]
     before = _texts(on_box)
     for group in chunks(todo, max(1, min(50, ctx.pace.records(1)))):
         cmd = {f"m{i}": "crm.timeline.comment.add?" + php_query(
@@ -182,19 +181,7 @@ def _create(ctx: _Context, todo: list[str], cloud: dict[str, dict], box_owner_of
             return all(have[k] >= n for k, n in wanted.items()), tuple(sorted(have.items()))
 
         res = _send(ctx, "comment", cmd, len(group), f"a write of {len(group)} comments", look, lambda s: None)
-        ok, unsure = [], False
-        for i, cid in enumerate(group):
-            key = f"m{i}"
-            if key in res["result"]:
-                ok.append((cid, str(res["result"][key])))
-                continue
-            why = _unwritten(ctx, cmd, res, key)
-            if why is None:
-                rep.failures.append(f"comment {cid}: create failed: {res['result_error'].get(key)}")
-                ctx.failed.setdefault("comment", set()).add(cid)
-            unsure = unsure or why == "unknown"
-        ctx.idmap.repoint("comment", ok)
-        rep.created += len(ok)
+        ok, unsure = created_by(ctx, "comment", cmd, res, [(f"m{i}", cid) for i, cid in enumerate(group)])
         before.update((box_owner_of[c], _text(cloud[c])) for c, _ in ok)  # the next group's baseline
         if unsure:
             _settle(ctx, "new comments", look)

@@ -157,8 +157,8 @@ def created_after(row: dict, field: str, cutoff) -> bool:
 
 def import_products(ctx, products: dict[str, dict]) -> None:
     """Add the cloud's new products the box does not have yet (found by XML_ID first)."""
-    from .importer import _send, _settle, _unwritten
-    from .timeline_base import run_rounds
+    from .importer import _send, _settle
+    from .timeline_base import created_by, run_rounds
 
     rep = ctx.report.entities["product"]
     code_of = {c: product_code(c, r) for c, r in products.items()}
@@ -185,19 +185,7 @@ def import_products(ctx, products: dict[str, dict]) -> None:
                 return all(c in found for c in codes), tuple(sorted((k, tuple(v)) for k, v in found.items()))
 
             res = _send(ctx, "product", cmd, len(group), f"a write of {len(group)} products", look, lambda s: None)
-            ok, unsure = [], False
-            for i, cid in enumerate(group):
-                key = f"p{i}"
-                if key in res["result"]:
-                    ok.append((cid, str(res["result"][key])))
-                    continue
-                why = _unwritten(ctx, cmd, res, key)
-                if why is None:
-                    rep.failures.append(f"product {cid}: create failed: {res['result_error'].get(key)}")
-                    ctx.failed.setdefault("product", set()).add(cid)
-                unsure = unsure or why == "unknown"
-            ctx.idmap.repoint("product", ok)
-            rep.created += len(ok)
+            _ok, unsure = created_by(ctx, "product", cmd, res, [(f"p{i}", cid) for i, cid in enumerate(group)])
             if unsure:
                 _settle(ctx, "new products", look)
         return tuple(f"create:{c}" for c in todo)

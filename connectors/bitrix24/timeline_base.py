@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from connectors.errors import TransientError
 
-from .importer import MAX_ROUNDS, MAX_ROUNDS_TOTAL, SETTLE_MAX_S, _Context, _Replan
+from .importer import MAX_ROUNDS, MAX_ROUNDS_TOTAL, SETTLE_MAX_S, _Context, _Replan, _unwritten
 from .model import ENTITIES
 
 log = logging.getLogger("cloud2box.bitrix24")
@@ -132,3 +132,25 @@ def run_rounds(ctx: _Context, entity: str, step: Callable[[], tuple[str, ...]]) 
 
 def elapsed_since(t0: float) -> float:
     return time.monotonic() - t0
+
+
+def created_by(ctx: _Context, entity: str, cmd: dict, res: dict, keyed: list[tuple[str, str]]) -> tuple[list, list]:
+    """Sort the answers of one batch of creations: ``keyed`` is (command key, cloud ID). Returns
+    ``(ok, unsure)``: (cloud ID, new box ID) of what was written, and the cloud IDs whose outcome is
+    unknown (settle them on the box). A refusal the portal explained is reported and not planned
+    again; one by a limit, or a command that did not run, is simply planned again next round."""
+    rep = ctx.report.entities[entity]
+    ok, unsure = [], []
+    for key, cid in keyed:
+        if key in res["result"]:
+            ok.append((cid, str(res["result"][key])))
+            continue
+        why = _unwritten(ctx, cmd, res, key)
+        if why is None:
+            rep.failures.append(f"{entity} {cid}: create failed: {res['result_error'].get(key)}")
+            ctx.failed.setdefault(entity, set()).add(cid)
+        elif why == "unknown":
+            unsure.append(cid)
+    ctx.idmap.repoint(entity, ok)  # also over a twin the box lost
+    rep.created += len(ok)
+    return ok, unsure
