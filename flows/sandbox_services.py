@@ -61,9 +61,11 @@ def start_sandbox(out: Path, *, cloud_costs: bool = True) -> Iterator[SandboxHan
         # there by default and its speed is the customer's server (limits.md), so its writes cost
         # no simulated time and the demo stays within its budget
         pair = stack.enter_context(start_pair(limits=None if cloud_costs else PortalLimits.free(),
-                                              box_limits=PortalLimits.free()))
+                                              box_limits=PortalLimits.free(rate=20.0)))
         handles.config.update(portal=pair.cloud.base_url, box_portal=pair.box.base_url)
         handles.toml += ["[crm_delta]", 'cloud_webhook_secret = "cloud_webhook"', 'box_webhook_secret = "box_webhook"',
+                         "# the box is self-hosted: no request limit by default (limits.md); the cloud keeps the plan's 2/s",
+                         "box_rate = 20",
                          f'cutoff = {pair.cutoff.isoformat()}', ""]
         handles.secrets += ['cloud_webhook = { env = "C2B_SANDBOX_CLOUD_WEBHOOK_CODE" }',
                             'box_webhook = { env = "C2B_SANDBOX_BOX_WEBHOOK_CODE" }']
