@@ -30,6 +30,7 @@ class Step(BaseModel):
     instructions: str = ""
     verify: bool = False  # run the post-migration checks before asking, show their results
     sweep: bool = False  # straggler sweeps run while the step's pause is open
+    presync: bool = False  # the pre-sync keeps the box in step from this step's start to the next step without it
     urgency: Urgency = "medium"  # filled from the phase when not given
 
     @property

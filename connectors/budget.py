@@ -23,7 +23,14 @@ class RequestBudget:
         self.per_sweep, self.per_day, self.used_today = per_sweep, per_day, used_today
         self.used = 0
         self.exhausted: str | None = None  # which cap stopped it, once one did
+        self.cancelled: str | None = None  # why the owner stopped the sweep (see cancel)
         self._lock = threading.Lock()
+
+    def cancel(self, reason: str) -> None:
+        """Refuse every further request with ``reason`` (e.g. the users stopped: the pre-sync ends at
+        once and the freeze moves on from its last finished pass). A request already sent finishes."""
+        with self._lock:
+            self.cancelled = reason
 
     @property
     def left(self) -> int:
@@ -32,6 +39,11 @@ class RequestBudget:
     def spend(self, portal: str, method: str) -> None:
         """Take one request for ``method`` on ``portal``; raise ``BudgetExhausted`` at a cap."""
         with self._lock:
+            if self.cancelled:
+                self.exhausted = "cancelled"
+                raise BudgetExhausted(f"{self.cancelled}; {method} on {portal} was not sent",
+                                      fix="nothing to do: what was written stays, and the next step goes on from "
+                                          "the last finished pass")
             if self.used_today + self.used >= self.per_day:
                 self.exhausted = "day"
                 raise BudgetExhausted(

@@ -121,6 +121,12 @@ class CrmEndpoint(Protocol):
     def backup_marks(self, box: Any, cutoff: dt.datetime, *, entities: tuple[str, ...] | list[str],
                      skip_ours: bool = False) -> dict[str, dict[str, int]]: ...
     def sweep(self, cloud: Any, box: Any, idmap: Any, history: "SweepHistory", **kw: Any) -> "SweepOutcome": ...
+    def presync(self, cloud: Any, box: Any, idmap: Any, history: "SweepHistory", *, scan_deleted: bool,
+                **kw: Any) -> "SweepOutcome":
+        """A pre-sync pass: :meth:`sweep`'s move (same keywords) without the stragglers, the moved records
+        reconciled; ``scan_deleted``: also compare the whole portal's IDs for records deleted in the cloud."""
+    def backlog(self, cloud: Any, since: dt.datetime, *, entities: tuple[str, ...] | list[str]) -> dict[str, int]:
+        """Per entity, how many cloud records changed or were created after ``since`` (a few requests)."""
 
 
 @runtime_checkable
@@ -232,6 +238,9 @@ class SweepOutcome:
     high_water: dict[str, int] = field(default_factory=dict)  # entity → highest cloud ID seen
     failures: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the sweep stopped early (budget), None when it finished
+    records: int = 0  # records the sweep listed (its delta), timeline and smart processes included
+    reconciliation: dict | None = None  # a pre-sync pass proves what it moved: {"ok", "mismatches", "per_entity"}
+    deleted_in_cloud: dict[str, list[str]] | None = None  # entity → cloud IDs, when the pass compared ID sets
 
     @property
     def moved(self) -> int:
@@ -253,4 +262,6 @@ class SweepOutcome:
                 "created": self.created, "updated": self.updated, "unchanged": self.unchanged,
                 "echoes_skipped": self.echoes_skipped, "observed": self.observed,
                 "quarantined": self.newly_quarantined, "held_back": self.held_back, "stragglers": self.stragglers,
-                "high_water": self.high_water, "failures": self.failures[:50], "stopped": self.stopped}
+                "high_water": self.high_water, "failures": self.failures[:50], "stopped": self.stopped,
+                "records": self.records, "reconciliation": self.reconciliation,
+                "deleted_in_cloud": self.deleted_in_cloud}

@@ -210,13 +210,15 @@ def cmd_forecast(args) -> int:
     from journal.forecast import forecast_from
 
     journal = _journal_from(args)
-    runbook = section = None
+    runbook = section = presync = None
     if args.config:
         from checklists.runbook import load_runbook
         from flows.config import load_config
 
         config = load_config(args.config)
         runbook, section = load_runbook(config.runbook.path), config.forecast
+        if config.presync.enabled:  # the cutover's pre-sync: 2.11 from the rehearsal's passes
+            presync = (config.presync.interval_minutes * 60, config.presync.overlap_seconds)
     start = None
     if args.start:
         import datetime as dt
@@ -225,7 +227,7 @@ def cmd_forecast(args) -> int:
         if start.tzinfo is None:
             raise MigrationError(f"--start {args.start} has no UTC offset", fix="write it as 2026-12-04T18:00+03:00")
     forecast = forecast_from(journal, args.from_run, backup_size=args.backup_size, delta_records=args.delta_records,
-                             start=start, runbook=runbook, section=section)
+                             start=start, runbook=runbook, section=section, presync=presync)
     print(forecast.to_markdown())
     return 0
 

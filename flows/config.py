@@ -99,10 +99,10 @@ class RunbookSection(_Model):
                                     description="steps to do by hand even though the runbook automates them")
 
 
-class SweepSection(_Model):
-    """Phase 3 straggler sweeps and their loop guard (seed 000): cadence, quarantine, budgets."""
+class _SyncLoopSection(_Model):
+    """What the two sweep loops share (straggler sweeps in phase 3, the pre-sync in phase 2):
+    cadence, the loop guard (seed 000) and the request budgets."""
 
-    enabled: bool = Field(True, description="sweep while the sweep step (3.1) is open")
     interval_minutes: float = Field(15.0, gt=0, description="a sweep every N minutes")
     quarantine_changes: int = Field(4, ge=1, description="K: a record seen changed by more than K sweeps within "
                                                          "the window is quarantined (not synced) and alerted")
@@ -114,12 +114,45 @@ class SweepSection(_Model):
     alert_urls: list[str] = Field(default_factory=list,
                                   description="apprise URLs (or [secrets] names) of the contractor, for sync alerts; "
                                               "empty: alerts are journaled and written next to the notices")
+    min_gap_seconds: float = Field(30.0, ge=0, description="events never start sweeps closer than this")
+
+    @model_validator(mode="after")
+    def _quarantine_reachable(self) -> "_SyncLoopSection":
+        # a sweep sees one modification time per record: the window holds at most window/interval + 1
+        sweeps_in_window = int(self.quarantine_window_minutes / self.interval_minutes) + 1
+        if self.quarantine_changes >= sweeps_in_window:
+            raise ValueError(f"quarantine_changes = {self.quarantine_changes} can never be passed: a window of "
+                             f"{self.quarantine_window_minutes:g} min holds only {sweeps_in_window} sweeps every "
+                             f"{self.interval_minutes:g} min; lower quarantine_changes or widen the window")
+        return self
+
+
+class PresyncSection(_SyncLoopSection):
+    """The pre-sync (issue 16): from the end of the portal set-up (2.4) until the sales team stops in
+    the cloud (2.10), sweeps keep the box in step so step 2.11 moves only minutes of changes."""
+
+    enabled: bool = Field(True, description="keep the box in step while phase 2's steps wait for people "
+                                            "(needs [crm_delta]); off: 2.11 moves the whole delta since the backup")
+    interval_minutes: float = Field(10.0, gt=0, description="a pre-sync pass every N minutes")
+    quarantine_window_minutes: float = Field(60.0, gt=0, description="M: the window of the change count")
+    requests_per_sweep: int = Field(3000, ge=10, description="hard cap of REST requests of one pass (the first "
+                                                             "pass moves everything since the backup)")
+    requests_per_day: int = Field(60000, ge=10, description="hard cap of the passes' REST requests per UTC day")
+    max_sweeps: int = Field(5000, ge=1, description="a bound on passes (two weeks at 5 min is 4032)")
+    deleted_scan_minutes: float = Field(60.0, ge=0, description="how often a pass compares the whole portal's "
+                                                                "record IDs to find records deleted in the cloud "
+                                                                "(0: every pass)")
+
+
+class SweepSection(_SyncLoopSection):
+    """Phase 3 straggler sweeps and their loop guard (seed 000): cadence, quarantine, budgets."""
+
+    enabled: bool = Field(True, description="sweep while the sweep step (3.1) is open")
     notify_stragglers: bool = Field(True, description="send the users still working in the cloud a notice")
     events_listen: str = Field("", description="host:port to receive the cloud's outgoing webhook events "
                                                "(ONCRMLEADADD …) and sweep early; empty: interval only")
     events_token_secret: str = Field("", description="[secrets] entry holding the outgoing webhook's "
                                                      "application_token (events without it are refused)")
-    min_gap_seconds: float = Field(30.0, ge=0, description="events never start sweeps closer than this")
 
     @field_validator("events_listen")
     @classmethod
@@ -129,16 +162,6 @@ class SweepSection(_Model):
             if not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"{v!r} is not host:port, e.g. 127.0.0.1:8765")
         return v
-
-    @model_validator(mode="after")
-    def _quarantine_reachable(self) -> "SweepSection":
-        # a sweep sees one modification time per record: the window holds at most window/interval + 1
-        sweeps_in_window = int(self.quarantine_window_minutes / self.interval_minutes) + 1
-        if self.quarantine_changes >= sweeps_in_window:
-            raise ValueError(f"quarantine_changes = {self.quarantine_changes} can never be passed: a window of "
-                             f"{self.quarantine_window_minutes:g} min holds only {sweeps_in_window} sweeps every "
-                             f"{self.interval_minutes:g} min; lower quarantine_changes or widen the window")
-        return self
 
     @model_validator(mode="after")
     def _token_with_listener(self) -> "SweepSection":
@@ -178,6 +201,9 @@ class Config(_Model):
     box_host: BoxHostSection | None = Field(default=None, description="steps 1.1, 1.2, 1.5, 2.3, 2.4: the box host over SSH")
     post_restore: PostRestoreSection = Field(description="step 2.4: the platform's settings after restore")
     crm_delta: CrmSection | None = Field(default=None, description="step 2.11: the CRM records since the backup")
+    presync: PresyncSection = Field(default_factory=PresyncSection, description="steps 2.5–2.10: the pre-sync "
+                                                                                 "keeps the box in step (needs "
+                                                                                 "[crm_delta])")
     sweeps: SweepSection = Field(default_factory=SweepSection, description="step 3.1: straggler sweeps (needs "
                                                                                "[crm_delta])")
     verify: VerifySection = Field(default_factory=VerifySection, description="checks before steps 2.8, 2.9, 3.2")

@@ -19,6 +19,8 @@ from journal.events import EventKind
 DEMO_POLL_S = 1  # short pause polling keeps the demo to a few minutes
 DEMO_SWEEP_MIN = 0.05  # a straggler sweep every 3 s
 DEMO_SWEEPS_SEEN = 2  # the scripted customer tests the box until this many sweeps moved the stragglers
+DEMO_PRESYNC_MIN = 0.05  # a pre-sync pass every 3 s while phase 2 waits for people
+DEMO_PASSES_SEEN = 1  # the health statement (2.9) waits until a pass followed the sales team's new work
 
 
 def write_demo_config(out: Path, sandbox) -> Path:
@@ -47,6 +49,11 @@ def write_demo_config(out: Path, sandbox) -> Path:
         "",
         "[sweeps]",
         f"interval_minutes = {DEMO_SWEEP_MIN}  # the demo's 'days of testing' last seconds",
+        "",
+        "[presync]",
+        f"interval_minutes = {DEMO_PRESYNC_MIN}  # the box follows the cloud every few seconds in the demo",
+        "overlap_seconds = 5",
+        "deleted_scan_minutes = 0.5",
         "",
     ]
     lines += sandbox.toml
@@ -154,6 +161,42 @@ class DemoPeople:
         fixed.append(f"search reindexed ({indexed} items)")
         return "sales tested leads, deals and calls; the contractor fixed what the checks found: " + "; ".join(fixed)
 
+    def _sales_in_cloud(self, what: str, n: int) -> None:
+        import datetime as dt
+
+        seller = self.pair.dataset.users[1]
+        now = dt.datetime.now(dt.timezone.utc)
+        for i in range(n):
+            self.pair.cloud.store.add("lead", {"TITLE": f"{what} {i + 1}", "NAME": "Client", "STATUS_ID": "NEW",
+                                               "ASSIGNED_BY_ID": seller["ID"], "CREATED_BY_ID": seller["ID"],
+                                               "MODIFY_BY_ID": seller["ID"]}, now=now)
+
+    def _passes_after(self, count: int, timeout_s: float = 120) -> int:
+        """Wait (bounded) until ``count`` more pre-sync passes of the running run are journaled."""
+        from journal.presync import passes
+        from journal.store import Journal
+
+        journal = Journal(self.journal_url)
+        runs = [r for r in journal.runs() if r.status == "running"]  # the demo runs one migration at a time
+        if not runs:
+            return 0
+        before = len(passes(journal, runs[-1].id))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(passes(journal, runs[-1].id)) < before + count:
+            time.sleep(0.5)
+        return len(passes(journal, runs[-1].id)) - before
+
+    def _step_2_9(self, prompt) -> str:
+        # the sales team still sells in the cloud while the box is tested; the pre-sync follows them
+        self._sales_in_cloud("Lead made in the cloud during the box tests", 4)
+        seen = self._passes_after(DEMO_PASSES_SEEN)
+        lag = "; the prompt showed the pre-sync's lag" if "**Pre-sync:**" in prompt.description else ""
+        return f"the box is healthy; test data deleted; meanwhile {seen} pre-sync pass(es) followed the cloud{lag}"
+
+    def _step_2_10(self, prompt) -> str:
+        self._sales_in_cloud("Lead made in the cloud in the last minutes before the stop", 2)
+        return "sales managers told to stop in the cloud"
+
     def _step_3_1(self, prompt) -> str:
         import datetime as dt
 
@@ -199,6 +242,16 @@ def _print_run(journal, run, out: Path) -> None:
     for e in journal.events(run.id, EventKind.VERIFICATION):
         failed = [r["id"] for r in e.data["results"] if r["status"] == "failed"]
         print(f"  verification before {e.step_id}: {e.data['summary']}" + (f" — {', '.join(failed)}" if failed else ""))
+    passes = journal.events(run.id, EventKind.PRESYNC)
+    freeze = next((s for s in reversed(steps) if s.action == "transfer_crm_delta" and s.outcome == "done"), None)
+    stop = next((s for s in reversed(steps) if s.downtime == "start" and s.outcome == "done"), None)
+    if passes:
+        moved = sum(x.data["created"] + x.data["updated"] for x in passes)
+        print(f"  pre-sync during 2.5–2.10: {len(passes)} pass(es), {moved} record(s) moved before the users stopped")
+    if freeze and stop and freeze.actual_end and stop.actual_end:
+        print(f"  automated part of the downtime (2.10 confirmed → 2.11 done): "
+              f"{(freeze.actual_end - stop.actual_end).total_seconds():.1f} s, "
+              f"{int((freeze.counters or {}).get('records', 0))} record(s) moved in the freeze")
     done = journal.events(run.id, EventKind.SWEEP)
     if done:
         moved = sum(x.data["created"] + x.data["updated"] for x in done)

@@ -24,6 +24,7 @@ from flows.steps import verify_before
 from journal.events import EventKind
 from journal.export import SUMMARY_COLUMNS, markdown_table, phase_rows
 from journal.risks import risk_register_markdown, risk_statuses, set_risk_status
+from journal.presync import presync_summary
 from journal.sweeps import sweeps_markdown
 from journal.triage import gate_issues_markdown, open_fires
 
@@ -102,6 +103,7 @@ def ask_gate(run: RunContext, phase: Phase) -> dict:
             verification = [verify_before(run, checked[-1].id, f"gate-{phase.number}")["markdown"]]
         table = markdown_table(phase_rows(journal, run_id, phase.number), SUMMARY_COLUMNS)
         sections_now = [*sections, *verification, gate_issues_markdown(journal, run_id),
+                        presync_summary(journal, run_id) if any(s.presync for s in phase.steps) else "",
                         sweeps_markdown(journal, run_id)]
         sections_now = [x for x in sections_now if x]
         fires = open_fires(journal, run_id)

@@ -23,6 +23,7 @@ from flows.downtime import final_summary, stop_watching, watch_downtime
 from flows.gates import ask_gate, record_gate
 from flows.outputs import write_outputs
 from flows.run_context import RunContext, build_setup, check_setup, open_run
+from flows import presync
 from flows.steps import do_step, run_step
 from journal.events import EventKind
 from journal.export import downtime_window
@@ -102,6 +103,10 @@ def migration(config: str, mode: Mode = "rehearsal", new_run: bool = False) -> d
         raise
     finally:
         stop_watching(run)
+        try:
+            presync.stop(run, None, wait_s=60)  # the run ends: a pass still running is left to the process's end
+        except MigrationError as exc:
+            logger.warning("%s", exc.message)
     journal.finish_run(run_id, "completed")
     start, end = downtime_window(journal, run_id)
     if start and end:

@@ -8,6 +8,8 @@ the run ends, however it ends.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,7 @@ from connectors.secrets import redact
 from journal.anchor import Anchor, current_anchor, deliver, target_label
 from journal.events import EventKind
 from journal.export import SUMMARY_COLUMNS, export_run, phase_rows
+from journal.pdf import print_pdf
 from journal.report import report_markdown, write_report
 
 if TYPE_CHECKING:
@@ -120,13 +123,25 @@ def write_outputs(run: RunContext) -> dict[str, Path]:
     """The journal exports and the auditor's report, on disk and as a Prefect artifact.
 
     They go to ``out_dir/runs/<run>/`` (kept per run) and to ``out_dir`` itself (the latest run).
+    report.pdf (A4 portrait) is printed once by headless Chromium and copied; without a Chromium
+    the run says why in its log and the HTML is the report.
     """
     journal, run_id, out_dir = run.journal, run.run_id, run.out_dir
     paths = export_run(journal, run_id, out_dir)
     export_run(journal, run_id, out_dir / "runs" / run_id)
     try:
-        write_report(journal, run_id, out_dir / "runs" / run_id)
-        paths.update(write_report(journal, run_id, out_dir))
+        kept = write_report(journal, run_id, out_dir / "runs" / run_id, pdf=False)
+        paths.update(write_report(journal, run_id, out_dir, pdf=False))
+        printed = print_pdf(paths["html"], out_dir / "report.pdf")
+        kept_pdf = kept["html"].with_name("report.pdf")
+        if printed.path:
+            paths["pdf"] = printed.path
+            shutil.copyfile(printed.path, kept_pdf)  # into the run's 0700 folder
+            os.chmod(kept_pdf, 0o600)
+        else:
+            kept_pdf.unlink(missing_ok=True)
+            get_run_logger().warning("report of run %s: %s; the HTML report is complete without it", run_id,
+                                     printed.note)
         create_markdown_artifact(report_markdown(journal, run_id), key=f"report-{run_id}",
                                  description=f"Migration report of run {run_id}")
     except Exception as exc:  # the journal is the record; a report failure is logged, never fatal

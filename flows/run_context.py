@@ -14,6 +14,7 @@ process (Dask, Ray) would get a placeholder instead of the context.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class RunContext:
     started_at: dt.datetime  # the journal run's creation: the plan's clock starts here
     notifier: Notifier
     watcher: DowntimeWatcher | None = field(default=None)  # while the user downtime lasts
+    presyncer: Any = field(default=None)  # flows.presync.PreSyncer while the pre-sync runs (phase 2)
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, mode={self.mode!r})"
@@ -159,7 +161,9 @@ def _forecast_cutover(run: RunContext) -> None:
     if not rehearsals:
         logger.warning("no completed rehearsal of %r in the journal: the cutover runs on the plan alone", name)
         return
-    forecast = forecast_from(run.journal, rehearsals[-1].id, runbook=run.runbook, section=run.config.forecast)
+    pre = run.config.presync
+    forecast = forecast_from(run.journal, rehearsals[-1].id, runbook=run.runbook, section=run.config.forecast,
+                             presync=(pre.interval_minutes * 60, pre.overlap_seconds) if pre.enabled else None)
     forecast.record(run.journal, run.run_id)
     logger.info("cutover forecast from rehearsal %s: ends %s (P50), %s (P90)", rehearsals[-1].id,
                 forecast.end_p50, forecast.end_p90)

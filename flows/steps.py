@@ -16,6 +16,7 @@ from prefect.flow_runs import pause_flow_run
 from checklists.runbook import Phase, Step
 from connectors.errors import MigrationError, StepNotDone
 from connectors.secrets import redact
+from flows import presync
 from flows.actions import get_action
 from flows.actions.verify import verify as verify_checks
 from flows.downtime import announce, ask_rollback_if_due, downtime_ended, downtime_started
@@ -92,13 +93,21 @@ def do_step(run: RunContext, phase: Phase, step: Step) -> None:
         owner=step.owner, urgency=step.urgency, action=step.action, planned_duration_s=step.planned_s,
         planned_start=run.planned_start(step), downtime=step.downtime, flow_run_id=flow_run_id(),
     )
+    if step.presync:
+        presync.keep_running(run, step)
+    else:
+        presync.stop(run, step.id)  # before 2.11 writes the box: one writer at a time
     sections = []
+    if step.presync and run.presyncer:
+        sections.append(presync.prompt_section(run, step))
     if step.verify:  # an automated step is checked too: the result is journaled, issues opened
         sections.append(verify_before(run, step.id)["markdown"])
         swept = sweeps_markdown(run.journal, run.run_id)
         if swept:
             sections.append(swept)
     confirmation = _confirmation(run, step, attempt, sections) if step.is_manual else None
+    if step.presync:
+        presync.halt_if_last(run, step)  # the users stop now: no new pass, a running one cut short
     step_task = run_step.with_options(
         name=f"step {step.id}", task_run_name=f"{step.id} {step.title}",
         tags=[f"owner:{step.owner}", f"phase:{step.phase}", f"urgency:{step.urgency}",

@@ -48,7 +48,10 @@ def alert_notifier(ctx: ActionContext, section: SweepSection) -> Notifier:
 
 
 class StragglerSweeper:
-    """Sweeps for one run and step, in a thread (see the module doc)."""
+    """Sweeps for one run and step, in a thread (see the module doc). :class:`flows.presync.PreSyncer`
+    is the same loop before the users stop in the cloud, with its own events, move and alerts."""
+
+    EVENT, ALERT, NOUN, NOUNS = EventKind.SWEEP, EventKind.SWEEP_ALERT, "sweep", "sweeps"
 
     def __init__(self, ctx: ActionContext, section: SweepSection, *, users_notifier: Notifier | None = None,
                  alerts: Notifier | None = None, clock=utcnow) -> None:
@@ -65,18 +68,19 @@ class StragglerSweeper:
                                   overlap_s=section.overlap_seconds, fallback_user_id=crm.fallback_user_id,
                                   use_batch_import=crm.use_batch_import)
         self.entities = list(crm.entities)
-        self.history = JournalSweepHistory(ctx.journal, ctx.run_id)
+        self.history = JournalSweepHistory(ctx.journal, ctx.run_id, self.EVENT)
         self.backup_max_ids: dict[str, int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_sweep = 0.0  # monotonic time the last sweep started
+        self._budget: RequestBudget | None = None  # the running sweep's (cancel() cuts it short)
         self.receiver = self._receiver()
         self._lock = threading.Lock()  # one sweep at a time (the thread, the final sweep)
-        self._thread = threading.Thread(target=self._loop, name=f"sweeps-{ctx.run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"{self.EVENT}-{ctx.run_id}", daemon=True)
 
     def _receiver(self):
         """The cloud's outgoing webhook events wake the sweeper early (``[sweeps] events_listen``)."""
-        if not self.section.events_listen:
+        if not getattr(self.section, "events_listen", ""):
             return None
         events = self.ctx.platform.events
         if events is None:
@@ -135,8 +139,8 @@ class StragglerSweeper:
             gap = self.section.min_gap_seconds - (time.monotonic() - self._last_sweep)
             if gap > 0 and not self._stop.is_set():
                 self._stop.wait(gap)
-        self.ctx.journal.add_event(self.ctx.run_id, EventKind.SWEEP_ALERT, f"sweeps stopped after {self.section.max_sweeps} "
-                                   "sweeps ([sweeps] max_sweeps)", step_id=self.ctx.step_id)
+        self.ctx.journal.add_event(self.ctx.run_id, self.ALERT, f"{self.NOUNS} stopped after {self.section.max_sweeps} "
+                                   f"{self.NOUNS} (max_sweeps)", step_id=self.ctx.step_id)
 
     # -- one sweep -------------------------------------------------------------------------------
     def _since(self, done: list) -> dt.datetime:
@@ -162,14 +166,16 @@ class StragglerSweeper:
         """Run, journal and announce one sweep. Never raises: a failure is journaled and alerted
         (a sweep must not stop the migration), and the next sweep tries again from the same point."""
         with self._lock:
-            done = sweeps(self.ctx.journal, self.ctx.run_id)
+            done = sweeps(self.ctx.journal, self.ctx.run_id, self.EVENT)
             number = len(done) + 1
             now = self.clock()
             req0 = self.cloud.requests + self.box.requests
             try:
                 budget = RequestBudget(per_sweep=self.section.requests_per_sweep,
                                        per_day=self.section.requests_per_day,
-                                       used_today=requests_today(self.ctx.journal, self.ctx.run_id, now))
+                                       used_today=requests_today(self.ctx.journal, self.ctx.run_id, now,
+                                                                 kinds=(self.EVENT, self.ALERT)))
+                self._budget = budget
                 self.cloud.budget = self.box.budget = budget
                 since = self._since(done)
                 try:
@@ -177,9 +183,9 @@ class StragglerSweeper:
                         marks = backup_marks(self.ctx, self.box, self.cutoff, self.idmap)
                         self.backup_max_ids = {e: m["max_id"] for e, m in marks.items()}  # timeline, smart processes too
                     user_map = self.crm.map_users(self.cloud, self.box)  # each time: users are invited meanwhile
-                    outcome = self.crm.sweep(self.cloud, self.box, self.idmap, self.history, since=since,
-                                             backup_max_ids=self.backup_max_ids, after_ids=self._after_ids(done),
-                                             user_map=user_map, policy=self.policy, entities=self.entities, now=now)
+                    outcome = self._move(done, since=since, backup_max_ids=self.backup_max_ids,
+                                         after_ids=self._after_ids(done), user_map=user_map, policy=self.policy,
+                                         entities=self.entities, now=now)
                 except BudgetExhausted as exc:
                     outcome = SweepOutcome(started_at=now, since=since, stopped=exc.message)
                 finally:
@@ -190,19 +196,24 @@ class StragglerSweeper:
                     outcome.started_at, outcome.high_water = since, {}
                 else:
                     outcome.started_at = now  # the next sweep lists from here (minus the overlap)
-                record_sweep(self.ctx.journal, self.ctx.run_id, outcome, step_id=self.ctx.step_id, number=number)
-                log.info("sweep %s: %s", number, outcome.summary())
+                record_sweep(self.ctx.journal, self.ctx.run_id, outcome, step_id=self.ctx.step_id, number=number,
+                             kinds=(self.EVENT, self.ALERT), noun=self.NOUN)
+                log.info("%s %s: %s", self.NOUN, number, outcome.summary())
                 self._announce(number, outcome)
                 return outcome
             except Exception as exc:  # noqa: BLE001 — whatever broke, the customer's test period goes on
                 text = redact(exc.message if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}")
-                self.ctx.journal.add_event(self.ctx.run_id, EventKind.SWEEP_ALERT, f"sweep {number} failed: {text}",
+                self.ctx.journal.add_event(self.ctx.run_id, self.ALERT, f"{self.NOUN} {number} failed: {text}",
                                            data={"number": number,
                                                  "requests": self.cloud.requests + self.box.requests - req0},
                                            step_id=self.ctx.step_id)
-                self._alert(f"sweep {number} failed", text, "the sweep stopped; the next one starts again from the "
-                            "same point", getattr(exc, "fix", None) or "check the portals and the journal")
+                self._alert(f"{self.NOUN} {number} failed", text, f"the {self.NOUN} stopped; the next one starts "
+                            "again from the same point", getattr(exc, "fix", None) or "check the portals and the journal")
                 return None
+
+    def _move(self, done: list, **kw) -> SweepOutcome:
+        """The platform's sweep (the pre-sync moves with its own)."""
+        return self.crm.sweep(self.cloud, self.box, self.idmap, self.history, **kw)
 
     def _announce(self, number: int, outcome: SweepOutcome) -> None:
         for q in outcome.newly_quarantined:
@@ -213,8 +224,8 @@ class StragglerSweeper:
                         "find and stop what keeps writing the record in the cloud, then release it: "
                         f"cloud2box sweep release {q['entity']} {q['cloud_id']} --run {self.ctx.run_id} --config CONFIG --by NAME")
         if outcome.stopped:
-            self._alert(f"sweep {number} stopped by its request budget", outcome.stopped,
-                        "the sweep stopped; what it had imported stays; the migration goes on",
+            self._alert(f"{self.NOUN} {number} stopped by its request budget", outcome.stopped,
+                        f"the {self.NOUN} stopped; what it had imported stays; the migration goes on",
                         "if the traffic is legitimate raise [sweeps] requests_per_sweep / requests_per_day, "
                         "else look for a loop")
         if outcome.stragglers and self.users_notifier is not None and self.section.notify_stragglers:

@@ -44,6 +44,9 @@ class EventKind(StrEnum):
     QUARANTINE = "quarantine"
     QUARANTINE_RELEASE = "quarantine-release"
     STRAGGLERS_TOLD = "stragglers-told"
+    # the pre-sync of phase 2 (flows/presync.py): the same sweeps, before the users stop in the cloud
+    PRESYNC = "presync"
+    PRESYNC_ALERT = "presync-alert"  # a pass failed or stopped; its requests count in the day's budget
     # checks, issues, escalation, notices, forecasts
     VERIFICATION = "verification"
     ISSUE = "issue"

@@ -245,7 +245,8 @@ def _part_rows(journal, run_id: str) -> dict[str, list[tuple[float, float]]]:
 def forecast_from(journal, rehearsal_run_id: str, backup_size: float | None = None,
                   delta_records: float | None = None, *, start: dt.datetime | None = None,
                   rates: dict[str, float] | None = None, runbook=None,
-                  section: ForecastSection | None = None) -> Forecast:
+                  section: ForecastSection | None = None,
+                  presync: tuple[float, float] | None = None) -> Forecast:
     """``cloud2box forecast --from RUN``: the cutover forecast from a rehearsal's journal.
 
     Args:
@@ -254,7 +255,14 @@ def forecast_from(journal, rehearsal_run_id: str, backup_size: float | None = No
         start: when the cutover starts (default now).
         rates: step id → P50 rate to use instead of the rehearsal's (unit/s of that step).
         runbook: a :class:`checklists.runbook.Runbook`; its steps missing from the rehearsal use their plan.
+        presync: ``(interval_s, overlap_s)`` of the cutover's pre-sync: when the rehearsal ran pre-sync
+            passes, the CRM delta step (``transfer_crm_delta``) is forecast from them
+            (:func:`journal.presync.freeze_forecast`), not scaled from the rehearsal's whole delta.
     """
+    from .presync import freeze_forecast  # it reads the journal's pre-sync passes, built on this module
+
+    freeze = freeze_forecast(journal, rehearsal_run_id, interval_s=presync[0], overlap_s=presync[1],
+                             p90_factor=(section or ForecastSection()).p90_factor) if presync else None
     section = section or ForecastSection()
     run = journal.get_run(rehearsal_run_id)
     latest: dict[str, StepExecution] = {}
@@ -278,7 +286,10 @@ def forecast_from(journal, rehearsal_run_id: str, backup_size: float | None = No
         unit, amount, rate = measured[sid]
         common = dict(step_id=sid, title=e.title, phase=e.phase, owner=e.owner, action=e.action,
                       downtime=e.downtime, rehearsal_s=e.duration_s)
-        if e.action != "manual" and unit and rate:
+        if freeze is not None and e.action == "transfer_crm_delta":
+            rows.append(StepForecast(**common, kind="automated", unit="records", amount=freeze.records_p50,
+                                     p50_s=freeze.p50_s, p90_s=freeze.p90_s, basis=freeze.basis))
+        elif e.action != "manual" and unit and rate:
             samples = _samples(e, unit, etas.get(sid, []), parts.get(sid, []))
             if len(samples) >= 3:
                 spread = max(1.0, statistics.median(samples) / _quantile(samples, 0.10))
@@ -377,14 +388,27 @@ class LiveEta:
 
 # -- forecast vs actual -------------------------------------------------------------------------
 
+FORECAST_METHODS = {"automated": "measured rate", "manual": "rehearsal's duration", "plan": "the plan"}
+
+
 def compare(forecast: Forecast, journal, run_id: str) -> list[dict]:
-    """Per step of ``run_id``: forecast P50/P90 vs the actual duration (latest done execution)."""
+    """Per step of ``run_id``: forecast P50/P90 vs the actual duration (latest done execution).
+
+    ``kind`` is what the step is — ``automated`` (an action runs it) or ``manual`` (a person
+    confirms it) — read from the step's action; ``method`` is how its forecast was made
+    (:data:`FORECAST_METHODS` of the row's kind: an automated step without a measured amount is
+    forecast from the rehearsal's duration, like a manual one). ``error_pct`` is
+    (P50 − actual) ÷ actual × 100: +162 % means the forecast was 2.62 × the actual duration,
+    −40 % that the step took longer than forecast.
+    """
     actual = {e.step_id: e for e in journal.steps(run_id) if e.outcome == "done"}
     out = []
     for r in forecast.rows:
         e = actual.get(r.step_id)
         a = e.duration_s if e else None
-        out.append({"step": r.step_id, "title": r.title, "kind": r.kind, "p50_s": r.p50_s, "p90_s": r.p90_s,
+        out.append({"step": r.step_id, "title": r.title, "kind": "manual" if r.action == "manual" else "automated",
+                    "method": FORECAST_METHODS.get(r.kind, r.kind), "basis": r.basis,
+                    "p50_s": r.p50_s, "p90_s": r.p90_s,
                     "actual_s": a, "error_pct": (100.0 * (r.p50_s - a) / a) if a else None,
                     "within_p90": (a <= r.p90_s * 1.0000001) if a is not None else None})
     return out

@@ -28,6 +28,12 @@ def risk_statuses(journal: Journal, run_id: str) -> dict[str, RiskStatus]:
         return {r.risk_id: r for r in rows}
 
 
+def risk_decisions(journal: Journal, run_id: str) -> list[RiskStatus]:
+    """Every risk decision of ``run_id`` in the order it was journaled (the report's table)."""
+    with journal.session() as s:
+        return list(s.scalars(select(RiskStatus).where(RiskStatus.run_id == run_id).order_by(RiskStatus.id)))
+
+
 def risk_register_markdown(register, statuses: dict[str, str] | None = None) -> str:
     """The register (a :class:`checklists.risks.RiskRegister`) as a Markdown table, each risk with
     its status in the run."""

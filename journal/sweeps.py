@@ -23,8 +23,8 @@ def _aware(d: dt.datetime) -> dt.datetime:
 class JournalSweepHistory:
     """The sweep's ``SweepHistory`` (what the loop guard remembers), read from a run's journal events."""
 
-    def __init__(self, journal, run_id: str) -> None:
-        self.journal, self.run_id = journal, run_id
+    def __init__(self, journal, run_id: str, kind: EventKind = EventKind.SWEEP) -> None:
+        self.journal, self.run_id, self.kind = journal, run_id, kind  # kind: SWEEP, or PRESYNC for the pre-sync
 
     def observed(self, since: dt.datetime) -> dict[tuple[str, str], set[str]]:
         """Changes seen at or after ``since``; for a released record only those after its release
@@ -32,7 +32,7 @@ class JournalSweepHistory:
         released = {(e.data["entity"], str(e.data["cloud_id"])): _aware(e.at)
                     for e in self.journal.events(self.run_id, EventKind.QUARANTINE_RELEASE)}
         out: dict[tuple[str, str], set[str]] = {}
-        for e in self.journal.events(self.run_id, EventKind.SWEEP):
+        for e in self.journal.events(self.run_id, self.kind):
             at = _aware(e.at)
             if at < since:
                 continue
@@ -46,7 +46,7 @@ class JournalSweepHistory:
         return quarantined(self.journal, self.run_id)
 
     def released_since_last_sweep(self) -> dict[str, set[str]]:
-        done = self.journal.events(self.run_id, EventKind.SWEEP)
+        done = self.journal.events(self.run_id, self.kind)
         last = _aware(done[-1].at) if done else None
         out: dict[str, set[str]] = {}
         for e in self.journal.events(self.run_id, EventKind.QUARANTINE_RELEASE):
@@ -68,22 +68,27 @@ def quarantined(journal, run_id: str) -> dict[str, set[str]]:
     return out
 
 
-def requests_today(journal, run_id: str, now: dt.datetime | None = None) -> int:
-    """Requests the run's sweeps spent since midnight UTC (the daily budget's count)."""
+def requests_today(journal, run_id: str, now: dt.datetime | None = None, *,
+                   kinds: tuple[EventKind, EventKind] = (EventKind.SWEEP, EventKind.SWEEP_ALERT)) -> int:
+    """Requests the run's sweeps (``kinds``: the sweep's event and its alert) spent since midnight
+    UTC (the daily budget's count)."""
     now = now or utcnow()
     midnight = _aware(now).replace(hour=0, minute=0, second=0, microsecond=0)
     # failed sweeps spent requests too
-    spent = journal.events(run_id, EventKind.SWEEP) + journal.events(run_id, EventKind.SWEEP_ALERT)
+    spent = journal.events(run_id, kinds[0]) + journal.events(run_id, kinds[1])
     return sum(int(e.data.get("requests", 0)) for e in spent if _aware(e.at) >= midnight)
 
 
-def sweeps(journal, run_id: str) -> list:
-    return journal.events(run_id, EventKind.SWEEP)
+def sweeps(journal, run_id: str, kind: EventKind = EventKind.SWEEP) -> list:
+    return journal.events(run_id, kind)
 
 
-def record_sweep(journal, run_id: str, outcome, *, step_id: str | None, number: int) -> None:
-    """Journal one sweep; each newly quarantined record gets its own event and an issue."""
-    journal.add_event(run_id, EventKind.SWEEP, f"sweep {number}: {outcome.summary()}",
+def record_sweep(journal, run_id: str, outcome, *, step_id: str | None, number: int,
+                 kinds: tuple[EventKind, EventKind] = (EventKind.SWEEP, EventKind.SWEEP_ALERT),
+                 noun: str = "sweep") -> None:
+    """Journal one sweep (``kinds``: its event and alert kinds, ``noun`` what it is called); each newly
+    quarantined record gets its own event and an issue."""
+    journal.add_event(run_id, kinds[0], f"{noun} {number}: {outcome.summary()}",
                       data={"number": number, **outcome.as_data()}, step_id=step_id)
     for q in outcome.newly_quarantined:
         text = (f"{q['entity']} {q['cloud_id']} ({q['title'] or 'no title'}) changed {q['changes']} times within "
@@ -94,7 +99,7 @@ def record_sweep(journal, run_id: str, outcome, *, step_id: str | None, number: 
                      detail="Find what writes this record in the cloud again and again (a two-way integration, a "
                             "robot); stop it, then release the record: cloud2box sweep release")
     if outcome.stopped:
-        journal.add_event(run_id, EventKind.SWEEP_ALERT, f"sweep {number} stopped: {outcome.stopped}",
+        journal.add_event(run_id, kinds[1], f"{noun} {number} stopped: {outcome.stopped}",
                           data={"number": number, "stopped": outcome.stopped}, step_id=step_id)
 
 

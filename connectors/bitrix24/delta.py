@@ -133,11 +133,13 @@ def _created_by_us(row: dict) -> bool:
 def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime, *,
                  entities: tuple[str, ...] | list[str] = ENTITIES, detect_deleted: bool = True,
                  max_ids: dict[str, int] | None = None, after_ids: dict[str, int] | None = None,
-                 progress=None, extras: bool = True) -> DeltaExport:
+                 include_ids: dict[str, set[str]] | None = None, progress=None, extras: bool = True) -> DeltaExport:
     """List the delta of every entity (see the module doc). ``max_ids``: the backup's highest IDs
     as :func:`backup_marks` took them before the import (read from the box when missing, which is
     right only before anything was imported). ``after_ids`` (sweeps): list creations only above these
-    cloud IDs (seen by an earlier pass), changes since ``cutoff`` as always.
+    cloud IDs (seen by an earlier pass), changes since ``cutoff`` as always. ``include_ids``: per entity,
+    cloud IDs exported whatever their last change's time (released from quarantine, or held back by
+    the pre-sync's loop guard), unless they are our own echoes.
     ``extras``: also the timeline of those records and the smart-process items (:func:`_export_extras`;
     their marks are ``max_ids``' ``activity``, ``product`` and ``dynamic:<entityTypeId>`` entries).
     ``progress(done_records, message)`` is told per entity."""
@@ -167,13 +169,15 @@ def export_delta(cloud: Bitrix24Client, box: Bitrix24Client, cutoff: dt.datetime
                 d.rows[rid] = row
         d.listed_up_to = max([floor, *map(int, d.rows), *map(int, d.echoes)])
         read_bindings(cloud, entity, list(d.rows.values()))
+        wanted = sorted({str(i) for i in (include_ids or {}).get(entity, ())} - set(d.rows) - echo_ids, key=int)
+        for rid, row in rows_by_id(cloud, entity, wanted).items():
+            if str(row.get("ORIGINATOR_ID") or "") != ORIGINATOR:
+                d.rows[rid] = row
         for rid, row in d.rows.items():
             created = parse_date(row.get("DATE_CREATE"))
             d.kind[rid] = "created" if int(rid) > max_id or (created and created > cutoff) else "modified"
         if detect_deleted:
-            cloud_ids = {str(r["ID"]) for r in iter_rows(cloud, method, filter={"<=ID": max_id}, select=["ID"])}
-            box_ids = {str(r["ID"]) for r in iter_rows(box, method, filter={"<=ID": max_id}, select=["ID"])}
-            d.deleted_in_cloud = sorted(box_ids - cloud_ids, key=int)
+            d.deleted_in_cloud = _deleted_of_backup(cloud, box, entity, max_id)
         out[entity] = d
         done += len(d.rows)
         if progress:
@@ -209,6 +213,58 @@ def _export_extras(cloud: Bitrix24Client, box: Bitrix24Client, exported: DeltaEx
     if progress:
         progress(exported.records, f"timeline: {exported.timeline.records} entries; smart processes: "
                                    f"{exported.dynamic.records} items")
+
+
+def _deleted_of_backup(cloud: Bitrix24Client, box: Bitrix24Client, entity: str, max_id: int) -> list[str]:
+    """Backup records (IDs up to the backup's highest) the box has and the cloud no longer has:
+    both ID sets are read whole (IDs only), the one part of the delta that grows with the portal."""
+    method = f"crm.{entity}.list"
+    cloud_ids = {str(r["ID"]) for r in iter_rows(cloud, method, filter={"<=ID": max_id}, select=["ID"])}
+    box_ids = {str(r["ID"]) for r in iter_rows(box, method, filter={"<=ID": max_id}, select=["ID"])}
+    return sorted(box_ids - cloud_ids, key=int)
+
+
+def deleted_in_cloud(cloud: Bitrix24Client, box: Bitrix24Client, idmap, max_ids: dict[str, int], *,
+                     entities: tuple[str, ...] | list[str] = ENTITIES) -> dict[str, list[str]]:
+    """Cloud IDs of records deleted in the cloud since the backup, per entity: backup records (see
+    :func:`_deleted_of_backup`) and records created after the backup that were moved already (in the
+    id map, gone from the cloud). Listed for the customer; nothing is deleted on the box."""
+    out: dict[str, list[str]] = {}
+    for entity in entities:
+        max_id = int(max_ids.get(entity, 0))
+        gone = _deleted_of_backup(cloud, box, entity, max_id) if max_id else []
+        moved = {c for c in idmap.get(entity) if int(c) > max_id}
+        if moved:
+            alive = {str(r["ID"]) for r in iter_rows(cloud, f"crm.{entity}.list", select=["ID"], after_id=max_id)}
+            gone += sorted(moved - alive, key=int)
+        if gone:
+            out[entity] = gone
+    return out
+
+
+def changed_since(cloud: Bitrix24Client, since: dt.datetime, *,
+                  entities: tuple[str, ...] | list[str] = ENTITIES) -> dict[str, int]:
+    """How many records of each entity the cloud created or changed after ``since`` (one batch: the
+    portal counts only what matches; creating a record sets its DATE_MODIFY too)."""
+    answers = cloud.batch_each({f"n{i}": f"crm.{e}.list?" + php_query(
+        {"filter": {">DATE_MODIFY": _iso(since)}, "select": ["ID"], "start": 0}) for i, e in enumerate(entities)})
+    return {e: int((answers.get(f"n{i}") or {}).get("total") or 0) for i, e in enumerate(entities)}
+
+
+def rows_by_id(client: Bitrix24Client, entity: str, ids: list[str]) -> dict[str, dict]:
+    """Records by ID with every field the delta compares and their bindings (50 IDs per list command,
+    50 commands per request). Complete or raising: a command refused by a limit is sent again
+    (``batch_each``), since a record read as missing would be written twice."""
+    out: dict[str, dict] = {}
+    for group in chunks(ids, 50 * 50):
+        cmd = {f"g{i}": f"crm.{entity}.list?" + php_query({"filter": {"@ID": part}, "select": SELECT[entity],
+                                                           "start": -1})
+               for i, part in enumerate(chunks(group, 50))}
+        for answer in client.batch_each(cmd).values():
+            for row in answer.get("result") or []:
+                out[str(row["ID"])] = row
+    read_bindings(client, entity, list(out.values()))
+    return out
 
 
 def read_bindings(client: Bitrix24Client, entity: str, rows: list[dict]) -> None:

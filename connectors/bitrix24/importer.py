@@ -32,9 +32,9 @@ from typing import Any, Callable
 
 from connectors.errors import FatalError, RateLimitedError, TransientError
 
-from .delta import DeltaExport, read_bindings
+from .delta import DeltaExport, rows_by_id
 from .lists import ITEM_ENTITY_TYPE, iter_rows, php_query
-from .model import BINDINGS, DATA_FIELDS, ENTITIES, MULTI, ORIGINATOR, RELATIONS, SELECT, USER_FIELDS, chunks, \
+from .model import BINDINGS, DATA_FIELDS, ENTITIES, MULTI, ORIGINATOR, RELATIONS, USER_FIELDS, chunks, \
     MAIN_LINK, UserMap, bindings_of, comparable, multi_values, parse_date
 from .rest import AmbiguousWriteError, Bitrix24Client
 from .userfields import UserFieldMaps, is_uf, sync_definitions
@@ -306,18 +306,8 @@ def _rebuild_map(ctx: _Context, entity: str, rep: EntityImport) -> dict[str, str
 
 
 def _fetch_box(ctx: _Context, entity: str, box_ids: list[str]) -> dict[str, dict]:
-    """Box records by ID (50 IDs per list command, 50 commands per request). Complete or raising:
-    a command refused by a limit is sent again (a record read as missing would be written twice)."""
-    out: dict[str, dict] = {}
-    for group in chunks(box_ids, 50 * 50):
-        cmd = {f"g{i}": f"crm.{entity}.list?" + php_query({"filter": {"@ID": ids}, "select": SELECT[entity],
-                                                           "start": -1})
-               for i, ids in enumerate(chunks(group, 50))}
-        for answer in ctx.box.batch_each(cmd).values():
-            for row in answer["result"] or []:
-                out[str(row["ID"])] = row
-    read_bindings(ctx.box, entity, list(out.values()))
-    return out
+    """Box records by ID, complete or raising (:func:`.delta.rows_by_id`)."""
+    return rows_by_id(ctx.box, entity, box_ids)
 
 
 def _on_box(ctx: _Context, entity: str, cloud_ids) -> dict[str, tuple[str, ...]]:

@@ -151,6 +151,13 @@ class _Crm:
     def sweep(self, cloud, box, idmap, history: SweepHistory, **kw) -> SweepOutcome:
         return sweep.run_sweep(cloud, box, idmap, history, **kw)
 
+    def presync(self, cloud, box, idmap, history: SweepHistory, *, scan_deleted: bool, **kw) -> SweepOutcome:
+        return sweep.run_sweep(cloud, box, idmap, history, stragglers=False, reconcile=True,
+                               scan_deleted=scan_deleted, **kw)
+
+    def backlog(self, cloud, since: dt.datetime, *, entities) -> dict[str, int]:
+        return delta.changed_since(cloud, since, entities=entities)
+
 
 class _Events:
     """The portal's outgoing webhooks (``application_token`` checked)."""

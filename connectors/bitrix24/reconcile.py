@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .delta import DeltaExport, read_bindings
+from .delta import DeltaExport, rows_by_id
 from .lists import iter_rows
-from .model import ENTITIES, ORIGINATOR, SELECT, UserMap, comparable, diff, field_hash, parse_date
+from .model import ENTITIES, ORIGINATOR, UserMap, comparable, diff, field_hash, parse_date
 from .userfields import UserFieldMaps, sync_definitions
 from .rest import Bitrix24Client
 
@@ -103,10 +103,13 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
         d = delta.entities[entity]
         r = out[entity] = EntityReconciliation(entity, cloud_delta=len(d.rows))
         by_origin: dict[str, list[dict]] = {}
-        ours = list(iter_rows(box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR}, select=SELECT[entity]))
-        read_bindings(box, entity, [row for row in ours if str(row.get("ORIGIN_ID")) in d.rows])
+        # every record we made, IDs only (twins, duplicates, presence); the fields of the delta's twins only:
+        # the cost follows the delta, not every record ever moved (the pre-sync's freeze moves minutes of changes)
+        ours = list(iter_rows(box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR},
+                              select=["ID", "ORIGIN_ID"]))
+        full = rows_by_id(box, entity, [str(r["ID"]) for r in ours if str(r.get("ORIGIN_ID")) in d.rows])
         for row in ours:
-            by_origin.setdefault(str(row.get("ORIGIN_ID")), []).append(row)
+            by_origin.setdefault(str(row.get("ORIGIN_ID")), []).append(full.get(str(row["ID"]), row))
         r.box_migrated = sum(len(v) for k, v in by_origin.items() if k in d.rows)
         for cid, row in d.rows.items():
             twins = by_origin.get(cid, [])

@@ -209,8 +209,12 @@ class Bitrix24Client:
         # a limit that resets later than we may wait raises: tell the human
         wait = backoff_wait(exc, state.attempt_number, base=0.5, cap=30.0, margin=0.05, max_wait=self.max_wait_s,
                             too_long="raise")
-        log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.name, redact(exc), wait,
-                    state.attempt_number, self.max_attempts)
+        if isinstance(exc, RateLimitedError):  # waited out by time (see _stop), not by the attempt count
+            log.warning("%s: %s; retrying in %.1f s (limit waited %.0f of at most %.0f s)", self.name, redact(exc),
+                        wait, state.seconds_since_start, self.max_wait_s)
+        else:
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.name, redact(exc), wait,
+                        state.attempt_number, self.max_attempts)
         self.waited_s += wait
         return wait
 

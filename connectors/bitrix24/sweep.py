@@ -27,10 +27,10 @@ import time
 from connectors.errors import BudgetExhausted
 from connectors.platform import SweepHistory, SweepOutcome, SweepPolicy
 
-from .delta import DeltaExport, export_delta
+from .delta import DeltaExport, deleted_in_cloud, export_delta
 from .importer import import_delta
-from .lists import iter_rows
-from .model import ENTITIES, SELECT, parse_date
+from .reconcile import reconcile as reconcile_delta
+from .model import ENTITIES, parse_date
 from .rest import Bitrix24Client
 
 log = logging.getLogger("cloud2box.sweep")
@@ -79,9 +79,15 @@ def stragglers_of(cloud: Bitrix24Client, delta: DeltaExport, *, since: dt.dateti
 def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepHistory, *,
               since: dt.datetime, backup_max_ids: dict[str, int], after_ids: dict[str, int],
               user_map: dict[str, str], policy: SweepPolicy, entities=ENTITIES,
-              now: dt.datetime | None = None, integration_user_ids: set[str] = frozenset()) -> SweepOutcome:
+              now: dt.datetime | None = None, integration_user_ids: set[str] = frozenset(),
+              stragglers: bool = True, reconcile: bool = False, scan_deleted: bool = False) -> SweepOutcome:
     """One sweep (see the module doc). Never raises ``BudgetExhausted``: a spent budget ends the
-    sweep with ``stopped`` set, keeping what was already imported."""
+    sweep with ``stopped`` set, keeping what was already imported.
+
+    The pre-sync's passes (phase 2, everyone still works in the cloud) list no stragglers,
+    ``reconcile`` what they moved (a mismatch is a failure: the next pass lists from the same point)
+    and, with ``scan_deleted``, compare the whole portal's IDs for records deleted in the cloud
+    (:func:`.delta.deleted_in_cloud`), so the freeze need not."""
     now = now or dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     req0 = cloud.requests + box.requests
@@ -89,8 +95,8 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
     out = SweepOutcome(started_at=now, since=listed_since)
     try:
         delta = export_delta(cloud, box, listed_since, entities=list(entities), detect_deleted=False,
-                             max_ids=backup_max_ids, after_ids=after_ids)
-        _add_released(cloud, delta, history.released_since_last_sweep())
+                             max_ids=backup_max_ids, after_ids=after_ids,
+                             include_ids=history.released_since_last_sweep())
         out.echoes_skipped = sum(len(d.echoes) for d in delta.entities.values())
         _guard(delta, history, policy, now, out)
         report = import_delta(box, delta, idmap, user_map=user_map, fallback_user_id=policy.fallback_user_id,
@@ -98,27 +104,25 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
         out.created = sum(e.created for e in report.entities.values())
         out.updated = sum(e.updated for e in report.entities.values())
         out.unchanged = sum(e.unchanged for e in report.entities.values())
-        out.failures = report.failures
-        # who still works in the cloud: after the import, so a spent budget costs the list, not records
-        out.stragglers = stragglers_of(cloud, delta, since=listed_since, integration_user_ids=integration_user_ids)
+        out.failures = list(report.failures)
+        out.records = delta.records
+        if reconcile:
+            rec = reconcile_delta(box, delta, idmap, user_map=user_map, fallback_user_id=policy.fallback_user_id)
+            out.reconciliation = {"ok": rec.ok, "mismatches": rec.mismatches, "per_entity": rec.per_entity()}
+            if not rec.ok:
+                out.failures.append(f"reconciliation of the moved records: {rec.mismatches} problem(s): "
+                                    f"{str(rec.evidence())[:400]}")
+        if scan_deleted:
+            out.deleted_in_cloud = deleted_in_cloud(cloud, box, idmap, backup_max_ids, entities=list(entities))
+        if stragglers:
+            # who still works in the cloud: after the import, so a spent budget costs the list, not records
+            out.stragglers = stragglers_of(cloud, delta, since=listed_since, integration_user_ids=integration_user_ids)
     except BudgetExhausted as exc:
         out.stopped = exc.message
         log.warning("sweep stopped: %s", exc.message)
     out.seconds = time.monotonic() - t0
     out.requests = cloud.requests + box.requests - req0
     return out
-
-
-def _add_released(cloud: Bitrix24Client, delta: DeltaExport, released: dict[str, set[str]]) -> None:
-    """Records released from quarantine join this sweep whatever their last change's time."""
-    for entity, ids in released.items():
-        d = delta.entities.get(entity)
-        if d is None or not ids:
-            continue
-        for row in iter_rows(cloud, f"crm.{entity}.list", filter={"@ID": sorted(ids, key=int)}, select=SELECT[entity]):
-            rid = str(row["ID"])
-            d.rows[rid] = row
-            d.kind[rid] = "created" if int(rid) > d.backup_max_id else "modified"
 
 
 def _guard(delta: DeltaExport, history: SweepHistory, policy: SweepPolicy, now: dt.datetime,

@@ -12,6 +12,8 @@ from journal.backup_marks import journaled_marks, record_marks
 from journal.counters import StepCounters
 from journal.events import EventKind
 from journal.idmap import IdMap
+from journal.presync import presync_state
+from journal.sweeps import quarantined
 
 from . import ActionContext, ActionResult, register
 
@@ -88,17 +90,27 @@ def _transfer(ctx: ActionContext) -> ActionResult:
 
     t0 = time.monotonic()
     marks = backup_marks(ctx, box, cutoff, idmap)  # before anything is written to the box
-    ctx.progress(0, None, "listing the cloud's records changed since the backup")
-    delta = crm.export(cloud, box, cutoff, entities=section.entities, detect_deleted=section.detect_deleted,
-                       max_ids={e: m["max_id"] for e, m in marks.items()},
+    max_ids = {e: m["max_id"] for e, m in marks.items()}
+    presync = _presync_plan(ctx, section, max_ids)
+    since = presync["since"] if presync else cutoff
+    ctx.progress(0, None, "listing the cloud's records changed since the " + ("last pre-sync pass" if presync else "backup"))
+    delta = crm.export(cloud, box, since, entities=section.entities,
+                       detect_deleted=section.detect_deleted and presync is None, max_ids=max_ids,
+                       after_ids=presync["after_ids"] if presync else None,
+                       include_ids=presync["held_back"] if presync else None,
                        progress=lambda n, msg: ctx.progress(n, None, f"export: {msg}"))
     out_dir = ctx.work_dir / "crm-delta"
     files = crm.write_review_files(delta, out_dir)
     ctx.journal.add_event(ctx.run_id, EventKind.CRM_DELTA_EXPORT,
-                          f"delta since {cutoff.isoformat()}: {delta.records} records in {delta.seconds:.1f} s",
-                          data={"cutoff": cutoff.isoformat(), "entities": delta.summary(),
+                          f"delta since {since.isoformat()}" + (" (the last pre-sync pass, less the overlap)"
+                                                                if presync else "")
+                          + f": {delta.records} records in {delta.seconds:.1f} s",
+                          data={"cutoff": cutoff.isoformat(), "since": since.isoformat(), "entities": delta.summary(),
+                                "presync": presync["state"] if presync else None,
                                 "csv": [str(f) for f in files], "requests": delta.requests}, step_id=ctx.step_id)
     deleted = {e: d.deleted_in_cloud for e, d in delta.entities.items() if d.deleted_in_cloud}
+    if presync:  # the passes compared the whole portal's IDs; deletions are listed from the latest comparison
+        deleted = {e: list(ids) for e, ids in (presync["state"].get("deleted_in_cloud") or {}).items() if ids}
     if deleted:
         ctx.journal.add_event(ctx.run_id, EventKind.CRM_DELETED_IN_CLOUD,
                               "records of the backup deleted in the cloud since: the customer decides "
@@ -124,7 +136,8 @@ def _transfer(ctx: ActionContext) -> ActionResult:
     rec = crm.reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
                         cloud=cloud)
     elapsed = time.monotonic() - t0
-    evidence = {"cutoff": cutoff.isoformat(), "backup_marks": marks, "export": delta.summary(),
+    evidence = {"cutoff": cutoff.isoformat(), "since": since.isoformat(), "presync": presync["state"] if presync else None,
+                "backup_marks": marks, "export": delta.summary(),
                 "import": report.summary(), **report.details(),
                 "import_method": report.method, "reconciliation": rec.evidence(), "reconciliation_ok": rec.ok,
                 "deleted_in_cloud": deleted, "fallback_users": report.fallback_users,
@@ -147,5 +160,26 @@ def _transfer(ctx: ActionContext) -> ActionResult:
         updated=float(sum(e.updated for e in report.entities.values())),
         deleted_in_cloud=float(sum(len(v) for v in deleted.values())),
         requests=float(delta.requests + report.requests), seconds=round(elapsed, 2))
-    return ActionResult(summary=f"{records} CRM records moved since the backup; reconciliation OK "
-                                f"({counters.records_per_s:.0f} records/s)", evidence=evidence, counters=counters)
+    what = (f"{records} CRM records changed since the last pre-sync pass moved ({presync['state']['moved']} moved "
+            f"by {presync['state']['passes']} pre-sync passes before)") if presync else \
+        f"{records} CRM records moved since the backup"
+    return ActionResult(summary=f"{what}; reconciliation of the whole delta OK ({counters.records_per_s:.0f} records/s, "
+                                f"{elapsed:.1f} s)", evidence=evidence, counters=counters)
+
+
+def _presync_plan(ctx: ActionContext, section: Any, max_ids: dict[str, int]) -> dict | None:
+    """What the pre-sync passes leave to this step: move only what changed since the last pass (less
+    the overlap), creations above the IDs they handled, and the records their loop guard held back.
+    None (the whole delta since the backup) when the pre-sync is off or no pass finished."""
+    state = presync_state(ctx.journal, ctx.run_id)
+    if not ctx.config.presync.enabled or not state.usable:
+        if state.passes or state.failed_passes:
+            ctx.journal.add_event(ctx.run_id, EventKind.PRESYNC_ALERT, "no finished pre-sync pass: step "
+                                  f"{ctx.step_id} moves the whole delta since the backup", step_id=ctx.step_id)
+        return None
+    overlap = dt.timedelta(seconds=ctx.config.presync.overlap_seconds)
+    after_ids = {e: max(int(max_ids.get(e, 0)), int(state.after_ids.get(e, 0))) for e in section.entities}
+    held = quarantined(ctx.journal, ctx.run_id)  # the users have stopped: nothing bounces now
+    data = state.as_data()
+    data["deleted_in_cloud"] = state.deleted_in_cloud
+    return {"since": state.resume_from - overlap, "after_ids": after_ids, "held_back": held, "state": data}

@@ -14,8 +14,10 @@ other IDs to the same values.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import dynamic
@@ -70,6 +72,24 @@ def _im(rng: random.Random) -> list[dict]:
     return [{"VALUE": f"@user{rng.randint(100, 999)}", "VALUE_TYPE": rng.choice(IM_TYPES)}]
 
 
+class _Without(Sequence):
+    """``[x for x in items if x != dropped]`` of an ascending list without building it: rng.sample
+    indexes a sequence, so the draws are the list's, in O(log n) instead of O(n) per contact."""
+
+    def __init__(self, items: list, dropped) -> None:  # items: ascending
+        self.items = items
+        at = bisect.bisect_left(items, dropped)
+        self.at = at if at < len(items) and items[at] == dropped else None
+
+    def __len__(self) -> int:
+        return len(self.items) - (self.at is not None)
+
+    def __getitem__(self, i: int):
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        return self.items[i + 1] if self.at is not None and i >= self.at else self.items[i]
+
+
 def make_custom(rng: random.Random, backup: dict, changes: list, cutoff: dt.datetime, post_end: dt.datetime,
                 users: list[dict], change_type) -> CustomDataset:
     """Add custom-field values, WEB/IM values and company bindings to the backup's records and the
@@ -84,14 +104,15 @@ def make_custom(rng: random.Random, backup: dict, changes: list, cutoff: dt.date
         if rng.random() < 0.2:
             lead["WEB"] = _web(rng, "lead")
     companies = sorted(backup["company"])
+    created = [backup["company"][c]["DATE_CREATE"] for c in companies]  # ascending: IDs follow time
     for rid, contact in backup["contact"].items():
         if rng.random() < 0.5:
             contact[CONTACT_LANGUAGES] = rng.sample(LANGUAGES, rng.randint(1, 3))
         if rng.random() < 0.3:
             contact["IM"] = _im(rng)
-        older = [c for c in companies if backup["company"][c]["DATE_CREATE"] < contact["DATE_CREATE"]]
+        older = companies[:bisect.bisect_left(created, contact["DATE_CREATE"])]
         if contact.get("COMPANY_ID") and len(older) > 1:  # 1–3 companies, the primary one first
-            extra = rng.sample([c for c in older if c != contact["COMPANY_ID"]], min(len(older) - 1, rng.randint(0, 2)))
+            extra = rng.sample(_Without(older, contact["COMPANY_ID"]), min(len(older) - 1, rng.randint(0, 2)))
             contact["COMPANY_IDS"] = [contact["COMPANY_ID"], *extra]
     for company in backup["company"].values():
         if rng.random() < 0.3:

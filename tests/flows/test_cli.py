@@ -135,10 +135,20 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
         sweeps = journal.events(run.id, "sweep")
         assert len(sweeps) >= 2 and sum(e.data["created"] for e in sweeps) >= 3
         assert any(e.data["stragglers"] for e in sweeps)
+        # issue 16: the pre-sync ran from 2.5 until 2.10 and followed the cloud; 2.11 moved only the rest
+        passes = journal.events(run.id, "presync")
+        assert passes and {e.step_id for e in passes} <= {"2.5", "2.6", "2.7", "2.8", "2.9", "2.10"}
+        freeze = next(s for s in journal.steps(run.id) if s.step_id == "2.11")
+        assert freeze.evidence["presync"] and freeze.evidence["reconciliation_ok"]
+        assert freeze.counters["records"] < sum(e.data["records"] for e in passes)
+        assert all(not e.data["failures"] for e in passes)
+        assert "the prompt showed the pre-sync's lag" in next(s for s in journal.steps(run.id) if s.step_id == "2.9").notes
     report = (out / "report.md").read_text()
     assert "## Verification before step 2.9" in report and "## Verification before the gate of phase 2" in report
     assert "## Straggler sweeps" in report
     assert re.search(r"straggler sweeps during 3.1: \d+, \d+ record\(s\) moved", res.stdout)
+    assert re.search(r"pre-sync during 2.5–2.10: \d+ pass\(es\)", res.stdout)
+    assert re.search(r"automated part of the downtime \(2.10 confirmed → 2.11 done\): [\d.]+ s", res.stdout)
 
 
 def test_run_refuses_an_automated_step_without_its_config_and_names_the_way_out(tmp_path):

@@ -12,6 +12,7 @@ from tests.flows.conftest import MINI_RUNBOOK
 from flows.customer import ScriptedCustomer, demo_answer
 from flows.downtime import DowntimeWatcher, notifier_for
 from journal.configuration import LadderSection
+from journal.pdf import find_chromium
 from journal.store import Journal
 from journal.triage import issues, resolve_issue
 
@@ -83,6 +84,8 @@ def test_downtime_sends_notices_walks_the_ladder_and_asks_the_decision(prefect_s
     files = sorted(p.name for p in (out_dir / "notices" / run.id).glob("*.md"))  # a rehearsal writes, never sends
     assert any(f.endswith("downtime-started.md") for f in files) and any(f.endswith("summary.md") for f in files)
     assert (out_dir / "report.html").exists()
+    printable = find_chromium()[0] is not None  # report.pdf is printed once and kept with the run too
+    assert (out_dir / "report.pdf").exists() == printable == (out_dir / "runs" / run.id / "report.pdf").exists()
 
 
 @pytest.mark.prefect
