@@ -136,6 +136,11 @@ def bindings_of(row: dict) -> set[tuple[int, str]]:
     return {(int(b.get("OWNER_TYPE_ID") or 0), str(b.get("OWNER_ID"))) for b in row.get("BINDINGS") or []}
 
 
+# Up to this many activities are looked up on the box by their cloud IDs (a few requests: a pre-sync
+# pass, the freeze); more are found with one listing of all of ours (a catch-up moving weeks).
+BY_ID_LIMIT = 1000
+
+
 def ours_on_box(box, cloud_ids=None) -> dict[str, list[str]]:
     """Box activities carrying our ORIGINATOR_ID: cloud ID (ORIGIN_ID) → box IDs, ascending.
     ``cloud_ids``: only these (in groups of 100), else every one of ours."""
@@ -165,7 +170,7 @@ def _locate(ctx: _Context, kind: dict[str, str]) -> dict[str, str]:
     twin; the map is completed or re-pointed from it: a crash between a box write and the map write,
     or a twin deleted on the box and written again); an activity of the backup keeps its ID."""
     rep = ctx.report.entities["activity"]
-    found = ours_on_box(ctx.box)
+    found = ours_on_box(ctx.box, list(kind) if len(kind) <= BY_ID_LIMIT else None)
     known = ctx.idmap.get("activity")
     fix = [(c, ids[0]) for c, ids in found.items() if c in kind and known.get(c) != ids[0]]
     if fix:

@@ -289,7 +289,9 @@ def _reconcile_rows(box, tdelta: TimelineDelta, idmap, owners: Owners) -> Timeli
 
 def _reconcile_activities(ctx, tdelta: TimelineDelta, owners: Owners, cloud) -> TimelineEntityReconciliation:
     r = TimelineEntityReconciliation("activity", cloud_delta=len(tdelta.activities))
-    ours = act.ours_on_box(ctx.box)
+    # with ``cloud`` every activity created since the backup is checked for a twin: all of ours are needed
+    small = cloud is None and len(tdelta.activities) <= act.BY_ID_LIMIT
+    ours = act.ours_on_box(ctx.box, list(tdelta.activities) if small else None)
     mapped = ctx.idmap.get("activity")
     box_of = {c: (ours.get(c) or [None])[0] or ((mapped.get(c) or c) if tdelta.activity_kind[c] == "modified" else None)
               for c in tdelta.activities}

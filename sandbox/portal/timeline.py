@@ -31,6 +31,7 @@ removal of its activities are one step. Written from the vendor's REST docs
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -298,6 +299,34 @@ def _ordered(rows: list[dict], order: Any, allowed: set[str] | dict, default: di
     return rows
 
 
+def _by_id_without_count(p: dict) -> bool:
+    """``order: {ID: ASC}`` and ``start=-1``: a page is the first matches above the filter's ``>ID``."""
+    order = _param(p, "order")
+    try:
+        start = int(p.get("start", 0) or 0)
+    except (TypeError, ValueError):
+        return False
+    return start < 0 and isinstance(order, dict) and len(order) == 1 and \
+        str(next(iter(order))).upper() == "ID" and str(next(iter(order.values()))).upper() == "ASC"
+
+
+def _id_floor(flt: Any) -> int | None:
+    """The lowest ID a filter's ``>ID`` / ``>=ID`` lets through, minus one (None: no bound)."""
+    if not isinstance(flt, dict):
+        return None
+    floors = []
+    for key, value in flt.items():
+        k = str(key).upper()
+        try:
+            if k == ">ID":
+                floors.append(int(value))
+            elif k == ">=ID":
+                floors.append(int(value) - 1)
+        except (TypeError, ValueError):
+            return None
+    return max(floors) if floors else None
+
+
 def _page(rows: list, p: dict, count_cost_s: float) -> tuple[list, dict, float]:
     """A page of 50 from ``start``; the envelope's total/next; the simulated count cost. ``start=-1``
     skips the count: total 0, no next (api-reference/performance/huge-data.md)."""
@@ -321,6 +350,7 @@ class TimelineStore:
         self.crm = crm
         self.lock = crm.lock  # one lock: an owner's deletion and its timeline's go together
         self.activities: dict[int, dict] = {}
+        self._activity_ids: list[int] | None = None  # sorted keys of ``activities``, rebuilt after a change
         self.comments: dict[int, dict] = {}
         self.products: dict[int, dict] = {}
         self.rows: dict[tuple[str, int], list[dict]] = {}  # (owner type code, owner ID) → rows
@@ -350,6 +380,7 @@ class TimelineStore:
                 act["BINDINGS"] = [b for b in act["BINDINGS"] if b != key]
                 if not act["BINDINGS"]:
                     del self.activities[act_id]
+                    self._activity_ids = None
                 elif (act["OWNER_TYPE_ID"], act["OWNER_ID"]) == (type_id, int(record_id)):
                     act.update(act["BINDINGS"][0])
             for com_id in [c for c, com in self.comments.items()
@@ -383,6 +414,8 @@ class TimelineStore:
                 act.update(act["BINDINGS"][0])  # the owner is the first binding when none was given
             act["FILES"] = [self._new_id("file", f) for f in act.get("FILES") or []]
             _derive(act)
+            if act["ID"] not in self.activities:
+                self._activity_ids = None
             self.activities[act["ID"]] = act
         return act["ID"]
 
@@ -624,6 +657,8 @@ class _Api:
         flt = dict(flt) if isinstance(flt, dict) else flt
         bindings = flt.pop("BINDINGS", None) if isinstance(flt, dict) else None
         preds = _compile(flt, ACTIVITY_KINDS, self.tz)
+        if bindings is None and _by_id_without_count(p):
+            return self._activity_page_by_id(p, flt, preds), 0.0
         with self.s.lock:
             rows = [a for a in self.s.activities.values() if all(pr(a) for pr in preds)]
             if bindings is not None:
@@ -632,6 +667,24 @@ class _Api:
             page, extra, cost = _page(rows, p, self.count_cost_s)
             select = [str(s) for s in _php_list(_param(p, "select") or [])]
             return {"result": [self.s.render_activity(a, select, self.base_url) for a in page], **extra}, cost
+
+    def _activity_page_by_id(self, p: dict, flt: dict, preds: list) -> dict:
+        """The same page as the general path (ascending IDs above the filter's ``>ID``, no count), read
+        like a primary-key range: the store's own speed, not a change in what the portal answers."""
+        floor = _id_floor(flt)
+        with self.s.lock:
+            if self.s._activity_ids is None:
+                self.s._activity_ids = sorted(self.s.activities)
+            ids = self.s._activity_ids
+            page = []
+            for aid in ids[bisect.bisect_right(ids, floor) if floor is not None else 0:]:
+                act = self.s.activities[aid]
+                if all(pr(act) for pr in preds):
+                    page.append(act)
+                    if len(page) == PAGE:
+                        break
+            select = [str(s) for s in _php_list(_param(p, "select") or [])]
+            return {"result": [self.s.render_activity(a, select, self.base_url) for a in page], "total": 0}
 
     def _activity_id(self, p: dict) -> int:
         act_id = _intval(_param(p, "id"))
@@ -765,6 +818,7 @@ class _Api:
     def crm_activity_delete(self, p: dict) -> tuple[dict, float]:
         act_id = self._activity_id(p)
         with self.s.lock:
+            self.s._activity_ids = None
             if self.s.activities.pop(act_id, None) is None:
                 raise StoreError("", "Activity is not found.")
         return {"result": True}, 0.0

@@ -21,6 +21,13 @@ pytestmark = pytest.mark.prefect
 CALLS: dict[str, int] = {}
 
 
+@pytest.fixture(autouse=True)
+def _no_pdf(monkeypatch):
+    """Pauses, gates and resumes are tested here, not the report: no Chromium start (~2 s) at each
+    run's end (the product's own switch, journal/pdf.py). report.pdf from a run: test_downtime.py."""
+    monkeypatch.setenv("CLOUD2BOX_CHROMIUM", "off")
+
+
 @register("test_flaky_check")
 def _flaky_check(ctx):
     """Fails on its first call in a run, succeeds after: a failure the engineer fixes and re-runs."""

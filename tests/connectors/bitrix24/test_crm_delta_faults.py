@@ -2,19 +2,14 @@
 shorter than a batch, limits inside batches, and kill -9 at every write boundary.
 
 Real parts: the sandbox cloud and box portals over loopback HTTP, the journal on SQLite, the step's
-action in a subprocess that is killed. What the box holds is counted per ORIGIN_ID through its REST
+action in a process of its own that is killed. What the box holds is counted per ORIGIN_ID through its REST
 API with the classic list method (``box_twins``), not with the product's listing code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -36,8 +31,8 @@ from journal.store import Journal
 from tests.flows.actions.helpers import action_config
 
 from .crm_helpers import FAST, backdate, box_twins, clients, expected_delta, idmap, make_pair
+from .killed_step import fork_context, run_step
 
-ROOT = Path(__file__).resolve().parents[3]
 ENTITIES = ("company", "contact", "lead", "deal")
 SMALL = dict(companies=10, contacts=20, leads=40, deals=20, post_fraction=0.25)
 
@@ -264,86 +259,47 @@ def test_the_operating_limit_running_out_in_the_middle_of_a_batch_is_waited_out(
 
 # --- kill -9 at every write boundary (defect 3 among them: between batchImport and its add) -----
 
-CHILD = r"""
-import sys
-from pathlib import Path
-
-from pydantic import SecretStr
-
-from connectors.bitrix24 import rest
-from flows.actions import ActionContext
-from flows.actions.crm_delta import transfer_crm_delta
-from journal.store import Journal
-from tests.flows.actions.helpers import action_config
-
-cloud_url, box_url, cutoff, db, work, batch_import = sys.argv[1:7]
-send = rest.Bitrix24Client._once
-
-
-def boundary(text):
-    print("BOUNDARY " + text, flush=True)
-    if sys.stdin.readline().strip() != "go":
-        sys.exit(3)
-
-
-def watched(self, method, params, *, idempotent):
-    # every HTTP write to the box: a boundary before it and one after it (answer in or not)
-    if idempotent:
-        return send(self, method, params, idempotent=idempotent)
-    what = ",".join(sorted({c.partition("?")[0] for c in (params.get("cmd") or {}).values()})) or method
-    boundary("before " + what)
-    try:
-        return send(self, method, params, idempotent=idempotent)
-    finally:
-        boundary("after " + what)
-
-
-rest.Bitrix24Client._once = watched
-config = action_config(crm_delta={"rate": 150, "burst": 40, "box_rate": 150, "box_burst": 40, "cutoff": cutoff,
-                                  "use_batch_import": batch_import == "1", "timeout_s": 10},
-                       migration={"name": "acme", "portal": "http://127.0.0.1"})
-journal = Journal("sqlite:///" + db)
-run, _ = journal.open_run(name="acme", portal="http://127.0.0.1", mode="rehearsal", timezone="UTC", config_snapshot={})
-ctx = ActionContext(config=config, secrets={"cloud_webhook": SecretStr(cloud_url), "box_webhook": SecretStr(box_url)},
-                    journal=journal, run_id=run.id, step_id="2.11", mode="rehearsal", work_dir=Path(work))
-transfer_crm_delta(ctx)
-print("DONE", flush=True)
-"""
+_FORKS = fork_context()
 
 
 def _run_killed(pair, db: Path, kill_at: int | None, *, batch_import: bool = True) -> tuple[list[str], bool]:
-    """Step 2.11 in a subprocess, SIGKILLed at write boundary number ``kill_at`` (None: never).
-    Returns the boundaries it reached and whether it was killed. Every wait is bounded."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-c", CHILD, pair.cloud_webhook, pair.box_webhook, pair.cutoff.isoformat(), str(db),
-            str(db.parent), "1" if batch_import else "0"]
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    """Step 2.11 in a process of its own (killed_step.py: forked from a server that imported the
+    product once), SIGKILLed at write boundary number ``kill_at`` (None: never). Returns the
+    boundaries it reached and whether it was killed. Every wait is bounded."""
+    ours, theirs = _FORKS.Pipe()
+    proc = _FORKS.Process(target=run_step, daemon=True,
+                          args=(theirs, pair.cloud_webhook, pair.box_webhook, pair.cutoff.isoformat(), str(db),
+                                str(db.parent), batch_import))
+    proc.start()
+    theirs.close()
     seen: list[str] = []
-    killed = False
+    killed, error = False, None
     try:
         for _ in range(10_000):
-            line = lines.get(timeout=120)
-            if line is None or line.startswith("DONE"):
+            assert ours.poll(120), f"step 2.11 went silent after {seen[-1:]}"
+            try:
+                kind, text = ours.recv()
+            except EOFError:  # it died without a word: its exit code tells
                 break
-            if not line.startswith("BOUNDARY "):
-                continue
-            seen.append(line.removeprefix("BOUNDARY ").strip())
+            if kind != "boundary":
+                error = text if kind == "error" else None
+                break
+            seen.append(text)
             if kill_at is not None and len(seen) - 1 == kill_at:
-                proc.send_signal(signal.SIGKILL)
+                proc.kill()  # SIGKILL
                 killed = True
                 break
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        proc.wait(timeout=60)
+            ours.send("go")
+        proc.join(timeout=60)
     finally:
-        if proc.poll() is None:
+        if proc.is_alive():
             proc.kill()
-            proc.wait(timeout=30)
-    if not killed:
-        assert proc.returncode == 0, proc.stderr.read()[-3000:]
+            proc.join(timeout=30)
+        ours.close()
+    if killed:
+        assert proc.exitcode == -signal.SIGKILL
+    else:
+        assert error is None and proc.exitcode == 0, error or f"exit code {proc.exitcode}"
     return seen, killed
 
 
