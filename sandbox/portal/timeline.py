@@ -352,6 +352,7 @@ class TimelineStore:
         self.activities: dict[int, dict] = {}
         self._activity_ids: list[int] | None = None  # sorted keys of ``activities``, rebuilt after a change
         self.comments: dict[int, dict] = {}
+        self._comments_by_owner: dict[tuple[str, int], list[dict]] | None = None  # rebuilt after a change
         self.products: dict[int, dict] = {}
         self.rows: dict[tuple[str, int], list[dict]] = {}  # (owner type code, owner ID) → rows
         self.next_id = {"activity": 1, "comment": 1, "product": 1, "row": 1, "communication": 1, "file": 1}
@@ -386,6 +387,7 @@ class TimelineStore:
             for com_id in [c for c, com in self.comments.items()
                            if (com["ENTITY_TYPE"], com["ENTITY_ID"]) == (entity, int(record_id))]:
                 del self.comments[com_id]
+                self._comments_by_owner = None
             self.rows.pop((OWNER_ABBR[entity], int(record_id)), None)
 
     # --- activities -----------------------------------------------------------------------------
@@ -465,6 +467,7 @@ class TimelineStore:
             new_id = self._new_id("comment", comment_id)
             if new_id in self.comments:
                 raise StoreError("ERROR_CORE", f"comment {new_id} exists")
+            self._comments_by_owner = None
             self.comments[new_id] = {"ID": new_id, "ENTITY_TYPE": entity, "ENTITY_ID": int(entity_id),
                                      "CREATED": parse_date(created or dt.datetime.now(dt.UTC)),
                                      "COMMENT": str(text), "AUTHOR_ID": int(author_id)}
@@ -839,11 +842,25 @@ class _Api:
                for k, v in flt.items()}
         preds = _compile(flt, COMMENT_KINDS, self.tz)
         with self.s.lock:
-            rows = [c for c in self.s.comments.values() if all(pr(c) for pr in preds)]
+            rows = [c for c in self._comments_of(flt) if all(pr(c) for pr in preds)]
             rows = _ordered(rows, _param(p, "order"), set(COMMENT_ORDER), {"ID": "ASC"})
             page, extra, cost = _page(rows, p, self.count_cost_s)
             select = [str(s) for s in _php_list(_param(p, "select") or [])]
             return {"result": [self.s.render_comment(c, select) for c in page], **extra}, cost
+
+    def _comments_of(self, flt: dict) -> list[dict]:
+        """The comments a filter naming one owner can match (the index of the store's speed; the
+        predicates still decide), else all of them."""
+        owner = {str(k).upper(): v for k, v in flt.items() if str(k).upper() in ("ENTITY_TYPE", "ENTITY_ID")}
+        if len(owner) < 2 or isinstance(owner["ENTITY_ID"], (list, dict)) or \
+                isinstance(owner["ENTITY_TYPE"], (list, dict)) or not str(owner["ENTITY_ID"]).strip().isdigit():
+            return list(self.s.comments.values())
+        if self.s._comments_by_owner is None:
+            index: dict[tuple[str, int], list[dict]] = {}
+            for c in self.s.comments.values():
+                index.setdefault((c["ENTITY_TYPE"], c["ENTITY_ID"]), []).append(c)
+            self.s._comments_by_owner = index
+        return self.s._comments_by_owner.get((str(owner["ENTITY_TYPE"]), int(str(owner["ENTITY_ID"]).strip())), [])
 
     def _comment(self, p: dict, *, missing: tuple[str, str]) -> dict:
         com_id = _intval(_param(p, "id"))
@@ -894,6 +911,7 @@ class _Api:
         with self.s.lock:
             com = self._comment(p, missing=("NOT_FOUND", "Not found."))
             del self.s.comments[com["ID"]]
+            self.s._comments_by_owner = None
         return {"result": None}, 0.0
 
     # crm.product.* ------------------------------------------------------------------------------
