@@ -12,7 +12,7 @@ users' downtime) and :mod:`flows.outputs` (artifacts, exports, the report).
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -22,7 +22,7 @@ from flows.config import Mode
 from flows.downtime import final_summary, stop_watching, watch_downtime
 from flows.gates import ask_gate, record_gate
 from flows.outputs import write_outputs
-from flows.run_context import RunContext, build_setup, check_setup, open_run
+from flows.run_context import RunContext, build_setup, check_setup, customer_tag, open_run, refuse_second_run
 from flows import presync
 from flows.steps import do_step, run_step
 from journal.events import EventKind
@@ -76,7 +76,42 @@ def run_phase(run: RunContext, config: str, mode: str, number: int) -> dict:
     return ask_gate(run, phase)
 
 
-@flow(name="migration", flow_run_name="migration-{mode}", persist_result=False)
+def run_name(config: str, mode: str) -> str:
+    """A migration flow run's name: ``<[migration] name> · <mode> · <YYYY-MM-DD HH:MM>`` in the
+    migration's time zone (UTC, named ``migration``, when the config cannot be read: the run
+    itself then fails with the config's problems)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from flows.config import load_config
+
+    try:
+        cfg = load_config(config)
+        name, tz = cfg.migration.name, ZoneInfo(cfg.migration.timezone)
+    except Exception:  # noqa: BLE001 — a name must not hide the config's own error message
+        name, tz = "migration", dt.timezone.utc
+    return f"{name} · {mode} · {dt.datetime.now(tz):%Y-%m-%d %H:%M}"
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return run_name(str(params.get("config", "")), str(params.get("mode", "rehearsal")))
+
+
+def _tag_flow_run(tag: str) -> None:
+    """Add ``tag`` to the current flow run (a run started from a terminal was created without it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx and ctx.flow_run and tag not in (ctx.flow_run.tags or []):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(ctx.flow_run.id, tags=[*(ctx.flow_run.tags or []), tag])
+
+
+@flow(name="migration", flow_run_name=_flow_run_name, persist_result=False)
 def migration(config: str, mode: Mode = "rehearsal", new_run: bool = False) -> dict:
     """Run the migration runbook (phases 1–3) for the portal in ``config``.
 
@@ -84,9 +119,22 @@ def migration(config: str, mode: Mode = "rehearsal", new_run: bool = False) -> d
         config: path of the TOML configuration file.
         mode: ``rehearsal`` (the first backup: find problems, measure) or ``cutover`` (the real move).
         new_run: start a fresh journal run even if the last run of this mode did not finish.
+
+    Raises:
+        FatalError: another run of the same customer is live (nothing of it is touched).
     """
+    setup = build_setup(config)
+    tag = customer_tag(setup.config.migration.name)
+    _tag_flow_run(tag)
+    refuse_second_run(setup.config)
+    # every phase subflow and task run created inside carries the customer's tag
+    with tags(tag):
+        return _migrate(setup, config, mode, new_run)
+
+
+def _migrate(setup, config: str, mode: Mode, new_run: bool) -> dict:
     logger = get_run_logger()
-    run = open_run(build_setup(config), mode, new_run)
+    run = open_run(setup, mode, new_run)
     journal, run_id = run.journal, run.run_id
     try:
         check_access(run, "start")

@@ -14,6 +14,9 @@ process (Dask, Ray) would get a placeholder instead of the context.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import socket
 from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from prefect.context import FlowRunContext
 from pydantic import SecretStr
 
 from checklists.runbook import Runbook, Step, load_runbook
-from connectors.errors import ConfigError
+from connectors.errors import ConfigError, FatalError
 from connectors.http_download.disk import make_private_dir
 from connectors.secrets import install_log_redaction
 from flows.actions import MANUAL, ActionContext, known_actions, missing_requirements
@@ -170,12 +173,22 @@ def _forecast_cutover(run: RunContext) -> None:
 
 
 def _retire_flow_run(flow_run_id: str, superseded_by: str | None) -> None:
-    """Cancel what a killed process left paused or running, so nobody answers a dead prompt."""
+    """Send what an older process left paused or running to Cancelling, so nobody answers a dead prompt
+    and the runner or worker that started it stops its process.
+
+    Cancelling, not Cancelled: Cancelled is only a label, the process behind it keeps running (and
+    polling its prompts). The runner and the worker watch their flow runs for Cancelling, kill the
+    process and then set Cancelled themselves (prefect/runner/runner.py ``_cancel_run``; a process
+    already gone is marked Cancelled too). A run started from a terminal has no runner: its process
+    is proven gone (same host, pid dead: :func:`process_gone`) before we get here, and then Cancelled
+    is set directly, since nothing would ever move it on; the server's cancellation clean-up would
+    only do so after ``cancelling_timeout_seconds`` (300 s).
+    """
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-    from prefect.states import Cancelled
+    from prefect.states import Cancelled, Cancelling
 
     if not flow_run_id or flow_run_id == superseded_by:
         return  # a retry of the same flow run: nothing to retire
@@ -185,10 +198,96 @@ def _retire_flow_run(flow_run_id: str, superseded_by: str | None) -> None:
             old = client.read_flow_run(UUID(flow_run_id))
             children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[old.id])))
+            nothing_to_stop = old.deployment_id is None and process_gone(old.infrastructure_pid)
             for fr in [*children, old]:
                 if fr.state and not fr.state.is_final():
-                    client.set_flow_run_state(fr.id, Cancelled(message=f"superseded by flow run {superseded_by} (resume)"),
-                                              force=True)
+                    message = f"superseded by flow run {superseded_by} (resume)"
+                    client.set_flow_run_state(fr.id, Cancelled(message=message) if nothing_to_stop
+                                              else Cancelling(message=message), force=True)
                     logger.info("retired stale flow run %s (%s)", fr.name, fr.state.type.value)
     except Exception as exc:  # the old run may be gone from a cleaned-up server; resuming matters more
         logger.warning("could not retire the previous flow run %s: %s", flow_run_id, exc)
+
+
+# One live run per customer -------------------------------------------------------------------
+
+LIVE_STATES = ("RUNNING", "PAUSED", "PENDING", "SCHEDULED")
+
+
+def customer_slug(name: str) -> str:
+    """``[migration] name`` as deployment names and tags use it: lower-case ``[a-z0-9-]``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "migration"
+
+
+def customer_tag(name: str) -> str:
+    """The tag on every flow, subflow and task run of this customer: ``customer:<slug>``."""
+    return f"customer:{customer_slug(name)}"
+
+
+def process_gone(infrastructure_pid: str | None) -> bool:
+    """True only when ``host:pid`` names a process on this host that no longer exists.
+
+    Another host's process, a run with no pid recorded or a bare pid (a process worker records one
+    without its host) cannot be proven gone: False. (A pid reused by an unrelated process reads as
+    alive: the safe side, the run is refused, not retired.)
+    """
+    host, _, pid = (infrastructure_pid or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def refuse_second_run(config: Config) -> None:
+    """Refuse to start while another top-level flow run of the same customer is live; never touch it.
+
+    Live: paused (waiting for a person), or running / pending / due-scheduled and started before this
+    one (so two clicks at once leave exactly one run going, the first). A run whose process is proven
+    gone (:func:`process_gone`) is not live: the resume retires it. Also records this process as the
+    flow run's ``infrastructure_pid`` when the runner or worker did not, so a later start can tell a
+    killed terminal run from a live one.
+
+    Raises:
+        FatalError: naming the live run, its state and what to do.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentTaskRunId, FlowRunFilterState,
+                                                FlowRunFilterStateType, FlowRunFilterTags)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    ctx = FlowRunContext.get()
+    if not ctx or not ctx.flow_run:
+        return
+    me, tag = ctx.flow_run, customer_tag(config.migration.name)
+    with get_client(sync_client=True) as client:
+        if not me.infrastructure_pid:
+            client.update_flow_run(me.id, infrastructure_pid=f"{socket.gethostname()}:{os.getpid()}")
+        others = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[tag]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(LIVE_STATES))),
+            parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)),  # phases are counted by their parent
+            sort=FlowRunSort.START_TIME_ASC, limit=50)
+        mine = client.read_flow_run(UUID(str(me.id)))
+    now = dt.datetime.now(dt.timezone.utc)
+    for other in others:
+        if other.id == mine.id or not other.state or process_gone(other.infrastructure_pid):
+            continue
+        earlier = (other.created, str(other.id)) < (mine.created, str(mine.id))
+        state = other.state.type.value
+        due = state != "SCHEDULED" or (other.expected_start_time is None or other.expected_start_time <= now)
+        if state == "PAUSED" or (earlier and due):
+            raise FatalError(
+                f"{config.migration.name} already has a live run: flow run {other.name!r} ({other.id}) is "
+                f"{other.state.name}. Only one run per customer at a time; this start was refused and that run "
+                "was left as it is.",
+                fix=f"wait until it finishes, or cancel it in the Prefect UI (Runs → {other.name} → Cancel) or "
+                    f"with `prefect flow-run cancel {other.id}`, then start again (a cancelled run resumes where "
+                    "it stopped)")

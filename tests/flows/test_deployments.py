@@ -1,55 +1,251 @@
-"""`cloud2box serve`: the rehearsal and cutover deployments, started as the UI starts them."""
+"""Deployments: one pair per customer, fixed parameters, tagged and named runs, one live run per
+customer, retiring by Cancelling, and a process worker running a deployment from prefect.yaml."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
-from flows.customer import ScriptedCustomer
+from flows.customer import ScriptedCustomer, demo_answer
+from flows.run_context import customer_slug
 
-pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+NAME_RE = r"^{name} · {mode} · \d{{4}}-\d\d-\d\d \d\d:\d\d$"
 
 
-def test_served_deployment_runs_the_runbook_when_started_like_the_ui_does(prefect_server, make_config, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
+@given(st.text(max_size=40))
+def test_customer_slug_is_lower_case_letters_digits_and_dashes(name):
+    slug = customer_slug(name)
+    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug), slug
+    assert customer_slug(slug) == slug
 
-    from flows.config import load_config
-    from journal.store import Journal
 
-    config = make_config()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
-                            env={**os.environ, "PREFECT_API_URL": prefect_server}, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 90
-        with get_client(sync_client=True) as client:
-            while True:
-                try:
-                    deployments = {m: client.read_deployment_by_name(f"migration/{m}") for m in ("rehearsal", "cutover")}
-                    break
-                except ObjectNotFound:
-                    assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                    time.sleep(0.5)
-        assert deployments["cutover"].parameters == {"config": str(config), "mode": "cutover"}
-        assert deployments["rehearsal"].parameters["mode"] == "rehearsal"
-        with ScriptedCustomer(config=str(config), poll_s=0.5) as customer:
-            # what the UI's "Run" button does: create a flow run of the deployment; the served process runs it
-            flow_run = run_deployment("migration/cutover", timeout=240, poll_interval=1)
-        assert flow_run.state.is_completed(), (flow_run.state.message, (tmp_path / "serve.log").read_text()[-3000:])
-        assert len(customer.answered) == 6
-    finally:
-        proc.send_signal(signal.SIGINT)
+def _wait(predicate, timeout_s: float, what: str, log: Path | None = None, proc=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"process exited while waiting for {what}: {log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}: {log.read_text()[-3000:] if log else ''}")
+
+
+def _customer_runs(client, slug: str, **filters):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"customer:{slug}"]),
+                                                                **filters))
+
+
+def _stop(proc):
+    """End a process group we started (the worker's or serve's flow run subprocesses included)."""
+    if proc.poll() is None:
         try:
+            os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_served_deployments_are_per_customer_fixed_tagged_and_named(prefect_server, make_config, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    from flows.config import load_config
+    from flows.deployments import build_deployments
+    from journal.store import Journal
+
+    config, other = make_config(name="Acme GmbH " + uuid.uuid4().hex[:6]), make_config()
+    customer, other_customer = load_config(config).migration.name, load_config(other).migration.name
+    slug, other_slug = customer_slug(customer), customer_slug(other_customer)
+    for deployment in build_deployments(str(other)):  # another customer's pair, registered first
+        deployment.apply()
+    log_path = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
+                            env={**os.environ, "PREFECT_API_URL": prefect_server}, stdout=open(log_path, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with get_client(sync_client=True) as client:
+            def read_all():
+                try:
+                    return {(s, m): client.read_deployment_by_name(f"migration/{s}-{m}")
+                            for s in (slug, other_slug) for m in ("rehearsal", "cutover")}
+                except ObjectNotFound:
+                    return None
+
+            deployments = _wait(read_all, 90, "the deployments", log_path, proc)
+            assert len({d.id for d in deployments.values()}) == 4  # the second customer overwrote nothing
+            for (s, mode), d in deployments.items():
+                path = str(config if s == slug else other)
+                assert d.parameters == {"config": path}
+                assert f"customer:{s}" in d.tags and d.enforce_parameter_schema
+                props = d.parameter_openapi_schema["properties"]
+                assert set(props) == {"config"}  # no mode to change: the deployment fixes it
+                assert props["config"]["readOnly"] is True and props["config"]["enum"] == [path]
+                assert d.global_concurrency_limit.limit == 1
+                assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+
+            # the Run dialog's custom parameters: another config is refused by the server ...
+            cutover = deployments[(slug, "cutover")]
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                client.create_flow_run_from_deployment(cutover.id, parameters={"config": str(other)})
+            assert refused.value.response.status_code == 409
+            # ... and with the schema check switched off for the run, by the flow at its start
+            response = client._client.post(f"/deployments/{deployments[(slug, 'rehearsal')].id}/create_flow_run",
+                                           json={"parameters": {"config": str(other)},
+                                                 "enforce_parameter_schema": False})
+            response.raise_for_status()
+            sneaky = response.json()["id"]
+            state = _wait(lambda: (fr := client.read_flow_run(sneaky)).state.is_final() and fr.state, 120,
+                          "the overridden run to end", log_path, proc)
+            assert state.is_failed() and "was refused" in state.message, state.message
+            assert Journal(load_config(other).journal.url).runs() == []  # nothing of the other customer ran
+
+        with ScriptedCustomer(config=str(config), poll_s=0.5) as answering:
+            flow_run = run_deployment(f"migration/{slug}-cutover", timeout=240, poll_interval=1)
+        assert flow_run.state.is_completed(), (flow_run.state.message, log_path.read_text()[-3000:])
+        assert len(answering.answered) == 6
+        assert re.match(NAME_RE.format(name=re.escape(customer), mode="cutover"), flow_run.name), flow_run.name
+        tag = f"customer:{slug}"
+        with get_client(sync_client=True) as client:
+            phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])))
+            task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(
+                any_=[flow_run.id, *(p.id for p in phases)])))
+        assert tag in flow_run.tags
+        assert len(phases) == 2 and all(tag in p.tags for p in phases)
+        assert len(task_runs) > 4 and all(tag in t.tags for t in task_runs), [(t.name, t.tags) for t in task_runs]
+    finally:
+        _stop(proc)
     journal = Journal(load_config(config).journal.url)
     run = journal.runs()[-1]
     assert run.mode == "cutover" and run.status == "completed" and len(journal.steps(run.id)) == 4
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_a_second_start_of_the_same_customer_is_refused_and_the_first_stays_paused(prefect_server, make_config,
+                                                                                    monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+
+    from connectors.errors import FatalError
+    from flows.config import load_config
+    from flows.migration import migration
+    from journal.store import Journal
+
+    monkeypatch.setenv("CLOUD2BOX_CHROMIUM", "off")
+    config = make_config()
+    customer = load_config(config).migration.name
+    slug = customer_slug(customer)
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(state=migration(str(config), "rehearsal",
+                                                                          return_state=True)), daemon=True)
+    thread.start()
+    with get_client(sync_client=True) as client:
+        paused = _wait(lambda: _customer_runs(client, slug, state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=["PAUSED"]))), 120, "the first run's pause")
+        (phase,) = paused
+        parent = client.read_flow_run(client.read_task_run(phase.parent_task_run_id).flow_run_id)
+
+        second = migration(str(config), "cutover", return_state=True)  # any mode: one run per customer
+
+        assert second.is_failed()
+        exc = second.result(raise_on_failure=False)
+        assert isinstance(exc, FatalError), exc
+        assert str(parent.id) in exc.message and "already has a live run" in exc.message
+        assert f"prefect flow-run cancel {parent.id}" in exc.fix
+        assert re.match(NAME_RE.format(name=re.escape(customer), mode="rehearsal"), parent.name), parent.name
+        assert client.read_flow_run(phase.id).state.is_paused()  # never cancelled, still waiting for its answer
+        assert client.read_flow_run(parent.id).state.is_running()
+    runs = Journal(load_config(config).journal.url).runs()
+    assert [r.mode for r in runs] == ["rehearsal"]  # the refused start opened no journal run
+
+    with ScriptedCustomer(answer=demo_answer, config=str(config), poll_s=0.3):
+        thread.join(timeout=180)
+    assert not thread.is_alive() and first["state"].is_completed(), first
+
+
+@pytest.mark.prefect
+def test_retiring_sends_a_live_run_to_cancelling_and_a_dead_one_to_cancelled(prefect_server):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.run_context import _retire_flow_run
+
+    @flow(name="stale")
+    def stale():
+        pass
+
+    @flow(name="retire")
+    def retire(old: str, new: str):
+        _retire_flow_run(old, superseded_by=new)
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with get_client(sync_client=True) as client:
+        unknown = client.create_flow_run(stale, state=Running())  # no pid: its process may be alive
+        dead = client.create_flow_run(stale, state=Running())
+        client.update_flow_run(dead.id, infrastructure_pid=f"{socket.gethostname()}:{gone.pid}")
+        retire(str(unknown.id), "new-run")
+        retire(str(dead.id), "new-run")
+        assert client.read_flow_run(unknown.id).state.type.value == "CANCELLING"
+        assert client.read_flow_run(dead.id).state.type.value == "CANCELLED"
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_a_process_worker_runs_the_prefect_yaml_deployment_to_its_first_pause(prefect_server, make_config, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+
+    from flows.config import load_config
+
+    config = make_config()
+    slug = customer_slug(load_config(config).migration.name)
+    pool = f"c2b-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "CLOUD2BOX_CONFIG": str(config),
+           "CLOUD2BOX_CUSTOMER": slug, "CLOUD2BOX_HOME": str(REPO), "CLOUD2BOX_POOL": pool}
+    prefect_cli = [sys.executable, "-m", "prefect"]
+    yaml_before = (REPO / "prefect.yaml").read_text()
+    for args in (["work-pool", "create", "--type", "process", pool], ["--no-prompt", "deploy", "--all"]):
+        done = subprocess.run([*prefect_cli, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (REPO / "prefect.yaml").read_text() == yaml_before  # deploying does not rewrite the operator's file
+
+    log_path = tmp_path / "worker.log"
+    worker = subprocess.Popen([*prefect_cli, "worker", "start", "--pool", pool, "--prefetch-seconds", "5"],
+                              env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=tmp_path,
+                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"migration/{slug}-rehearsal")
+            assert deployment.work_pool_name == pool and deployment.parameters == {"config": str(config)}
+            flow_run = client.create_flow_run_from_deployment(deployment.id)
+            paused = _wait(lambda: _customer_runs(client, slug, state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=["PAUSED"]))), 180, "the manual step's pause", log_path, worker)
+            assert [p.name for p in paused] == ["phase-1-rehearsal"]
+            parent = client.read_flow_run(flow_run.id)
+            assert parent.state.is_running() and f"customer:{slug}" in parent.tags
+    finally:
+        _stop(worker)
