@@ -106,6 +106,8 @@ class Crm:
     def backup_marks(self, box, cutoff, *, entities, skip_ours=False):
         return {e: {"max_id": 0, "count": 0} for e in entities}
     def sweep(self, cloud, box, idmap, history, **kw): return None
+    def presync(self, cloud, box, idmap, history, *, scan_deleted, **kw): return None
+    def backlog(self, cloud, since, *, entities): return {}
 
 class Codes:
     def kind_of(self, code): return {"SLOW": "rate"}.get(code)

@@ -26,12 +26,16 @@ from sandbox.portal import PortalLimits, start_pair
 from sandbox.website import start_website
 
 SMALL = dict(companies=4, contacts=8, leads=16, deals=8, users=4, tasks=3)
+# the plan's request rate is not what these tests prove (the sweeps' request budgets are): portals
+# and clients drain fast, so that a sweep takes milliseconds instead of the 2/s plan's seconds
+FAST = PortalLimits.free(rate=200.0, burst=50)
+CLIENT_RATE = {"rate": 150, "burst": 40, "box_rate": 150, "box_burst": 40}
 
 
 def _context(tmp_path: Path, pair, *, sweeps_cfg: dict) -> ActionContext:
     raw = {"migration": {"name": "t", "portal": pair.cloud.base_url, "box_portal": pair.box.base_url},
            "journal": {"url": f"sqlite:///{tmp_path / 'journal.db'}", "out_dir": str(tmp_path / "out")},
-           "crm_delta": {"cutoff": pair.cutoff.isoformat(), "max_attempts": 2, "timeout_s": 10},
+           "crm_delta": {"cutoff": pair.cutoff.isoformat(), "max_attempts": 2, "timeout_s": 10, **CLIENT_RATE},
            "sweeps": sweeps_cfg,
            "notices": {"dry_run": True, "out_dir": str(tmp_path / "notices")},
            "secrets": {"cloud_webhook": {"env": "X_CLOUD"}, "box_webhook": {"env": "X_BOX"}}}
@@ -77,7 +81,7 @@ def _origins(store, entity="lead") -> list[str]:
 def two_way(tmp_path):
     # the website must not lose a write to the portal's rate limit: a refused write would end a
     # bounce by luck (the real integration platform retried until its credits were gone)
-    with start_pair(**SMALL, limits=PortalLimits.free(rate=100.0, burst=1000)) as pair:
+    with start_pair(**SMALL, limits=PortalLimits.free(rate=200.0, burst=1000)) as pair:
         website = start_website(pair.cloud_webhook, pair.box_webhook, "")
         website.application_token = pair.box.portal.add_outbound_webhook(
             website.handler_url, ["ONCRMLEADADD", "ONCRMLEADUPDATE"])
@@ -132,7 +136,7 @@ def test_without_quarantine_the_loop_goes_on_every_sweep(tmp_path, two_way):
 
 
 def test_stragglers_are_moved_exactly_once_and_listed(tmp_path):
-    with start_pair(**SMALL, limits=PortalLimits.free()) as pair:
+    with start_pair(**SMALL, limits=FAST) as pair:
         ctx = _context(tmp_path, pair, sweeps_cfg={"overlap_seconds": 3600})  # every sweep re-lists the last hour
         users = ctx.config.notices
         from flows.downtime import notifier_for
@@ -160,7 +164,7 @@ def test_stragglers_are_moved_exactly_once_and_listed(tmp_path):
 
 
 def test_a_spent_budget_stops_the_sweep_and_nothing_is_lost(tmp_path):
-    with start_pair(**SMALL, limits=PortalLimits.free()) as pair:
+    with start_pair(**SMALL, limits=FAST) as pair:
         ctx = _context(tmp_path, pair, sweeps_cfg={"requests_per_sweep": 10, "requests_per_day": 10_000})
         sweeper = StragglerSweeper(ctx, ctx.config.sweeps)
         first = sweeper.sweep_once()
@@ -184,7 +188,7 @@ def test_a_spent_budget_stops_the_sweep_and_nothing_is_lost(tmp_path):
 
 
 def test_quarantine_release(tmp_path):
-    with start_pair(**SMALL, limits=PortalLimits.free()) as pair:
+    with start_pair(**SMALL, limits=FAST) as pair:
         ctx = _context(tmp_path, pair, sweeps_cfg={})
         ctx.journal.add_event(ctx.run_id, "quarantine", "q", data={"entity": "lead", "cloud_id": "7"})
         assert quarantined(ctx.journal, ctx.run_id) == {"lead": {"7"}}
@@ -205,7 +209,7 @@ def _free_port() -> int:
 def test_cloud_events_wake_the_sweeper_early_and_forged_ones_are_refused(tmp_path):
     import requests
 
-    with start_pair(**SMALL, limits=PortalLimits.free()) as pair:
+    with start_pair(**SMALL, limits=FAST) as pair:
         port = _free_port()
         token = pair.cloud.portal.add_outbound_webhook(f"http://127.0.0.1:{port}/cloud2box/events",
                                                        ["ONCRMLEADADD", "ONCRMLEADUPDATE"])
@@ -280,7 +284,7 @@ def test_sweeps_use_the_backup_marks_step_2_11_journaled(tmp_path):
     from journal.events import EventKind
     from tests.connectors.bitrix24.crm_helpers import backdate, box_twins, expected_delta
 
-    with start_pair(companies=4, contacts=8, leads=30, deals=8, users=4, tasks=3, limits=PortalLimits.free()) as pair:
+    with start_pair(companies=4, contacts=8, leads=30, deals=8, users=4, tasks=3, limits=FAST) as pair:
         backdate(pair)
         ctx = _context(tmp_path, pair, sweeps_cfg={})
         ctx.step_id = "2.11"
