@@ -20,7 +20,6 @@ DEMO_POLL_S = 1  # short pause polling keeps the demo to a few minutes
 DEMO_SWEEP_MIN = 0.05  # a straggler sweep every 3 s
 DEMO_SWEEPS_SEEN = 2  # the scripted customer tests the box until this many sweeps moved the stragglers
 DEMO_PRESYNC_MIN = 0.05  # a pre-sync pass every 3 s while phase 2 waits for people
-DEMO_PASSES_SEEN = 1  # the health statement (2.9) waits until a pass followed the sales team's new work
 
 
 def write_demo_config(out: Path, sandbox) -> Path:
@@ -171,8 +170,11 @@ class DemoPeople:
                                                "ASSIGNED_BY_ID": seller["ID"], "CREATED_BY_ID": seller["ID"],
                                                "MODIFY_BY_ID": seller["ID"]}, now=now)
 
-    def _passes_after(self, count: int, timeout_s: float = 120) -> int:
-        """Wait (bounded) until ``count`` more pre-sync passes of the running run are journaled."""
+    def _passes_since(self, since, timeout_s: float = 120) -> int:
+        """Wait (bounded) until a pre-sync pass of the running run that started after ``since`` is
+        journaled (one that started before may have listed the cloud before the new records)."""
+        import datetime as dt
+
         from journal.presync import passes
         from journal.store import Journal
 
@@ -180,16 +182,22 @@ class DemoPeople:
         runs = [r for r in journal.runs() if r.status == "running"]  # the demo runs one migration at a time
         if not runs:
             return 0
-        before = len(passes(journal, runs[-1].id))
+
+        def after() -> list:
+            return [e for e in passes(journal, runs[-1].id) if dt.datetime.fromisoformat(e.data["started_at"]) >= since]
+
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(passes(journal, runs[-1].id)) < before + count:
+        while time.monotonic() < deadline and not after():
             time.sleep(0.5)
-        return len(passes(journal, runs[-1].id)) - before
+        return len(after())
 
     def _step_2_9(self, prompt) -> str:
         # the sales team still sells in the cloud while the box is tested; the pre-sync follows them
+        import datetime as dt
+
+        made_at = dt.datetime.now(dt.timezone.utc)
         self._sales_in_cloud("Lead made in the cloud during the box tests", 4)
-        seen = self._passes_after(DEMO_PASSES_SEEN)
+        seen = self._passes_since(made_at)
         lag = "; the prompt showed the pre-sync's lag" if "**Pre-sync:**" in prompt.description else ""
         return f"the box is healthy; test data deleted; meanwhile {seen} pre-sync pass(es) followed the cloud{lag}"
 
