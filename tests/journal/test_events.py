@@ -24,6 +24,7 @@ STORED = {
     "CRM_DUPLICATES_IN_BOX": "crm_duplicates_in_box", "CRM_RECONCILIATION": "crm_reconciliation",
     "SWEEP": "sweep", "SWEEP_ALERT": "sweep-alert", "QUARANTINE": "quarantine",
     "QUARANTINE_RELEASE": "quarantine-release", "STRAGGLERS_TOLD": "stragglers-told",
+    "PRESYNC": "presync", "PRESYNC_ALERT": "presync-alert",
     "VERIFICATION": "verification", "ISSUE": "issue", "ISSUE_RESOLVED": "issue-resolved", "LADDER": "ladder",
     "NOTICE": "notice", "FORECAST": "forecast", "FORECAST_ETA": "forecast-eta",
     "ANCHOR_UNDELIVERED": "anchor-undelivered",

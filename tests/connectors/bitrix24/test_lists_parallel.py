@@ -80,11 +80,13 @@ def test_a_consumer_that_stops_early_does_not_wait_for_the_whole_table():
     portal = Portal(store, limits=PortalLimits.free(rate=1000, burst=1000, page_cost_s=0.005))
     with PortalServer(portal) as srv:
         client = Bitrix24Client(srv.webhook, rate=1000, burst=1000)
-        t0 = time.perf_counter()
         pages = fast_list(client, "crm.lead.list", select=["ID"], commands_per_batch=10, chains=2)
         first = [next(pages) for _ in range(12)]  # into the parallel ranges
         pages.close()
-        elapsed = time.perf_counter() - t0
+        time.sleep(0.5)  # what was in flight lands
+        listed = store.rows_listed
     assert [int(r["ID"]) for r in first[0]][:3] == [1, 2, 3]
-    # 400 pages at 5 ms with 2 chains would take ≥ 1 s; closing cancels the ranges not started
-    assert elapsed < 1.0
+    # closing cancels the ranges not started: the portal read what was asked and what was in flight,
+    # far from the table's 400 pages (8 296 rows measured; counted by the portal, not timed: the machine
+    # may be busy)
+    assert listed < 15_000, listed
