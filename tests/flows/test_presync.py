@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
@@ -148,11 +149,13 @@ def test_a_pass_refused_by_the_budget_and_a_failed_pass_leave_2_11_the_whole_del
         assert ctx.journal.events(ctx.run_id, EventKind.PRESYNC_ALERT)
         assert list((tmp_path / "out" / "alerts" / ctx.run_id).glob("*-sync-alert.md"))
         # a pass that cannot reach the cloud (a revoked webhook): journaled, alerted, nothing raised
+        # a random code: a registered secret is masked everywhere in the process (a run of zeros would be too)
+        revoked = secrets.token_hex(8)
         broken = _context(tmp_path, pair, run_id=ctx.run_id, cloud_webhook=pair.cloud_webhook.replace(
-            pair.cloud_webhook.rstrip("/").rsplit("/", 1)[-1], "0" * 16))
+            pair.cloud_webhook.rstrip("/").rsplit("/", 1)[-1], revoked))
         assert PreSyncer(broken, broken.config.presync).sweep_once() is None
         failed = [e for e in ctx.journal.events(ctx.run_id, EventKind.PRESYNC_ALERT) if "failed" in e.message]
-        assert failed and "0" * 16 not in failed[-1].message
+        assert failed and revoked not in failed[-1].message
         state = presync_state(ctx.journal, ctx.run_id)
         assert not state.usable and state.resume_from == pair.cutoff
 
