@@ -160,13 +160,13 @@ class DemoPeople:
         fixed.append(f"search reindexed ({indexed} items)")
         return "sales tested leads, deals and calls; the contractor fixed what the checks found: " + "; ".join(fixed)
 
-    def _sales_in_cloud(self, what: str, n: int) -> None:
+    def _sales_in_cloud(self, what: str, n: int, *, name: str = "Client") -> None:
         import datetime as dt
 
         seller = self.pair.dataset.users[1]
         now = dt.datetime.now(dt.timezone.utc)
         for i in range(n):
-            self.pair.cloud.store.add("lead", {"TITLE": f"{what} {i + 1}", "NAME": "Client", "STATUS_ID": "NEW",
+            self.pair.cloud.store.add("lead", {"TITLE": f"{what} {i + 1}", "NAME": name, "STATUS_ID": "NEW",
                                                "ASSIGNED_BY_ID": seller["ID"], "CREATED_BY_ID": seller["ID"],
                                                "MODIFY_BY_ID": seller["ID"]}, now=now)
 
@@ -206,8 +206,6 @@ class DemoPeople:
         return "sales managers told to stop in the cloud"
 
     def _step_3_1(self, prompt) -> str:
-        import datetime as dt
-
         from journal.store import Journal
         from journal.sweeps import sweeps
 
@@ -215,13 +213,8 @@ class DemoPeople:
         runs = [r for r in journal.runs() if r.status == "running"]  # the demo runs one migration at a time
         run = runs[-1].id if runs else None
         before = len(sweeps(journal, run)) if run else 0
-        store = self.pair.cloud.store
-        seller = self.pair.dataset.users[1]
-        now = dt.datetime.now(dt.timezone.utc)
-        for n in range(3):  # a sales manager of another branch still works in the cloud
-            store.add("lead", {"TITLE": f"Lead from the cloud after the move {n + 1}", "NAME": "Straggler",
-                               "STATUS_ID": "NEW", "ASSIGNED_BY_ID": seller["ID"], "CREATED_BY_ID": seller["ID"],
-                               "MODIFY_BY_ID": seller["ID"]}, now=now)
+        # a sales manager of another branch still works in the cloud
+        self._sales_in_cloud("Lead from the cloud after the move", 3, name="Straggler")
         deadline = time.monotonic() + 90
         while run and time.monotonic() < deadline and len(sweeps(journal, run)) < before + DEMO_SWEEPS_SEEN:
             time.sleep(0.5)

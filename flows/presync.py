@@ -32,6 +32,7 @@ from journal.models import utcnow
 from journal.presync import freeze_forecast, presync_markdown, presync_state, refresh_forecast
 
 from .actions import ActionContext
+from .actions.crm_delta import crm_clients, crm_section
 from .config import PresyncSection
 from .sweeps import StragglerSweeper
 
@@ -53,12 +54,7 @@ class PreSyncer(StragglerSweeper):
     def __init__(self, ctx: ActionContext, section: PresyncSection, **kw) -> None:
         super().__init__(ctx, section, users_notifier=None, **kw)
 
-    def _since(self, done: list) -> dt.datetime:
-        """Where the last pass said the next one starts (the cutoff before the first)."""
-        state = presync_state(self.ctx.journal, self.ctx.run_id)
-        return state.resume_from or self.cutoff
-
-    def _move(self, done: list, **kw) -> SweepOutcome:
+    def _move(self, **kw) -> SweepOutcome:
         state = presync_state(self.ctx.journal, self.ctx.run_id)
         due = state.deleted_scanned_at is None or \
             (kw["now"] - state.deleted_scanned_at).total_seconds() >= self.section.deleted_scan_minutes * 60
@@ -77,8 +73,7 @@ class PreSyncer(StragglerSweeper):
     def halt(self, reason: str) -> None:
         """No more passes; a running one is cut short at its next request (what it wrote stays, it is
         journaled as stopped, and 2.11 moves from the last finished pass). Returns at once."""
-        self._stop.set()
-        self._wake.set()
+        self._signal_stop()
         budget = self._budget
         if budget is not None:
             budget.cancel(reason)
@@ -87,8 +82,7 @@ class PreSyncer(StragglerSweeper):
         """Stop the thread and wait for a running pass (no final pass: 2.11 moves the rest). Raises
         when a pass is still writing after ``wait_s`` (default :data:`STOP_WAIT_S`): 2.11 must not
         write beside it."""
-        self._stop.set()
-        self._wake.set()
+        self._signal_stop()
         wait_s = STOP_WAIT_S if wait_s is None else wait_s
         self._thread.join(timeout=wait_s)
         try:
@@ -132,11 +126,10 @@ def lag_section(ctx: ActionContext, section: PresyncSection, *, now: dt.datetime
     backlog = None
     if state.resume_from is not None:
         try:
-            from .actions.crm_delta import crm_clients, crm_section
-
-            cloud, box = crm_clients(ctx, crm_section(ctx))
+            section_crm = crm_section(ctx)
+            cloud, box = crm_clients(ctx, section_crm)
             try:
-                backlog = ctx.platform.crm.backlog(cloud, state.resume_from, entities=list(crm_section(ctx).entities))
+                backlog = ctx.platform.crm.backlog(cloud, state.resume_from, entities=list(section_crm.entities))
             finally:
                 cloud.session.close()
                 box.session.close()

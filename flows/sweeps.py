@@ -112,8 +112,7 @@ class StragglerSweeper:
 
     def stop(self, *, final_sweep: bool = True) -> SweepOutcome | None:
         """Stop the thread; then one last sweep (what was created up to now moves too)."""
-        self._stop.set()
-        self._wake.set()
+        self._signal_stop()
         if self.receiver is not None:
             self.receiver.close()
         self._thread.join(timeout=self.cloud.timeout * 4 + 30)
@@ -122,6 +121,11 @@ class StragglerSweeper:
         finally:
             self.cloud.session.close()
             self.box.session.close()
+
+    def _signal_stop(self) -> None:
+        """No new sweep starts; a waiting loop wakes to see it."""
+        self._stop.set()
+        self._wake.set()
 
     def _loop(self) -> None:
         for _ in range(self.section.max_sweeps):
@@ -183,7 +187,7 @@ class StragglerSweeper:
                         marks = backup_marks(self.ctx, self.box, self.cutoff, self.idmap)
                         self.backup_max_ids = {e: m["max_id"] for e, m in marks.items()}  # timeline, smart processes too
                     user_map = self.crm.map_users(self.cloud, self.box)  # each time: users are invited meanwhile
-                    outcome = self._move(done, since=since, backup_max_ids=self.backup_max_ids,
+                    outcome = self._move(since=since, backup_max_ids=self.backup_max_ids,
                                          after_ids=self._after_ids(done), user_map=user_map, policy=self.policy,
                                          entities=self.entities, now=now)
                 except BudgetExhausted as exc:
@@ -211,7 +215,7 @@ class StragglerSweeper:
                             "again from the same point", getattr(exc, "fix", None) or "check the portals and the journal")
                 return None
 
-    def _move(self, done: list, **kw) -> SweepOutcome:
+    def _move(self, **kw) -> SweepOutcome:
         """The platform's sweep (the pre-sync moves with its own)."""
         return self.crm.sweep(self.cloud, self.box, self.idmap, self.history, **kw)
 
