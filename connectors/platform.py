@@ -101,7 +101,8 @@ class CrmEndpoint(Protocol):
     flows take them once, journal them, and pass ``max_ids`` to ``export``, the checks and the
     sweeps from the journal; ``skip_ours`` for a box written to before (records carrying the
     migration's own marker are left out). ``reconcile`` takes ``cloud=`` to list the cloud's records
-    created since the backup on its own. ``import_delta`` takes ``review_dir=`` for the lists the
+    created since the backup on its own, and ``proven=`` (presence marks an earlier reconciliation
+    left, its result's ``proven()``) to list only what came after them. ``import_delta`` takes ``review_dir=`` for the lists the
     customer reviews; its report has ``summary()`` (per entity), ``details()`` (what else it moved or
     made, by kind), ``failures``, ``method``, ``written``, ``requests`` and ``fallback_users``;
     ``reconcile``'s result has ``ok``, ``mismatches``, ``without_twin``, ``evidence()`` and
@@ -124,7 +125,8 @@ class CrmEndpoint(Protocol):
     def presync(self, cloud: Any, box: Any, idmap: Any, history: "SweepHistory", *, scan_deleted: bool,
                 **kw: Any) -> "SweepOutcome":
         """A pre-sync pass: :meth:`sweep`'s move (same keywords) without the stragglers, the moved records
-        reconciled; ``scan_deleted``: also compare the whole portal's IDs for records deleted in the cloud."""
+        reconciled and the presence of what the cloud created since the ``proven`` marks (keyword) proven;
+        ``scan_deleted``: also compare the whole portal's IDs for records deleted in the cloud."""
     def backlog(self, cloud: Any, since: dt.datetime, *, entities: tuple[str, ...] | list[str]) -> dict[str, int]:
         """Per entity, how many cloud records changed or were created after ``since`` (a few requests)."""
 
@@ -241,6 +243,7 @@ class SweepOutcome:
     records: int = 0  # records the sweep listed (its delta), timeline and smart processes included
     reconciliation: dict | None = None  # a pre-sync pass proves what it moved: {"ok", "mismatches", "per_entity"}
     deleted_in_cloud: dict[str, list[str]] | None = None  # entity → cloud IDs, when the pass compared ID sets
+    proven: dict[str, dict[str, int]] | None = None  # a pre-sync pass's presence marks: entity → {"cloud", "box"}
 
     @property
     def moved(self) -> int:
@@ -264,4 +267,4 @@ class SweepOutcome:
                 "quarantined": self.newly_quarantined, "held_back": self.held_back, "stragglers": self.stragglers,
                 "high_water": self.high_water, "failures": self.failures[:50], "stopped": self.stopped,
                 "records": self.records, "reconciliation": self.reconciliation,
-                "deleted_in_cloud": self.deleted_in_cloud}
+                "deleted_in_cloud": self.deleted_in_cloud, "proven": self.proven}

@@ -58,7 +58,8 @@ class PreSyncer(StragglerSweeper):
         state = presync_state(self.ctx.journal, self.ctx.run_id)
         due = state.deleted_scanned_at is None or \
             (kw["now"] - state.deleted_scanned_at).total_seconds() >= self.section.deleted_scan_minutes * 60
-        return self.crm.presync(self.cloud, self.box, self.idmap, self.history, scan_deleted=due, **kw)
+        return self.crm.presync(self.cloud, self.box, self.idmap, self.history, scan_deleted=due,
+                                proven=state.proven, **kw)
 
     def _announce(self, number: int, outcome: SweepOutcome) -> None:
         if outcome.stopped and self._budget is not None and self._budget.cancelled:

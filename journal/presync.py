@@ -7,8 +7,10 @@ A pass is a ``presync`` event written by :mod:`flows.presync` (the data of a
 - **where to start**: the last pass's ``started_at`` (a pass that stopped or failed writes the
   start of its own window, so nothing is skipped) minus the overlap, and the highest cloud IDs
   the passes handled (creations above them are new);
-- **what is already proven**: each pass reconciled what it moved; a record changed after its pass
-  changes its modification time and is listed again by the next pass or by 2.11;
+- **what is already proven**: each pass reconciled what it moved and proved every record the cloud
+  created up to its marks present on the box (``proven``: cloud and box IDs per entity), so 2.11
+  proves only what came after them; a record changed after its pass changes its modification time
+  and is listed again by the next pass or by 2.11;
 - **what was deleted in the cloud**: the latest pass that compared the whole portal's IDs.
 
 The forecast of 2.11 comes from the passes too (:func:`freeze_forecast`): the pass time explained
@@ -56,6 +58,7 @@ class PresyncState:
     deleted_in_cloud: dict[str, list[str]] | None = None  # from the latest ID-set comparison
     deleted_scanned_at: dt.datetime | None = None
     failed_passes: int = 0  # presync-alert events: failed or stopped passes
+    proven: dict[str, dict[str, int]] = field(default_factory=dict)  # the last good pass's presence marks
 
     @property
     def usable(self) -> bool:
@@ -66,7 +69,7 @@ class PresyncState:
         return {"passes": self.passes, "good_passes": self.good_passes, "failed_passes": self.failed_passes,
                 "last_at": self.last_at.isoformat() if self.last_at else None,
                 "resume_from": self.resume_from.isoformat() if self.resume_from else None,
-                "after_ids": self.after_ids, "moved": self.moved,
+                "after_ids": self.after_ids, "moved": self.moved, "proven": self.proven,
                 "deleted_scanned_at": self.deleted_scanned_at.isoformat() if self.deleted_scanned_at else None}
 
 
@@ -78,6 +81,8 @@ def presync_state(journal, run_id: str) -> PresyncState:
         for entity, high in (e.data.get("high_water") or {}).items():
             state.after_ids[entity] = max(state.after_ids.get(entity, 0), int(high))
         state.moved += int(e.data.get("created", 0)) + int(e.data.get("updated", 0))
+        if _good(e) and e.data.get("proven"):
+            state.proven = e.data["proven"]
         if e.data.get("deleted_in_cloud") is not None:
             state.deleted_in_cloud, state.deleted_scanned_at = e.data["deleted_in_cloud"], _aware(e.at)
     if done:
@@ -104,8 +109,9 @@ def freeze_forecast(journal, run_id: str, *, interval_s: float, overlap_s: float
     the fixed part is the shortest pass and the rate the total). The first pass (everything since
     the backup) is the rate's best sample but not the change rate's: the cloud's changes per hour
     are what the later passes moved over the time they covered. 2.11 moves the changes of up to
-    one interval (P50: half of it) plus the overlap, and proves the whole delta's presence, which
-    the fixed part does not include: P90 takes ``p90_factor`` over the fixed part too.
+    one interval (P50: half of it) plus the overlap, and proves presence above the last pass's marks
+    as a pass does (the marks keep the gap out of it); it also reads the users, the field definitions
+    and the deletions' list once more: P90 takes ``p90_factor`` over the fixed part too.
     """
     good = [e for e in passes(journal, run_id) if _good(e)]
     if len(good) < 2:

@@ -141,14 +141,15 @@ def bindings_of(row: dict) -> set[tuple[int, str]]:
 BY_ID_LIMIT = 1000
 
 
-def ours_on_box(box, cloud_ids=None) -> dict[str, list[str]]:
+def ours_on_box(box, cloud_ids=None, *, after_id: int = 0) -> dict[str, list[str]]:
     """Box activities carrying our ORIGINATOR_ID: cloud ID (ORIGIN_ID) → box IDs, ascending.
-    ``cloud_ids``: only these (in groups of 100), else every one of ours."""
+    ``cloud_ids``: only these (in groups of 100), else every one of ours with a box ID above ``after_id``."""
     found: dict[str, list[str]] = {}
     groups = [None] if cloud_ids is None else list(chunks(sorted({str(c) for c in cloud_ids}, key=int), 100))
     for group in groups:
         flt = {"ORIGINATOR_ID": ORIGINATOR, **({"@ORIGIN_ID": group} if group else {})}
-        for row in iter_rows(box, "crm.activity.list", filter=flt, select=["ID", "ORIGIN_ID"], commands_per_batch=5):
+        for row in iter_rows(box, "crm.activity.list", filter=flt, select=["ID", "ORIGIN_ID"], commands_per_batch=5,
+                             after_id=after_id if group is None else 0):
             found.setdefault(str(row.get("ORIGIN_ID")), []).append(str(row["ID"]))
     return {c: sorted(ids, key=int) for c, ids in found.items()}
 

@@ -44,6 +44,7 @@ log = logging.getLogger("cloud2box.bitrix24")
 MAX_ROUNDS = 5  # re-plans in a row that got no record further, per entity
 MAX_ROUNDS_TOTAL = 200  # re-plans at all, per entity (each follows a write resolved on the box)
 SETTLE_MAX_S = 600.0  # longest wait for an in-flight write to end on the box (at least 10 × the timeout)
+BY_ORIGIN_LIMIT = 1000  # up to this many records, their box twins are looked up by ORIGIN_ID (else: all of ours)
 
 # crm.item.batchImport's name for each field we write with crm.<entity>.add, per entity. Each item
 # of its ``data`` is the ``fields`` of crm.item.import (bitrix-tools/b24-rest-docs
@@ -281,28 +282,31 @@ def _box_fields(ctx: _Context, entity: str, cloud_id: str, row: dict, *, create:
     return out
 
 
-def _rebuild_map(ctx: _Context, entity: str, rep: EntityImport) -> dict[str, str]:
-    """Complete the map from the box: every record with our ORIGINATOR_ID, by ORIGIN_ID."""
+def _rebuild_map(ctx: _Context, entity: str, rep: EntityImport, cloud_ids: list[str]) -> dict[str, str]:
+    """Complete the map from the box: our records (ORIGINATOR_ID) by ORIGIN_ID — those of ``cloud_ids``
+    when they are few (a pre-sync pass or the freeze moves minutes of changes: the cost follows the delta,
+    not every record ever moved), else every one of ours in one listing."""
     known = ctx.idmap.get(entity)
-    found: dict[str, str] = {}
-    dups: set[str] = set()
-    for row in iter_rows(ctx.box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR},
-                         select=["ID", "ORIGIN_ID"]):
-        origin = str(row.get("ORIGIN_ID") or "")
-        if not origin:
-            continue
-        if origin in found:
-            dups.add(origin)
-            continue  # ascending IDs: the first twin wins, the map keeps pointing at it
-        found[origin] = str(row["ID"])
-    missing = [(c, b) for c, b in found.items() if c not in known]
+    on_box = _on_box(ctx, entity, cloud_ids) if len(cloud_ids) <= BY_ORIGIN_LIMIT else _all_ours(ctx, entity)
+    missing = [(c, ids[0]) for c, ids in on_box.items() if c not in known]  # the first twin wins, as the map
     if missing:
         rep.map_rebuilt += ctx.idmap.put(entity, missing)
         log.warning("%s: %d map entries rebuilt from the box's ORIGIN_ID (an earlier run stopped between a "
                     "box write and the map write)", entity, len(missing))
-    rep.duplicates_in_box = sorted(dups, key=int)
+    rep.duplicates_in_box = sorted((c for c, ids in on_box.items() if len(ids) > 1), key=int)
     ctx.maps[entity] = ctx.idmap.get(entity)
     return ctx.maps[entity]
+
+
+def _all_ours(ctx: _Context, entity: str) -> dict[str, tuple[str, ...]]:
+    """Every record of ours on the box: cloud ID (ORIGIN_ID) → box IDs, ascending."""
+    found: dict[str, list[str]] = {}
+    for row in iter_rows(ctx.box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR},
+                         select=["ID", "ORIGIN_ID"]):
+        origin = str(row.get("ORIGIN_ID") or "")
+        if origin:
+            found.setdefault(origin, []).append(str(row["ID"]))
+    return {c: tuple(sorted(ids, key=int)) for c, ids in found.items()}
 
 
 def _fetch_box(ctx: _Context, entity: str, box_ids: list[str]) -> dict[str, dict]:
@@ -616,7 +620,7 @@ def import_delta(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: di
         stalled, progress_was = 0, None
         for _ in range(MAX_ROUNDS_TOTAL):
             report.rounds += 1
-            idm = _rebuild_map(ctx, entity, rep)
+            idm = _rebuild_map(ctx, entity, rep, order)
             progress_now = (sum(1 for c in order if c in idm), rep.updated)
             stalled = stalled + 1 if progress_now == progress_was else 0
             progress_was = progress_now

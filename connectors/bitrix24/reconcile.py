@@ -10,6 +10,14 @@ record created since the backup (IDs above the backup's highest, up to what the 
 fails on any without a box twin, whether the export listed it or not (``not_moved``). A record the
 box could only take with a later creation time (older than the box's newest record: see the
 importer) is listed under ``creation_time_not_kept``, not as a mismatch.
+
+The presence proof is incremental (``proven``): a reconciliation that passed leaves, per entity, the
+marks up to which it proved presence — every cloud record created since the backup up to cloud ID
+``cloud`` has a box twin, and no record of ours up to box ID ``box`` is a second twin. The next
+reconciliation (the pre-sync's next pass, or step 2.11 in the freeze) lists only cloud IDs above
+``cloud`` and our box records above ``box``, and reads the delta's older twins by ID through the
+map: its cost follows what changed since the last proof, not the gap or the portal. A reconciliation
+with problems leaves the marks where they were, so the next one proves that range again.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class EntityReconciliation:
     not_moved: list[str] = field(default_factory=list)     # created since the backup, not listed, no box twin
     creation_time_not_kept: list[str] = field(default_factory=list)  # matched, dated by the box (see above)
     created_after_export: int = 0                          # cloud records newer than the export: the next run
+    held_back: list[str] = field(default_factory=list)     # excused (quarantined by the loop guard): not proven
+    proven: dict[str, int] | None = None                   # {"cloud", "box"}: see the module doc
 
     @property
     def ok(self) -> bool:
@@ -51,6 +61,12 @@ class Reconciliation:
 
     def _parts(self) -> list:
         return [p for p in (self.timeline, self.dynamic) if p is not None]
+
+    def proven(self) -> dict[str, dict[str, int]]:
+        """The presence marks this reconciliation leaves (see the module doc), per entity and timeline
+        kind; what it did not prove keeps the marks it was given."""
+        rows = [*self.entities.values(), *(r for p in self._parts() for r in p.entities.values())]
+        return {r.entity: dict(r.proven) for r in rows if getattr(r, "proven", None) is not None}
 
     @property
     def ok(self) -> bool:
@@ -88,9 +104,14 @@ class Reconciliation:
 
 
 def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[str, str],
-              fallback_user_id: int = 1, cloud: Bitrix24Client | None = None) -> Reconciliation:
+              fallback_user_id: int = 1, cloud: Bitrix24Client | None = None,
+              proven: dict[str, dict[str, int]] | None = None,
+              excused: dict[str, set[str]] | None = None) -> Reconciliation:
     """Compare the delta with the box (see the module doc); with ``cloud``, also every record the
-    cloud created since the backup, listed anew."""
+    cloud created since the backup, listed anew — above the ``proven`` marks of an earlier
+    reconciliation when given (else from the backup). ``excused``: per entity, cloud IDs the loop
+    guard holds back (quarantined): not reported missing, and the proof stops below them."""
+    proven, excused = proven or {}, excused or {}
     out: dict[str, EntityReconciliation] = {}
     maps = {e: idmap.get(e) for e in ENTITIES}
     relation_map = {}
@@ -102,14 +123,17 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
     for entity in [e for e in ENTITIES if e in delta.entities]:
         d = delta.entities[entity]
         r = out[entity] = EntityReconciliation(entity, cloud_delta=len(d.rows))
-        by_origin: dict[str, list[dict]] = {}
-        # every record we made, IDs only (twins, duplicates, presence); the fields of the delta's twins only:
-        # the cost follows the delta, not every record ever moved (the pre-sync's freeze moves minutes of changes)
+        marks = proven.get(entity) or {}
+        box_mark = int(marks.get("box", 0))
+        # the records we made above the box mark, IDs only (twins, duplicates, presence; below it an earlier
+        # proof found each cloud record's one twin), and the delta's twins below it by ID through the map:
+        # the cost follows the delta and the records made since that proof, not every record ever moved
         ours = list(iter_rows(box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR},
-                              select=["ID", "ORIGIN_ID"]))
-        full = rows_by_id(box, entity, [str(r["ID"]) for r in ours if str(r.get("ORIGIN_ID")) in d.rows])
-        for row in ours:
-            by_origin.setdefault(str(row.get("ORIGIN_ID")), []).append(full.get(str(row["ID"]), row))
+                              select=["ID", "ORIGIN_ID"], after_id=box_mark))
+        older = [maps[entity][c] for c in d.rows if c in maps[entity] and int(maps[entity][c]) <= box_mark]
+        full = rows_by_id(box, entity, sorted({*older, *(str(x["ID"]) for x in ours
+                                                        if str(x.get("ORIGIN_ID")) in d.rows)}, key=int))
+        by_origin = _by_origin(ours, full)
         r.box_migrated = sum(len(v) for k, v in by_origin.items() if k in d.rows)
         for cid, row in d.rows.items():
             twins = by_origin.get(cid, [])
@@ -132,13 +156,18 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
             else:
                 r.matched += 1
         if cloud is not None:
-            _created_since_backup(cloud, d, by_origin, r)
+            cloud_mark = max(d.backup_max_id, int(marks.get("cloud", 0)))
+            _created_since_backup(cloud, box, d, by_origin, r, after_id=cloud_mark, idmap=maps[entity],
+                                  excused=excused.get(entity, set()))
+            r.proven = _advance(marks, r, cloud_mark, d.listed_up_to, box_mark,
+                                max([box_mark, *(int(x["ID"]) for x in ours)]))
     result = Reconciliation(out)
     if delta.timeline is not None:
         from .timeline import reconcile_timeline  # it builds on the importer
 
         result.timeline = reconcile_timeline(box, delta.timeline, idmap, user_map=user_map,
-                                             fallback_user_id=fallback_user_id, cloud=cloud)
+                                             fallback_user_id=fallback_user_id, cloud=cloud,
+                                             proven=proven.get("activity"))
     if delta.dynamic is not None:
         from .dynamic import reconcile_dynamic
 
@@ -157,14 +186,41 @@ def _box_dated(want: dict, have: dict) -> bool:
     return cloud_t is not None and box_t is not None and box_t > cloud_t
 
 
-def _created_since_backup(cloud: Bitrix24Client, d, by_origin: dict[str, list[dict]], r: EntityReconciliation) -> None:
-    """Every cloud record above the backup's highest ID (but our own echoes) has a box twin."""
-    for row in iter_rows(cloud, f"crm.{d.entity}.list", select=["ID", "ORIGINATOR_ID"], after_id=d.backup_max_id):
+def _by_origin(ours: list[dict], full: dict[str, dict]) -> dict[str, list[dict]]:
+    """cloud ID (ORIGIN_ID) → its box twins, each once, full rows where read."""
+    rows = {str(x["ID"]): x for x in ours}
+    rows.update({i: x for i, x in full.items() if str(x.get("ORIGINATOR_ID") or "") == ORIGINATOR})
+    out: dict[str, list[dict]] = {}
+    for rid in sorted(rows, key=int):
+        out.setdefault(str(rows[rid].get("ORIGIN_ID")), []).append(full.get(rid, rows[rid]))
+    return out
+
+
+def _created_since_backup(cloud: Bitrix24Client, box: Bitrix24Client, d, by_origin: dict[str, list[dict]],
+                          r: EntityReconciliation, *, after_id: int, idmap: dict[str, str], excused: set[str]) -> None:
+    """Every cloud record above ``after_id`` (the backup's highest ID, or an earlier proof's mark) but
+    our own echoes has a box twin. A twin made before the box mark was not listed: it is read by ID
+    through the map (a crash between a box write and the map write leaves it not_moved, proven later)."""
+    unseen = []
+    for row in iter_rows(cloud, f"crm.{d.entity}.list", select=["ID", "ORIGINATOR_ID"], after_id=after_id):
         rid = str(row["ID"])
         if int(rid) > d.listed_up_to:
             r.created_after_export += 1
             continue
         if str(row.get("ORIGINATOR_ID") or "") == ORIGINATOR or rid in d.rows:
             continue  # an echo of our write; or checked above with the delta
-        if rid not in by_origin:
-            r.not_moved.append(rid)
+        if rid in excused:
+            r.held_back.append(rid)
+        elif rid not in by_origin:
+            unseen.append(rid)
+    found = rows_by_id(box, d.entity, sorted({idmap[c] for c in unseen if c in idmap}, key=int)) if unseen else {}
+    twins = {str(x.get("ORIGIN_ID")) for x in found.values() if str(x.get("ORIGINATOR_ID") or "") == ORIGINATOR}
+    r.not_moved += [c for c in unseen if c not in twins]
+
+
+def _advance(marks: dict, r, cloud_from: int, cloud_to: int, box_from: int, box_to: int) -> dict[str, int]:
+    """The marks after a proof over cloud IDs (cloud_from, cloud_to] and box IDs (box_from, box_to]:
+    advanced when it found nothing wrong, up to below the first record held back; else as given."""
+    if not r.ok:
+        return {"cloud": int(marks.get("cloud", 0)), "box": box_from}
+    return {"cloud": min([cloud_to, *(int(h) - 1 for h in r.held_back)]), "box": box_to}

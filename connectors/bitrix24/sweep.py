@@ -80,13 +80,16 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
               since: dt.datetime, backup_max_ids: dict[str, int], after_ids: dict[str, int],
               user_map: dict[str, str], policy: SweepPolicy, entities=ENTITIES,
               now: dt.datetime | None = None, integration_user_ids: set[str] = frozenset(),
-              stragglers: bool = True, reconcile: bool = False, scan_deleted: bool = False) -> SweepOutcome:
+              stragglers: bool = True, reconcile: bool = False, scan_deleted: bool = False,
+              proven: dict[str, dict[str, int]] | None = None) -> SweepOutcome:
     """One sweep (see the module doc). Never raises ``BudgetExhausted``: a spent budget ends the
     sweep with ``stopped`` set, keeping what was already imported.
 
     The pre-sync's passes (phase 2, everyone still works in the cloud) list no stragglers,
     ``reconcile`` what they moved (a mismatch is a failure: the next pass lists from the same point)
-    and, with ``scan_deleted``, compare the whole portal's IDs for records deleted in the cloud
+    and prove every record created in the cloud since the ``proven`` marks of the last pass present on
+    the box (the outcome's ``proven``: the freeze proves only what came after), and, with
+    ``scan_deleted``, compare the whole portal's IDs for records deleted in the cloud
     (:func:`.delta.deleted_in_cloud`), so the freeze need not."""
     now = now or dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
@@ -107,8 +110,11 @@ def run_sweep(cloud: Bitrix24Client, box: Bitrix24Client, idmap, history: SweepH
         out.failures = list(report.failures)
         out.records = delta.records
         if reconcile:
-            rec = reconcile_delta(box, delta, idmap, user_map=user_map, fallback_user_id=policy.fallback_user_id)
+            held = {e: {str(i) for i in ids} for e, ids in history.quarantined().items()}
+            rec = reconcile_delta(box, delta, idmap, user_map=user_map, fallback_user_id=policy.fallback_user_id,
+                                  cloud=cloud, proven=proven or {}, excused=held)
             out.reconciliation = {"ok": rec.ok, "mismatches": rec.mismatches, "per_entity": rec.per_entity()}
+            out.proven = rec.proven()
             if not rec.ok:
                 out.failures.append(f"reconciliation of the moved records: {rec.mismatches} problem(s): "
                                     f"{str(rec.evidence())[:400]}")

@@ -201,6 +201,7 @@ class TimelineEntityReconciliation:
     mismatches: list[dict] = field(default_factory=list)
     not_moved: list[str] = field(default_factory=list)  # created since the backup, not exported, not on the box
     created_after_export: int = 0
+    proven: dict[str, int] | None = None  # activities: the presence marks a proof leaves (see .reconcile)
 
     @property
     def ok(self) -> bool:
@@ -232,15 +233,16 @@ class TimelineReconciliation:
 
 
 def reconcile_timeline(box, tdelta: TimelineDelta, idmap, *, user_map: dict[str, str], fallback_user_id: int = 1,
-                       cloud=None) -> TimelineReconciliation:
+                       cloud=None, proven: dict[str, int] | None = None) -> TimelineReconciliation:
     """Compare, per record, the timeline delta with the box; with ``cloud``, also every activity the
-    cloud created since the backup, listed anew (one the export missed is ``not_moved``)."""
+    cloud created since the backup, listed anew (one the export missed is ``not_moved``) — above the
+    ``proven`` marks of an earlier proof when given (see :mod:`.reconcile`)."""
     ctx = make_context(box, idmap, TimelineImport(entities={"activity": TimelineEntityImport()}), user_map=user_map,
                        fallback_user_id=fallback_user_id, settle_quiet_s=None, settle_max_s=None, sleep=time.sleep)
     owners = Owners(idmap, tdelta.entity_max_ids)
     out = {"product": _reconcile_products(box, tdelta),
            "productrow": _reconcile_rows(box, tdelta, idmap, owners),
-           "activity": _reconcile_activities(ctx, tdelta, owners, cloud),
+           "activity": _reconcile_activities(ctx, tdelta, owners, cloud, proven or {}),
            "comment": _reconcile_comments(box, tdelta, idmap, owners)}
     return TimelineReconciliation(out, dict(tdelta.not_movable))
 
@@ -287,11 +289,18 @@ def _reconcile_rows(box, tdelta: TimelineDelta, idmap, owners: Owners) -> Timeli
     return r
 
 
-def _reconcile_activities(ctx, tdelta: TimelineDelta, owners: Owners, cloud) -> TimelineEntityReconciliation:
+def _reconcile_activities(ctx, tdelta: TimelineDelta, owners: Owners, cloud, marks: dict) -> TimelineEntityReconciliation:
     r = TimelineEntityReconciliation("activity", cloud_delta=len(tdelta.activities))
-    # with ``cloud`` every activity created since the backup is checked for a twin: all of ours are needed
-    small = cloud is None and len(tdelta.activities) <= act.BY_ID_LIMIT
-    ours = act.ours_on_box(ctx.box, list(tdelta.activities) if small else None)
+    box_mark = int(marks.get("box", 0))
+    # with ``cloud`` every activity created since the last proof (or the backup) is checked for a twin: ours
+    # above the proof's box mark are listed; the delta's twins are looked up by cloud ID when few
+    above = act.ours_on_box(ctx.box, after_id=box_mark) if cloud is not None else {}
+    if cloud is not None and box_mark == 0:
+        ours = above  # every one of ours
+    elif len(tdelta.activities) <= act.BY_ID_LIMIT:
+        ours = _merged(act.ours_on_box(ctx.box, list(tdelta.activities)) if tdelta.activities else {}, above)
+    else:
+        ours = act.ours_on_box(ctx.box)
     mapped = ctx.idmap.get("activity")
     box_of = {c: (ours.get(c) or [None])[0] or ((mapped.get(c) or c) if tdelta.activity_kind[c] == "modified" else None)
               for c in tdelta.activities}
@@ -314,15 +323,26 @@ def _reconcile_activities(ctx, tdelta: TimelineDelta, owners: Owners, cloud) -> 
         else:
             r.matched += 1
     if cloud is not None:
+        cloud_mark = max(int(tdelta.marks["activity"]["max_id"]), int(marks.get("cloud", 0)))
+        unseen = []
         for row in iter_rows(cloud, "crm.activity.list", select=["ID", "ORIGINATOR_ID", "TYPE_ID", "OWNER_TYPE_ID"],
-                             after_id=tdelta.marks["activity"]["max_id"]):
+                             after_id=cloud_mark):
             rid = str(row["ID"])
             if int(rid) > tdelta.activities_listed_up_to:
                 r.created_after_export += 1
             elif rid not in tdelta.activities and rid not in tdelta.not_movable and rid not in ours \
                     and str(row.get("ORIGINATOR_ID") or "") != ORIGINATOR and act.movable(row) is None:
-                r.not_moved.append(rid)
+                unseen.append(rid)
+        if unseen:  # moved before the proof's box mark (not listed above): found by cloud ID
+            found = act.ours_on_box(ctx.box, unseen)
+            r.not_moved += [c for c in unseen if c not in found]
+        r.proven = {"cloud": tdelta.activities_listed_up_to if r.ok else int(marks.get("cloud", 0)),
+                    "box": max([box_mark, *(int(b) for ids in above.values() for b in ids)]) if r.ok else box_mark}
     return r
+
+
+def _merged(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {c: sorted({*a.get(c, ()), *b.get(c, ())}, key=int) for c in {*a, *b}}
 
 
 def _reconcile_comments(box, tdelta: TimelineDelta, idmap, owners: Owners) -> TimelineEntityReconciliation:

@@ -133,8 +133,9 @@ def _transfer(ctx: ActionContext) -> ActionResult:
                               f"{sum(len(v) for v in twins.values())} cloud record(s) have twins on the box (an "
                               "earlier run wrote them twice); the first twin is kept in the map, the customer "
                               "decides about the others", data={"cloud_ids": twins}, step_id=ctx.step_id)
+    # the passes proved presence up to their marks: the freeze proves only what the cloud made after them
     rec = crm.reconcile(box, delta, idmap, user_map=user_map, fallback_user_id=section.fallback_user_id,
-                        cloud=cloud)
+                        cloud=cloud, proven=presync["state"]["proven"] if presync else None)
     elapsed = time.monotonic() - t0
     evidence = {"cutoff": cutoff.isoformat(), "since": since.isoformat(), "presync": presync["state"] if presync else None,
                 "backup_marks": marks, "export": delta.summary(),
@@ -163,8 +164,11 @@ def _transfer(ctx: ActionContext) -> ActionResult:
     what = (f"{records} CRM records changed since the last pre-sync pass moved ({presync['state']['moved']} moved "
             f"by {presync['state']['passes']} pre-sync passes before)") if presync else \
         f"{records} CRM records moved since the backup"
-    return ActionResult(summary=f"{what}; reconciliation of the whole delta OK ({counters.records_per_s:.0f} records/s, "
-                                f"{elapsed:.1f} s)", evidence=evidence, counters=counters)
+    proof = ("reconciliation OK: the fields of what it moved, and every cloud record created since the backup "
+             "present on the box (the passes proved it up to their marks, this step above them)") if presync else \
+        "reconciliation of the whole delta OK"
+    return ActionResult(summary=f"{what}; {proof} ({counters.records_per_s:.0f} records/s, {elapsed:.1f} s)",
+                        evidence=evidence, counters=counters)
 
 
 def _presync_plan(ctx: ActionContext, section: Any, max_ids: dict[str, int]) -> dict | None:

@@ -277,3 +277,33 @@ def test_the_stop_cuts_a_running_pass_short_and_2_11_moves_from_the_last_finishe
         expected = expected_delta(pair)
         expected["lead"] |= {str(r) for r in late}
         _each_once(pair, expected)
+
+
+def test_the_freeze_proves_presence_only_above_the_passes_marks(tmp_path):
+    """Item 6: the passes prove every record created since the backup present on the box up to their
+    marks; the freeze lists only what came after them, so its reads do not grow with the gap
+    (counted by the portals: rows their list calls returned)."""
+    with start_pair(**SMALL, limits=PortalLimits.free(rate=200.0, burst=50)) as pair:
+        seller = _a_seller(pair)
+        # made days before the stop (the passes list changes by time; the team's last minutes are recent)
+        gap = [pair.cloud.store.add("lead", {"TITLE": f"made in the gap {i}", **seller},
+                                    now=pair.cutoff + dt.timedelta(minutes=1 + i)) for i in range(300)]
+        ctx = _context(tmp_path, pair, presync={"deleted_scan_minutes": 60, "overlap_seconds": 5})
+        syncer = PreSyncer(ctx, ctx.config.presync)
+        catch_up = syncer.sweep_once()
+        assert catch_up.reconciliation["ok"] and catch_up.proven["lead"]["cloud"] >= max(gap)
+        pair.cloud.store.add("lead", {"TITLE": "made while the box is tested", **seller})
+        steady = syncer.sweep_once()
+        assert steady.reconciliation["ok"] and steady.proven["lead"]["cloud"] > catch_up.proven["lead"]["cloud"]
+        last = [pair.cloud.store.add("lead", {"TITLE": f"made before the stop {i}", **seller}) for i in range(2)]
+
+        read0 = pair.cloud.store.rows_listed + pair.box.store.rows_listed
+        freeze = transfer_crm_delta(_context(tmp_path, pair, step_id="2.11", run_id=ctx.run_id,
+                                             presync={"overlap_seconds": 5}))
+        read = pair.cloud.store.rows_listed + pair.box.store.rows_listed - read0
+        ev = freeze.evidence
+        assert ev["reconciliation_ok"] and ev["presync"]["proven"] == steady.proven
+        assert read < len(gap) / 3, f"the freeze read {read} rows for a gap of {len(gap)} leads"
+        expected = expected_delta(pair)
+        expected["lead"] |= {str(r) for r in [*gap, *last]}
+        _each_once(pair, expected)

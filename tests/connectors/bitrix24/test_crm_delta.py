@@ -230,3 +230,63 @@ def test_the_import_summary_lists_twins_on_the_box():
     report = ImportReport(entities={"lead": EntityImport(created=1, duplicates_in_box=[str(i) for i in range(60)])})
     summary = report.summary()["lead"]
     assert summary["created"] == 1 and summary["duplicates_in_box"] == [str(i) for i in range(50)]  # bounded
+
+
+def _a_pass(pair, m, users, since, backup_ids, marks, *, lose=None):
+    """What a pre-sync pass moves: changes since ``since``, creations above the proof's cloud marks;
+    ``lose``: a lead the export drops (a lost record the proof must find)."""
+    cloud, box = clients(pair)
+    d = export_delta(cloud, box, since, max_ids=backup_ids, after_ids={e: v["cloud"] for e, v in marks.items()},
+                     detect_deleted=False, extras=False)
+    if lose is not None:
+        d.entities["lead"].rows.pop(str(lose))
+    report = import_delta(box, d, m, user_map=users)
+    assert not report.failures
+    return d
+
+
+def test_the_presence_proof_goes_on_from_its_marks(pair, tmp_path):
+    """A proof leaves per-entity marks; the next one lists only what came after them (rows counted by
+    the portals), finds a cloud record the export lost and a second box twin above them, and then
+    leaves the marks where they were, so the range is proven again."""
+    delta, m, users, report, box = _run(pair, tmp_path)
+    cloud, box = clients(pair)
+    backup_ids = {e: d.backup_max_id for e, d in delta.entities.items()}
+    listed0 = pair.cloud.store.rows_listed + pair.box.store.rows_listed
+    first = reconcile(box, delta, m, user_map=users, cloud=cloud)
+    first_listed = pair.cloud.store.rows_listed + pair.box.store.rows_listed - listed0
+    assert first.ok
+    marks = {e: v for e, v in first.proven().items() if e in delta.entities}
+    assert marks["lead"] == {"cloud": delta.entities["lead"].listed_up_to,
+                             "box": max(int(r["ID"]) for r in migrated(pair, "lead"))}
+    assert "activity" in first.proven()  # the timeline's activities carry marks too
+
+    seller = {"ASSIGNED_BY_ID": "2", "CREATED_BY_ID": "2", "MODIFY_BY_ID": "2"}
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    new = [pair.cloud.store.add("lead", {"TITLE": f"made after the proof {i}", **seller}) for i in range(2)]
+    d2 = _a_pass(pair, m, users, since, backup_ids, marks)
+    listed0 = pair.cloud.store.rows_listed + pair.box.store.rows_listed
+    second = reconcile(box, d2, m, user_map=users, cloud=cloud, proven=marks)
+    second_listed = pair.cloud.store.rows_listed + pair.box.store.rows_listed - listed0
+    assert second.ok, second.evidence()
+    created = sum(len(v) for v in expected_delta(pair).values())
+    assert first_listed >= created and second_listed < 25, (first_listed, second_listed, created)
+    marks2 = second.proven()
+    assert marks2["lead"]["cloud"] == max(new) and marks2["lead"]["box"] > marks["lead"]["box"]
+    assert marks2["deal"] == marks["deal"]  # nothing new: the deal marks stay
+
+    # the export loses a lead made in the cloud: the proof finds it, its marks stay
+    lost = pair.cloud.store.add("lead", {"TITLE": "lost by the export", **seller})
+    d3 = _a_pass(pair, m, users, since, backup_ids, marks2, lose=lost)
+    third = reconcile(box, d3, m, user_map=users, cloud=cloud, proven=marks2)
+    assert not third.ok and third.entities["lead"].not_moved == [str(lost)]
+    assert third.proven()["lead"] == marks2["lead"]
+
+    # a second twin on the box above the mark (a write the map never learnt of): found as a duplicate
+    pair.box.store.add("lead", {"TITLE": "a second twin", "ORIGINATOR_ID": "cloud2box", "ORIGIN_ID": str(new[0]),
+                                "ASSIGNED_BY_ID": "1"})
+    pair.cloud.store.update("lead", new[0], {"TITLE": "changed again", **seller})
+    d4 = _a_pass(pair, m, users, since, backup_ids, marks2)
+    fourth = reconcile(box, d4, m, user_map=users, cloud=cloud, proven=marks2)
+    assert str(new[0]) in fourth.entities["lead"].duplicates and not fourth.ok
+    assert fourth.proven()["lead"] == marks2["lead"]
