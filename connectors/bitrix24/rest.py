@@ -90,6 +90,16 @@ class LeakyBucket:
             self._at = self._clock()
 
 
+def _pooled_session() -> requests.Session:
+    """A session keeping a connection per parallel listing chain (requests keeps 10 per host by default:
+    the 16 chains of :mod:`.lists` would open and drop connections, each a new TCP handshake)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=32)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 class Bitrix24Client:
     """One portal's REST API through an incoming webhook.
 
@@ -116,7 +126,7 @@ class Bitrix24Client:
         parts = base.rstrip("/").split("/")
         register_secret(parts[-1])  # the CODE
         self._base = base
-        self.session = session or requests.Session()
+        self.session = session or _pooled_session()
         self.bucket = LeakyBucket(rate, burst)
         self.timeout = timeout
         self.max_attempts = max_attempts

@@ -974,6 +974,17 @@ class _Api:
             self.s.set_rows("D", deal_id, _php_list(_param(p, "rows") or []))
         return {"result": True}, 0.0
 
+    def _rows_of_owners(self, owner_ids: Any) -> list[list[dict]]:
+        """The stored rows of the owners ``=ownerId`` names (every type; the predicates decide), found by
+        key as the portal's index on the owner finds them, not by converting every row of the portal.
+        A value that is no ID: every row (the predicates then refuse or match as before)."""
+        ids = _php_list(owner_ids) if isinstance(owner_ids, (list, dict)) else [owner_ids]
+        try:
+            wanted = {int(str(i).strip()) for i in ids}
+        except ValueError:
+            return list(self.s.rows.values())
+        return [self.s.rows[(t, i)] for i in sorted(wanted) for t in OWNER_ABBR.values() if (t, i) in self.s.rows]
+
     def crm_item_productrow_list(self, p: dict) -> tuple[dict, float]:
         """Rows of one or many owners: ``=ownerType`` and ``=ownerId`` must be in the filter, and
         ``=`` "works with arrays too" — the rows of many deals in one call (crm-item-productrow-list.md)."""
@@ -982,7 +993,7 @@ class _Api:
             raise StoreError("100", "Required filter fields: =ownerType, =ownerId")
         preds = _compile(flt, ROW_KINDS, self.tz)
         with self.s.lock:
-            rows = [self.s.item_row(r) for rows in self.s.rows.values() for r in rows]
+            rows = [self.s.item_row(r) for rows in self._rows_of_owners(flt["=ownerId"]) for r in rows]
         rows = [r for r in rows if all(pr(r) for pr in preds)]
         rows = _ordered(rows, _param(p, "order"), ROW_KINDS, {"id": "ASC"})
         page, extra, cost = _page(rows, p, self.count_cost_s)

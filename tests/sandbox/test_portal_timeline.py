@@ -182,6 +182,24 @@ def test_item_productrow_list_many_deals(pair):
     assert call(srv, "crm.item.productrow.list", {"filter": {"=ownerId": owners}})[0] == 400
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_item_productrow_list_finds_exactly_the_rows_of_the_owners_named(pair, data):
+    """The rows are found by owner (not by reading the portal's every row): for any owner IDs, one or a
+    list, present or not, with or without rows, the answer is every row of those owners of that type."""
+    srv = pair.cloud
+    with_rows = sorted({key[1] for key, rows in srv.store.timeline.rows.items() if rows and key[0] == "D"})
+    owners = data.draw(st.lists(st.one_of(st.sampled_from(with_rows), st.integers(1, 10 ** 6)), min_size=1, max_size=6))
+    value = owners if len(owners) > 1 or data.draw(st.booleans()) else owners[0]
+    as_text = data.draw(st.booleans())
+    value = [str(o) for o in value] if as_text and isinstance(value, list) else (str(value) if as_text else value)
+    owner_type = data.draw(st.sampled_from(["D", "L"]))
+    found = ok(srv, "crm.item.productrow.list", {"filter": {"=ownerType": owner_type, "=ownerId": value},
+                                                "start": -1})["result"]["productRows"]
+    expected = sorted((int(r["ID"]) for o in set(owners) for r in srv.store.timeline.rows.get((owner_type, int(o)), [])))
+    assert [int(r["id"]) for r in found] == expected[:50]  # one page, by ID
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(price=st.decimals(min_value=1, max_value=10000, places=2), qty=st.integers(1, 20),
        rate=st.integers(0, 90), tax=st.sampled_from([None, 0, 10, 20]))
