@@ -90,6 +90,7 @@ def probes(config: Config, secrets: dict[str, SecretStr], *, stage: Stage, timeo
     found.append(("backup mirror", lambda: _mirror(config, secrets)))
     found.append(("box host", lambda: _box_host(config, secrets, stage=stage, timeout_s=timeout_s)))
     found.append(("notices", lambda: _notices(config, secrets, timeout_s)))
+    found.append(("roster contacts", lambda: _roster_contacts(config, secrets, timeout_s)))
     return found
 
 
@@ -220,6 +221,26 @@ def _notices(config: Config, secrets, timeout_s: float) -> list[AccessResult]:
                 rows.append(failed(f"notice [{where}.{i}]", "neither an apprise URL nor a resolved [secrets] entry",
                                    "write the URL, or name a [secrets] entry that is set"))
     return rows + check_notices(urls, dry_run=config.notices.dry_run, timeout_s=timeout_s)
+
+
+def _roster_contacts(config: Config, secrets, timeout_s: float) -> list[AccessResult]:
+    """Where each roster person is told to act (and gets their one-time codes): sent in a dry run
+    too, so always checked. Nothing is sent."""
+    from dataclasses import replace
+
+    from flows.signing import contact_url
+    from journal.access import check_notices
+
+    if not config.roster:
+        return [skipped("roster", "no [[roster]]: names are typed and not verified (a cutover needs a roster)")]
+    rows = []
+    for person in config.roster:
+        url, name = contact_url(person, secrets), f"contact of {person.name}"
+        if url is None:
+            rows.append(failed(name, "its [secrets] entry is not set", f"set the secret {person.contact}"))
+        else:
+            rows += [replace(row, name=name) for row in check_notices([url], dry_run=False, timeout_s=timeout_s)]
+    return rows
 
 
 def require_access(config: Config, secrets: dict[str, SecretStr], *, stage: Stage,

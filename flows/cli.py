@@ -245,6 +245,8 @@ def cmd_issues(args) -> int:
         print(f"issue #{issue.id} [{issue.severity}] {issue.title}")
         return 0
     if args.issues_cmd == "resolve":
+        if args.id and triage.get_issue(journal, args.id).severity == "fire":
+            return _override_fire(args, journal)
         if not (args.id and args.resolution and args.by):
             raise MigrationError("issues resolve needs --id, --by and --resolution",
                                  fix='cloud2box issues resolve --id 3 --by NAME --resolution "what fixed it"')
@@ -256,6 +258,46 @@ def cmd_issues(args) -> int:
         print(f"#{issue.id} [{issue.severity}] {issue.status:8} step {issue.step_id or '-':5} {issue.title}"
               + (f" — resolved: {issue.resolution}" if issue.resolution else ""))
     return 0
+
+
+def _override_fire(args, journal) -> int:
+    """``issues resolve`` on a fire: a reason, and the consent of a customer of the roster as the
+    one-time code sent to them (flows.signing.override_fire), typed here."""
+    from flows.config import load_config_and_secrets
+    from flows.signing import override_fire
+
+    usage = (f'cloud2box issues resolve --config config.toml --id {args.id} --by YOUR_NAME --signer CUSTOMER '
+             '--reason "why it may be closed"')
+    if not args.config:
+        raise MigrationError(f"issue #{args.id} is a fire: closing it by hand needs a reason and a customer's consent, "
+                             "asked through the roster of the config", fix=usage)
+    if not (args.reason and args.by and args.signer):
+        raise MigrationError(f"closing fire #{args.id} by hand needs --reason, --by (you, as the roster names you) and "
+                             "--signer (the customer who consents; a one-time code is sent to them)", fix=usage)
+    reader = None
+    config, secrets, problems = load_config_and_secrets(args.config, prefect_reader=reader)
+    if config is None:
+        from connectors.errors import ConfigError
+
+        raise ConfigError(args.config, problems)
+    if any(p.contact in config.secrets and config.secrets[p.contact].prefect_secret for p in config.roster):
+        from flows.run_context import _read_prefect_secret as reader
+
+        config, secrets, _ = load_config_and_secrets(args.config, prefect_reader=reader)
+    issue = override_fire(config, secrets, journal, issue_id=args.id, by=args.by, reason=args.reason,
+                          signer=args.signer, read_code=_read_code)
+    print(f"fire #{issue.id} closed by hand (override) by {issue.resolved_by}: {issue.resolution}")
+    return 0
+
+
+def _read_code(prompt: str) -> str:
+    """The one-time code the customer gave: not echoed at a terminal, a line of stdin otherwise."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt, stream=sys.stderr)
+    print(prompt, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip()
 
 
 def cmd_sweep(args) -> int:
@@ -443,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--step", help="add: the runbook step it was found at")
     iss.add_argument("--by", help="who reports / resolves it")
     iss.add_argument("--resolution", help="resolve: what fixed it")
+    iss.add_argument("--reason", help="resolve a fire: why it may be closed by hand (an override)")
+    iss.add_argument("--signer", help="resolve a fire: the customer of the roster who consents; a one-time code is "
+                                      "sent to them, and you type it when they give it to you")
     iss.add_argument("--root-cause", help="resolve: why it happened")
     iss.set_defaults(fn=cmd_issues)
 

@@ -171,6 +171,41 @@ class SweepSection(_SyncLoopSection):
         return self
 
 
+Party = Literal["customer", "contractor"]
+
+
+class RosterEntry(_Model):
+    """A person who may confirm steps or sign gates for a party. The forms offer the names of the
+    roster (a customer's step and a gate: the customers only), the person's one-time codes and the
+    "you must act" notices go to ``contact``, and the journal records the name and role given here."""
+
+    name: str = Field(min_length=1, max_length=120, description="full name, as the forms offer it and the "
+                                                                "journal records it")
+    role: str = Field(min_length=1, max_length=120, description="e.g. Head of Sales, IT Director, Migration engineer")
+    party: Party = Field(description="customer: confirms the customer's steps, signs the gates; contractor: "
+                                     "confirms the contractor's steps")
+    contact: str = Field(min_length=1, description="an apprise URL (mailtos://…, tgram://…, json://…) or the name "
+                                                   "of a [secrets] entry holding one; a URL with a token must be a "
+                                                   "secret: one-time codes are sent there")
+    engineer: bool = Field(default=False, description="told when a run fails or crashes (default: every "
+                                                      "contractor, when nobody is marked)")
+
+    @field_validator("name", "role")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if not v.strip() or any(c in v for c in "\t\r\n"):
+            raise ValueError("must be one line of text, not blank")
+        return v.strip()
+
+
+class SignoffSection(_Model):
+    """How sign-offs are bound to the roster's people (see flows/signing.py)."""
+
+    code_ttl_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60,
+                                    description="a one-time code expires after this long; a signer whose code "
+                                                "expired answers with an empty code and gets a new one")
+
+
 def _by_platform(sections: list[type[BaseModel]]) -> Any:
     """One config section of every registered platform, told apart by its ``platform`` field (a
     discriminated union; one platform needs no discriminator)."""
@@ -211,6 +246,9 @@ class Config(_Model):
     ladder: LadderSection = LadderSection()
     forecast: ForecastSection = ForecastSection()
     triage: TriageSection = TriageSection()
+    roster: list[RosterEntry] = Field(default_factory=list, description="who signs: [[roster]] entries (required "
+                                                                        "for a cutover)")
+    signoff: SignoffSection = SignoffSection()
     secrets: dict[str, SecretRef] = Field(
         default_factory=dict, description="named secrets, e.g. cloud_webhook = {env = 'C2B_CLOUD_WEBHOOK'}"
     )
@@ -251,6 +289,10 @@ class Config(_Model):
             raise ValueError("; ".join(wrong))
         return self
 
+    def roster_entry(self, name: str) -> RosterEntry | None:
+        """The roster's person of that name (exactly as the forms offer it), or None."""
+        return next((p for p in self.roster if p.name == name), None)
+
     @property
     def platform(self) -> Platform:
         """The CRM platform ``[migration] platform`` names."""
@@ -290,9 +332,31 @@ def config_from_dict(raw: dict, *, source: str = "<dict>", overrides: dict | Non
     problems += [f"[{key}] file {path} not found" for key, path in
                  (("runbook.path", config.runbook.path), ("runbook.risks", config.runbook.risks),
                   ("verify.path", config.verify.path)) if not Path(path).exists()]
+    problems += _roster_problems(config)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _roster_problems(config: Config) -> list[str]:
+    """Names tell people apart (compared without case and extra blanks), every contact is a URL or a
+    [secrets] name, and a roster has a customer to sign the gates. A contact's value is never echoed:
+    it may be a token pasted where its name belongs."""
+    problems, seen = [], {}
+    for i, person in enumerate(config.roster):
+        folded = " ".join(person.name.split()).casefold()
+        if folded in seen:
+            problems.append(f"[roster.{i}.name] {person.name!r} is already the name of roster.{seen[folded]}; names "
+                            "must tell people apart (add a middle initial or the company)")
+        seen.setdefault(folded, i)
+        if person.contact not in config.secrets and "://" not in person.contact:
+            problems.append(f"[roster.{i}.contact] of {person.name!r} is neither an apprise URL (scheme://…) nor the "
+                            "name of a [secrets] entry (the value is not shown); write the URL, or put it into "
+                            "[secrets] and write that entry's name")
+    if config.roster and not any(p.party == "customer" for p in config.roster):
+        problems.append('[roster] has nobody with party = "customer"; the gates and the customer\'s steps are signed '
+                        "by the customer: add the customer's signer(s)")
+    return problems
 
 
 def _pasted_secrets(data: dict, prefix: str = "") -> list[str]:

@@ -20,6 +20,10 @@ DEMO_POLL_S = 1  # short pause polling keeps the demo to a few minutes
 DEMO_SWEEP_MIN = 0.05  # a straggler sweep every 3 s
 DEMO_SWEEPS_SEEN = 2  # the scripted customer tests the box until this many sweeps moved the stragglers
 DEMO_PRESYNC_MIN = 0.05  # a pre-sync pass every 3 s while phase 2 waits for people
+# the demo's people (flows.customer.demo_answer chooses these names): name, role, party, told on failure
+DEMO_ROSTER = [("Dana Demo", "Head of Sales", "customer", False),
+               ("Alex Engineer", "Migration engineer", "contractor", True)]
+DEMO_MIN_GAP_S = 3  # and no closer: the demo's minutes stand for days (the default 30 s guards a real portal)
 
 
 def write_demo_config(out: Path, sandbox) -> Path:
@@ -48,13 +52,21 @@ def write_demo_config(out: Path, sandbox) -> Path:
         "",
         "[sweeps]",
         f"interval_minutes = {DEMO_SWEEP_MIN}  # the demo's 'days of testing' last seconds",
+        f"min_gap_seconds = {DEMO_MIN_GAP_S}",
         "",
         "[presync]",
         f"interval_minutes = {DEMO_PRESYNC_MIN}  # the box follows the cloud every few seconds in the demo",
+        f"min_gap_seconds = {DEMO_MIN_GAP_S}",
         "overlap_seconds = 5",
         "deleted_scan_minutes = 0.5",
         "",
     ]
+    inbox = sandbox.services.get("inbox")
+    if inbox is not None:  # who signs: the demo's people, told through their inboxes on loopback
+        for name, role, party, engineer in DEMO_ROSTER:
+            lines += ["[[roster]]", f'name = "{name}"', f'role = "{role}"', f'party = "{party}"',
+                      f'contact = "{inbox.contact(name)}"  # read it at {inbox.page(name)}']
+            lines += ["engineer = true  # told when a run fails", ""] if engineer else [""]
     lines += sandbox.toml
     if sandbox.secrets:
         lines += ["[secrets]", *sandbox.secrets, ""]
@@ -110,8 +122,9 @@ def run_demo(out: Path) -> int:
         if summaries:
             print(f"final summary for the users: {summaries[-1]}")
         print(f"auditor's report of the cutover: {out / 'report.html'}")
-    print(f"\n{len(customer.answered)} prompts answered by the scripted customer; demo took "
-          f"{time.monotonic() - started:.0f} s; files in {out}")
+    prompts = _write_prompts(out, customer.answered)
+    print(f"\n{len(customer.answered)} prompts answered by the scripted customer (as the UI showed them: {prompts}); "
+          f"demo took {time.monotonic() - started:.0f} s; files in {out}")
     failed = [m for m, st in states.items() if not st.is_completed()]
     if failed:
         print(f"demo failed in the {failed[0]}: {states[failed[0]].message}")
@@ -220,6 +233,15 @@ class DemoPeople:
             time.sleep(0.5)
         seen = len(sweeps(journal, run)) - before if run else 0
         return f"tested the box; meanwhile {seen} straggler sweep(s) ran and moved the cloud's new leads"
+
+
+def _write_prompts(out: Path, answered: list) -> Path:
+    """Every prompt the demo's people answered, as the resume form showed it, to prompts.md: what the
+    customer is asked, and how it fits the form (each links its phase's full review)."""
+    parts = ["# The prompts of the demo, in the order they were answered", ""]
+    for prompt, _ in answered:
+        parts += [f"## {prompt.flow_run_name} · {prompt.key}", "", prompt.description, "", "---", ""]
+    return write_private_text(out / "prompts.md", "\n".join(parts))
 
 
 def _print_run(journal, run, out: Path) -> None:

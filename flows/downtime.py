@@ -20,7 +20,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect.flow_runs import pause_flow_run
 
 from connectors.errors import GateRejected
 from connectors.outputs import write_private_text
@@ -193,9 +192,15 @@ def ask_rollback_if_due(run: RunContext) -> None:
     prompt = ladder.decision_prompt(portal=cfg.migration.portal, box_portal=cfg.migration.box_portal,
                                     downtime_min=action.downtime_min, open_fires=fires,
                                     forecast_end=(recorded.downtime() or {}).get("end_p90") if recorded else None)
-    answer = pause_flow_run(wait_for_input=RollbackDecision.with_initial_data(description=prompt),
-                            timeout=cfg.prefect.pause_timeout_s, poll_interval=cfg.prefect.poll_interval_s,
-                            key=f"rollback-decision-{len(journal.events(run.run_id, EventKind.LADDER))}")
+    from flows import signing  # a customer of the roster decides, with their one-time code
+
+    answer = RollbackDecision.model_validate(signing.ask_until_taken(
+        run, base=RollbackDecision, name_field="decided_by", prompt=prompt,
+        key=f"rollback-decision-{len(journal.events(run.run_id, EventKind.LADDER))}",
+        what=f"the roll-back decision after {action.downtime_min:.0f} min of user downtime", verb="decide",
+        action="The users have been down longer than planned: continue the move, or roll back to the cloud now. "
+               "The prompt gives both options and their consequences.",
+        signers=signing.signers_for(cfg, "customer")))
     ladder.record_fired(journal, run.run_id, action, f"{answer.decision} decided by {answer.decided_by} ({answer.role})"
                         + (f": {answer.comment}" if answer.comment else ""),
                         data={"decision": answer.decision, "by": answer.decided_by})

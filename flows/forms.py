@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field
 from prefect.input import RunInput
 
 from checklists.runbook import OWNER_LABELS, Phase, Step
+from connectors.outputs import markdown_text
 
 
 # characters no answer may hold: C0/C1 controls and the bidi embeddings, overrides and isolates;
@@ -40,7 +41,9 @@ class _Form(RunInput):
 class ManualStepInput(_Form):
     """Confirmation of a manual runbook step."""
 
-    done: bool = Field(default=False, description="Tick when the step is done. Leave unticked to report it as NOT done (the run stops here).")
+    # a choice without a default: the UI makes the person pick one, nothing is assumed from a forgotten tick
+    outcome: Literal["done", "not done"] = Field(
+        description="done: the step is finished; not done: report it as NOT done (the run stops at this step)")
     done_by: Name = Field(description="Your full name: who did the step")
     notes: Text = Field(default="", description="What was done, problems met, anything the auditor should know")
     evidence_link: Link = Field(default="", description="Link (https://…) to evidence (ticket, screenshot, "
@@ -77,7 +80,23 @@ class RollbackDecision(_Form):
     comment: Text = Field(default="", description="Why")
 
 
-def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int, extra_sections: list[str] = ()) -> str:
+# The Prefect UI shows a pause's prompt in a small scroll box (~230 px high, the modal's width) above
+# the form: a prompt holds who, what, the decision and key numbers, and links the full review (a
+# full-page artifact, journal.review). A table in a prompt has at most this many columns (tested).
+MAX_PROMPT_COLUMNS = 3
+REVIEW_HOLDS = "the phase's journal with every column, the checks with finding and fix, every open issue"
+
+
+def _review_line(review_link: str | None, holds: str = REVIEW_HOLDS) -> list[str]:
+    if not review_link:
+        return []
+    return [f"**Full review** ({holds}): [open it on its own page]({review_link})", ""]
+
+
+def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int, extra_sections: list[str] = (),
+                       review_link: str | None = None) -> str:
+    """The step's Markdown: who, what, the choice and its consequence, the link to the full review,
+    then short sections (pre-sync, checks, sweeps) of at most three columns."""
     who = OWNER_LABELS[step.owner]
     lines = [
         f"### Step {step.id} — {step.title}",
@@ -96,32 +115,38 @@ def manual_step_prompt(step: Step, *, mode: str, portal: str, attempt: int, extr
     if step.sweep:
         lines += ["_While this step is open, cloud2box sweeps what people still create in the cloud into the box "
                   "and tells them to use the box (see the journal's sweep events)._", ""]
-    lines.append(f"When it is done, the **{who}** ticks *done*, names who did it, and submits.")
+    lines.append(f"When it is done, the **{who}** chooses *done* (or *not done*: the run stops here), names who "
+                 "did it, and submits.")
+    if review_link:
+        lines += ["", *_review_line(review_link)[:1]]
     for section in extra_sections:  # results (verification, sweeps) after the instructions
         lines += ["", section]
     return "\n".join(lines)
 
 
 def gate_prompt(phase: Phase, *, mode: str, portal: str, journal_table_md: str, extra_sections: list[str] = (),
-                refused_reason: str | None = None, decide_first: list[str] = ()) -> str:
+                refused_reason: str | None = None, decide_first: list[str] = (), review_link: str | None = None,
+                review_holds: str = REVIEW_HOLDS) -> str:
     """The gate's Markdown. What the signer must decide comes first: the UI shows the prompt in a
-    small scroll box above the form, so long tables go last."""
+    small scroll box above the form. ``journal_table_md`` is the phase's short journal table
+    (:func:`journal.export.brief_table`); the sections are short too; the rest is in the full review."""
     lines = [
         f"### Sign-off of phase {phase.number} — {phase.title}",
         f"**Who:** Customer · **Run:** {mode} of {portal}",
         "",
     ]
-    if refused_reason:
-        lines += [f"> **Your last approval was not taken:** {refused_reason}", ""]
-    lines += [phase.gate, ""]
+    if refused_reason:  # built from issue titles and check findings: shown as inert text
+        lines += [f"> **Your last approval was not taken:** {markdown_text(refused_reason)}", ""]
+    lines += [phase.gate, "",
+              "**Decide:** *approve* signs the phase off and the run goes on; *reject* stops the run here (it can "
+              "be re-run; completed steps are kept).", ""]
     if decide_first:
         lines += ["**Before you approve:**", "", *[f"- {item}" for item in decide_first], ""]
+    lines += _review_line(review_link, review_holds)
     lines += ["What was done in this phase:", "", journal_table_md, ""]
     for section in extra_sections:
         lines += [section, ""]
-    lines.append("Approve to start the next phase, or reject to stop the run here "
-                 "(it can be re-run; completed steps are kept).")
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
 
 
 def _human_minutes(minutes: float) -> str:

@@ -24,6 +24,7 @@ from flows.gates import ask_gate, record_gate
 from flows.outputs import write_outputs
 from flows.run_context import RunContext, build_setup, check_setup, customer_tag, open_run, refuse_second_run
 from flows import presync
+from flows.signing import tell_engineers
 from flows.steps import do_step, run_step
 from journal.events import EventKind
 from journal.export import downtime_window
@@ -111,7 +112,9 @@ def _tag_flow_run(tag: str) -> None:
             client.update_flow_run(ctx.flow_run.id, tags=[*(ctx.flow_run.tags or []), tag])
 
 
-@flow(name="migration", flow_run_name=_flow_run_name, persist_result=False)
+# the roster's engineers are told when the run fails or crashes (why hooks and not automations: flows/signing.py)
+@flow(name="migration", flow_run_name=_flow_run_name, persist_result=False, on_failure=[tell_engineers],
+      on_crashed=[tell_engineers])
 def migration(config: str, mode: Mode = "rehearsal", new_run: bool = False) -> dict:
     """Run the migration runbook (phases 1–3) for the portal in ``config``.
 

@@ -3,6 +3,10 @@
 Artifacts are views: the journal is the record. So publishing one never fails a step or a run —
 a failure is logged and the run goes on. The exports and the auditor's report are written when
 the run ends, however it ends.
+
+A view that changes during the run (a phase's journal, its full review, the checks before a step
+or gate) is one artifact updated in place (:func:`publish_in_place`), not a new version per step;
+the journal anchor keeps a version per gate answer on purpose: each is a copy kept apart.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                              update_progress_artifact)
+from prefect.artifacts import (TableArtifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
 
 from checklists.runbook import Phase, Step
 from connectors.secrets import redact
@@ -25,6 +30,7 @@ from journal.events import EventKind
 from journal.export import SUMMARY_COLUMNS, export_run, phase_rows
 from journal.pdf import print_pdf
 from journal.report import report_markdown, write_report
+from journal.review import review_markdown
 
 if TYPE_CHECKING:
     from flows.run_context import RunContext
@@ -54,28 +60,76 @@ class ProgressArtifact:
             logging.getLogger("cloud2box").debug("progress artifact update failed: %s", exc)
 
 
-def publish_phase_table(run: RunContext, phase: Phase) -> None:
-    """The phase's journal rows as a table artifact (updated after every step)."""
-    rows = phase_rows(run.journal, run.run_id, phase.number)
+def publish_in_place(run: RunContext, key: str, *, description: str, table: list[dict] | None = None,
+                     markdown: str | None = None) -> UUID | None:
+    """Publish the table (or Markdown) artifact ``key``: created at the first call of the run's
+    process, updated in place after (Prefect would add a version per create: a phase's journal
+    showed 12). Returns the artifact's id, or None when it could not be published: the journal is
+    the record, so a failure is logged and never stops the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    known = run.artifact_ids.get(key)
     try:
-        create_table_artifact(
-            [{c: r[c] for c in SUMMARY_COLUMNS} for r in rows],
-            key=f"journal-{run.run_id}-phase-{phase.number}",
-            description=f"Journal of phase {phase.number} ({phase.title}), run {run.run_id}",
-        )
-    except Exception as exc:  # the journal is the record; an artifact hiccup must not stop the run
-        get_run_logger().warning("could not update the journal artifact: %s", exc)
+        if known is not None:
+            data = TableArtifact(table=table).format(_sync=True) if table is not None else markdown
+            try:
+                with get_client(sync_client=True) as client:
+                    client.update_artifact(known, ArtifactUpdate(data=data, description=description))
+                return known
+            except ObjectNotFound:  # deleted in the UI meanwhile: publish it again
+                run.artifact_ids.pop(key, None)
+        if table is not None:
+            created = create_table_artifact(table, key=key, description=description)
+        else:
+            created = create_markdown_artifact(markdown or "", key=key, description=description)
+        run.artifact_ids[key] = created
+        return created
+    except Exception as exc:  # noqa: BLE001 — the journal is the record; an artifact hiccup must not stop the run
+        get_run_logger().warning("could not publish the artifact %s: %s", key, redact(exc))
+        return None
+
+
+def artifact_link(artifact_id: UUID) -> str:
+    """The artifact's page in the Prefect UI (``/artifacts/artifact/<id>``, the UI's route in 3.x) at
+    ``PREFECT_UI_URL`` (set it when the UI is behind a proxy; Prefect derives it from the API URL
+    otherwise); a path on the same server when no UI address is known (an ephemeral server)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    return f"{(PREFECT_UI_URL.value() or '').rstrip('/')}/artifacts/artifact/{artifact_id}"
+
+
+def publish_phase_table(run: RunContext, phase: Phase) -> None:
+    """The phase's journal rows as a table artifact (one per phase, updated after every step)."""
+    rows = phase_rows(run.journal, run.run_id, phase.number)
+    publish_in_place(run, f"journal-{run.run_id}-phase-{phase.number}",
+                     table=[{c: r[c] for c in SUMMARY_COLUMNS} for r in rows],
+                     description=f"Journal of phase {phase.number} ({phase.title}), run {run.run_id}")
+
+
+def publish_review(run: RunContext, phase: Phase, asked: str, sections: list[tuple[str, str]] = ()) -> str | None:
+    """The phase's full review (:func:`journal.review.review_markdown`) as one Markdown artifact per
+    phase, updated in place at each pause; returns the link a prompt shows, or None."""
+    try:
+        text = review_markdown(run.journal, run.run_id, phase=phase.number, title=phase.title, asked=asked,
+                               sections=sections)
+    except Exception as exc:  # noqa: BLE001 — the prompt still goes out, without its link
+        get_run_logger().warning("could not write the review of phase %s: %s", phase.number, redact(exc))
+        return None
+    artifact_id = publish_in_place(run, f"review-{run.run_id}-phase-{phase.number}", markdown=text,
+                                   description=f"Full review of phase {phase.number} ({phase.title}) at {asked}, "
+                                               f"run {run.run_id}")
+    return artifact_link(artifact_id) if artifact_id is not None else None
 
 
 def publish_verification(run: RunContext, step: Step, label: str | None, result) -> None:
-    """The checks run before ``step`` (or before the gate ``label``) as a table artifact."""
-    try:
-        create_table_artifact([{"check": r.id, "result": r.status, "severity if failed": r.severity,
-                                "finding": r.summary} for r in result.results],
-                              key=f"verification-{run.run_id}-{(label or 'step-' + step.slug).replace('.', '-')}",
-                              description=f"Verification before {label or 'step ' + step.id}: {result.summary()}")
-    except Exception as exc:  # the journal holds the results; the artifact is a view
-        get_run_logger().warning("could not publish the verification artifact: %s", exc)
+    """The checks run before ``step`` (or before the gate ``label``) as a table artifact (one per
+    step or gate, updated in place when the checks run again)."""
+    publish_in_place(run, f"verification-{run.run_id}-{(label or 'step-' + step.slug).replace('.', '-')}",
+                     table=[{"check": r.id, "result": r.status, "severity if failed": r.severity,
+                             "finding": r.summary, "fix": r.fix} for r in result.results],
+                     description=f"Verification before {label or 'step ' + step.id}: {result.summary()}")
 
 
 def anchor_target(run: RunContext) -> str:

@@ -33,6 +33,7 @@ from flows.actions import MANUAL, ActionContext, known_actions, missing_requirem
 from flows.config import Config, Mode, load_config_and_secrets, journal_chain_key
 from flows.downtime import DowntimeWatcher, notifier_for
 from flows.outputs import ProgressArtifact
+from flows.signing import register_contacts, require_roster, roster_problems
 from journal.events import EventKind
 from journal.forecast import forecast_from
 from journal.notices import Notifier
@@ -67,6 +68,8 @@ def build_setup(config_path: str) -> Setup:
     problems += [f"[runbook.manual_steps] no step {u} in the runbook" for u in unknown]
     runbook = runbook.with_actions({step_id: MANUAL for step_id in set(config.runbook.manual_steps) - set(unknown)})
     problems += missing_requirements(runbook, config)
+    problems += roster_problems(config, runbook)
+    register_contacts(config)
     chain_key = None
     try:
         chain_key = journal_chain_key(config, secrets)
@@ -106,6 +109,9 @@ class RunContext:
     notifier: Notifier
     watcher: DowntimeWatcher | None = field(default=None)  # while the user downtime lasts
     presyncer: Any = field(default=None)  # flows.presync.PreSyncer while the pre-sync runs (phase 2)
+    # artifact key → id of the artifact this process created for it: later publications update it in
+    # place (flows.outputs.publish_in_place), so the run's Artifacts tab holds one per key, not one per step
+    artifact_ids: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, mode={self.mode!r})"
@@ -137,6 +143,7 @@ def open_run(setup: Setup, mode: Mode, new_run: bool) -> RunContext:
     """Start the journal run of ``mode``, or resume the last unfinished one (its stale flow run
     is retired and its interrupted steps closed). A new cutover is planned from the last rehearsal."""
     cfg, journal, logger = setup.config, setup.journal, get_run_logger()
+    require_roster(cfg, mode)  # a cutover's sign-offs are bound to named people
     current = flow_run_id()
     run, previous_flow_run = journal.open_run(name=cfg.migration.name, portal=cfg.migration.portal, mode=mode,
                                               timezone=cfg.migration.timezone, config_snapshot=cfg.snapshot(),

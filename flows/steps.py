@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.flow_runs import pause_flow_run
 
 from checklists.runbook import Phase, Step
 from connectors.errors import MigrationError, StepNotDone
@@ -21,12 +20,13 @@ from flows.actions import get_action
 from flows.actions.verify import verify as verify_checks
 from flows.downtime import announce, ask_rollback_if_due, downtime_ended, downtime_started
 from flows.forms import ManualStepInput, manual_step_prompt
-from flows.outputs import publish_phase_table, publish_verification
+from flows.outputs import publish_phase_table, publish_review, publish_verification
 from flows.run_context import RunContext, flow_run_id
+from flows.signing import ask_step
 from journal.events import EventKind
 from journal.sweeps import sweeps_markdown
 from journal.triage import report_issue
-from journal.verification import verification_markdown
+from journal.verification import verification_brief, verification_markdown
 
 AUTOMATED_ACTOR = "cloud2box (automated)"
 
@@ -39,7 +39,8 @@ def verify_before(run: RunContext, step_id: str, label: str | None = None) -> di
     step = run.step(step_id)
     result, changes = verify_checks(run.action_context(step, get_run_logger(), label=label))
     publish_verification(run, step, label, result)
-    return {"markdown": verification_markdown(result), "summary": result.summary(), **changes}
+    return {"markdown": verification_markdown(result), "brief": verification_brief(result, fires_listed=bool(label)),
+            "summary": result.summary(), **changes}
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -51,7 +52,7 @@ def run_step(run: RunContext, step_id: str, execution_id: int, confirmation: dic
     if step.is_manual:
         answer = ManualStepInput.model_validate(confirmation or {})
         evidence = {"evidence_link": answer.evidence_link} if answer.evidence_link else {}
-        if not answer.done:
+        if answer.outcome != "done":
             journal.finish_step(execution_id, outcome="failed", actor=answer.done_by, notes=answer.notes,
                                 error=f"reported NOT done by {answer.done_by}", evidence=evidence)
             raise StepNotDone(f"step {step.id} ({step.title}) was reported NOT done by {answer.done_by}: "
@@ -97,15 +98,20 @@ def do_step(run: RunContext, phase: Phase, step: Step) -> None:
         presync.keep_running(run, step)
     else:
         presync.stop(run, step.id)  # before 2.11 writes the box: one writer at a time
-    sections = []
+    sections, review = [], []  # the prompt's short sections; the full review's (heading, Markdown)
     if step.presync and run.presyncer:
         sections.append(presync.prompt_section(run, step))
+        review.append(("Pre-sync", sections[-1]))
     if step.verify:  # an automated step is checked too: the result is journaled, issues opened
-        sections.append(verify_before(run, step.id)["markdown"])
-        swept = sweeps_markdown(run.journal, run.run_id)
+        sections.append(verify_before(run, step.id)["brief"])
+        swept = sweeps_markdown(run.journal, run.run_id, brief=True)
         if swept:
             sections.append(swept)
-    confirmation = _confirmation(run, step, attempt, sections) if step.is_manual else None
+            review.append(("Straggler sweeps", sweeps_markdown(run.journal, run.run_id)))
+    confirmation = None
+    if step.is_manual:
+        link = publish_review(run, phase, f"step {step.id} (attempt {attempt})", review)
+        confirmation = _confirmation(run, step, attempt, sections, review_link=link)
     if step.presync:
         presync.halt_if_last(run, step)  # the users stop now: no new pass, a running one cut short
     step_task = run_step.with_options(
@@ -123,20 +129,17 @@ def do_step(run: RunContext, phase: Phase, step: Step) -> None:
         downtime_ended(run)
 
 
-def _confirmation(run: RunContext, step: Step, attempt: int, sections: list[str]) -> dict:
-    """Pause for the person's confirmation of a manual step; ``sections`` go into its prompt."""
-    form = ManualStepInput.with_initial_data(
-        description=manual_step_prompt(step, mode=run.mode, portal=run.config.migration.portal, attempt=attempt,
-                                       extra_sections=sections))
+def _confirmation(run: RunContext, step: Step, attempt: int, sections: list[str], review_link: str | None = None) -> dict:
+    """Pause for the person's confirmation of a manual step; ``sections`` go into its prompt, which
+    links the phase's full review."""
+    prompt = manual_step_prompt(step, mode=run.mode, portal=run.config.migration.portal, attempt=attempt,
+                                extra_sections=sections, review_link=review_link)
     sweeper = _start_sweeps(run, step) if step.sweep else None
-    try:
-        answer = pause_flow_run(wait_for_input=form, timeout=run.config.prefect.pause_timeout_s,
-                                poll_interval=run.config.prefect.poll_interval_s,
-                                key=f"step-{step.slug}-attempt-{attempt}")
+    try:  # a roster person answers; the one who must act is told (flows/signing.py)
+        return ask_step(run, step, ManualStepInput, prompt, key=f"step-{step.slug}-attempt-{attempt}")
     finally:
         if sweeper is not None:
             _stop_sweeps(run, sweeper, step)
-    return answer.model_dump(include=set(ManualStepInput.model_fields))
 
 
 def _start_sweeps(run: RunContext, step: Step):

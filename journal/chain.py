@@ -57,7 +57,7 @@ from .models import Base, MigrationRun, utcnow
 GENESIS = "0" * 64  # the first link of a format-1 run
 
 _CHAINED = frozenset({"c2b_runs", "c2b_step_executions", "c2b_signoffs", "c2b_events", "c2b_issues",
-                      "c2b_backup_parts", "c2b_risk_status", "c2b_crm_id_map"})
+                      "c2b_backup_parts", "c2b_risk_status", "c2b_crm_id_map", "c2b_sign_codes"})
 # Chained since format 2 only: in a run whose chain began in format 1 their rows may have no link.
 _CHAINED_SINCE_V2 = frozenset({"c2b_risk_status", "c2b_crm_id_map"})
 _GONE_OPS = ("delete", "moved")  # after these the row is no longer in the run
@@ -411,7 +411,7 @@ class VerifyResult:
 
 _LABELS = {"c2b_runs": "run", "c2b_step_executions": "step execution", "c2b_signoffs": "sign-off",
            "c2b_events": "event", "c2b_issues": "issue", "c2b_backup_parts": "backup part",
-           "c2b_risk_status": "risk decision", "c2b_crm_id_map": "id map entry"}
+           "c2b_risk_status": "risk decision", "c2b_crm_id_map": "id map entry", "c2b_sign_codes": "one-time code"}
 
 
 def _describe(table: str, row_id: str, row: dict | None) -> str:

@@ -55,6 +55,12 @@ class EventKind(StrEnum):
     NOTICE = "notice"
     FORECAST = "forecast"
     FORECAST_ETA = "forecast-eta"
+    # who signs (journal/signers.py, flows/signing.py): the roster's people, their codes and notices
+    PERSON_NOTICE = "person-notice"  # a roster person was told to act (a code in it is never journaled)
+    SIGN_VERIFIED = "sign-verified"  # an answer was taken from a roster person (code checked for the customer)
+    SIGN_REFUSED = "sign-refused"  # an answer was not taken: wrong, expired or used code, or not eligible
+    SIGN_UNBOUND = "sign-unbound"  # a rehearsal without [[roster]]: the name is as typed, not verified
+    ISSUE_OVERRIDE = "issue-override"  # a fire closed by hand with the customer's code and a reason
     # the journal itself
     ANCHOR_UNDELIVERED = "anchor-undelivered"  # an anchor did not reach [journal] anchor (journal/anchor.py)
 

@@ -63,6 +63,20 @@ def markdown_table(rows: list[dict], columns: list[str] | dict[str, str]) -> str
 
 
 SUMMARY_COLUMNS = ["step", "title", "owner", "outcome", "actor", "planned_min", "actual_min", "over_plan_min"]
+REVIEW_COLUMNS = [c for c in COLUMNS if c not in ("run_id", "mode")]  # the full review: every column that varies
+BRIEF_COLUMNS = {"step": "step", "outcome": "outcome — by", "minutes": "min (plan)"}  # fits the resume modal
+
+
+def brief_table(rows: list[dict]) -> str:
+    """The phase's journal rows (:func:`step_row`) as a three-column table for a prompt: the resume
+    modal shows the prompt in a narrow box; every column is in the full review."""
+    def minutes(r: dict) -> str:
+        actual = "…" if r["actual_min"] is None else f"{r['actual_min']:g}"
+        return f"{actual} ({r['planned_min']:g})" if r["planned_min"] is not None else actual
+
+    brief = [{"step": f"{r['step']} {r['title']}", "outcome": f"{r['outcome']} — {r['actor']}" if r["actor"]
+              else r["outcome"], "minutes": minutes(r)} for r in rows]
+    return markdown_table(brief, BRIEF_COLUMNS)
 
 
 def phase_rows(journal: Journal, run_id: str, phase: int) -> list[dict]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import select
 
+from connectors.outputs import markdown_text
 from connectors.secrets import redact
 
 from .export import markdown_table
@@ -38,3 +41,18 @@ def risk_register_markdown(register, statuses: dict[str, str] | None = None) -> 
     """The register (a :class:`checklists.risks.RiskRegister`) as a Markdown table, each risk with
     its status in the run."""
     return markdown_table(register.rows(statuses), _COLUMNS).rstrip("\n")
+
+
+def risk_register_brief(register, statuses: dict[str, str] | None = None) -> str:
+    """The register for a prompt: counts by status and impact, no table (the resume modal is narrow;
+    the full register, every column, is in the review)."""
+    statuses = statuses or {}
+    by_status = Counter(statuses.get(r.id, "open") for r in register.risks)
+    high = sum(1 for r in register.risks if r.impact == "high")
+    needing = register.needing_acceptance
+    text = (f"**Risk register:** {len(register.risks)} risk(s), {high} of high impact; "
+            + ", ".join(f"{n} {markdown_text(s)}" for s, n in sorted(by_status.items())) + ".")
+    if needing:
+        text += (" High impact with no mitigation (your acceptance needed): "
+                 + ", ".join(f"**{markdown_text(r.id)}** {markdown_text(r.title)}" for r in needing) + ".")
+    return text

@@ -22,7 +22,7 @@ from connectors.errors import FatalError, RunNotFound, TransientError
 from connectors.http_download.disk import make_private_dir, open_private
 from connectors.secrets import redact, redact_obj
 
-from . import chain, idmap, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
+from . import chain, idmap, signers, triage  # noqa: F401  (their tables must be in Base.metadata before create_all)
 from .counters import StepCounters
 from .events import EventKind
 from .models import Base, Event, MigrationRun, SignOff, StepExecution, utcnow

@@ -131,10 +131,12 @@ def sweep_totals(done: list) -> dict:
 
 
 _STRAGGLER_COLUMNS = {"name": "user", "email": "e-mail", "records": "records", "last_at": "last change"}
+_BRIEF_STRAGGLER_COLUMNS = {"name": "user", "records": "records", "last_at": "last change"}  # fits the resume modal
 
 
-def sweeps_markdown(journal, run_id: str) -> str:
-    """What the sweeps did, for prompts and gates: totals, who still works in the cloud, quarantine."""
+def sweeps_markdown(journal, run_id: str, *, brief: bool = False) -> str:
+    """What the sweeps did, for prompts and gates: totals, who still works in the cloud, quarantine.
+    ``brief``: for a prompt, the people without their e-mail (three columns; the review has it)."""
     done = sweeps(journal, run_id)
     if not done:
         return ""
@@ -147,7 +149,7 @@ def sweeps_markdown(journal, run_id: str) -> str:
              + (f", {stopped} stopped by the request budget" if stopped else "") + "."]
     if people:
         lines += ["", "Still working in the cloud (tell them to use the box):", "",
-                  markdown_table(people, _STRAGGLER_COLUMNS).rstrip("\n")]
+                  markdown_table(people, _BRIEF_STRAGGLER_COLUMNS if brief else _STRAGGLER_COLUMNS).rstrip("\n")]
     if held:
         listed = ", ".join(f"{e} {i}" for e, ids in held.items() for i in sorted(ids, key=int))
         lines += ["", f"> **In quarantine (changed again and again, not synced):** {listed}. Find what keeps "

@@ -44,7 +44,7 @@ class Issue(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     severity: Mapped[str] = mapped_column(String(16))  # fire|emergency|sla
     rule: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the triage rule that decided, or "manual"
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open|resolved
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|resolved|overridden (closed by hand)
     source: Mapped[str] = mapped_column(String(16), default="check")  # check|form|ladder|manual
     reported_by: Mapped[str] = mapped_column(String(200))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -165,6 +165,50 @@ def resolve_issue(journal, issue_id: int, *, resolved_by: str, resolution: str,
     return view
 
 
+def get_issue(journal, issue_id: int) -> IssueView:
+    with journal.session() as s:
+        row = s.get(Issue, issue_id)
+        if row is None:
+            raise FatalError(f"no issue {issue_id} in the journal", fix="cloud2box issues list shows the run's issues")
+        return IssueView.of(row)
+
+
+def override_issue(journal, issue_id: int, *, by: str, reason: str, agreed_by: str, agreed_role: str) -> IssueView:
+    """Close an open issue by hand, with a customer's consent (checked by the caller: their one-time
+    code, flows.signing.override_fire): status ``overridden``, an ``issue-override`` event. A check's
+    failure no longer opens it again in this run (journal.verification); the gates list it."""
+    with journal.session() as s:
+        row = s.get(Issue, issue_id)
+        if row is None:
+            raise FatalError(f"no issue {issue_id} in the journal", fix="cloud2box issues list shows the run's issues")
+        row.status, row.resolved_at, row.resolved_by = "overridden", utcnow(), redact(by)
+        row.resolution = redact(f"closed by hand (override) by {by}, agreed by {agreed_by} ({agreed_role}) with a "
+                                f"one-time code: {reason}")
+        view = IssueView.of(row)
+    journal.add_event(view.run_id, EventKind.ISSUE_OVERRIDE, f"issue {issue_id} [{view.severity}] closed by hand by "
+                      f"{by}, agreed by {agreed_by} ({agreed_role}): {reason}",
+                      data={"issue_id": issue_id, "by": by, "agreed_by": agreed_by, "agreed_role": agreed_role,
+                            "reason": reason}, step_id=view.step_id)
+    return view
+
+
+def overrides_brief(journal, run_id: str) -> str:
+    """The issues closed by hand (overrides) as bullets for a gate's prompt; empty when none."""
+    from connectors.outputs import markdown_text
+
+    closed = issues(journal, run_id, status="overridden")
+    if not closed:
+        return ""
+    agreed = {e.data.get("issue_id"): e.data for e in journal.events(run_id, EventKind.ISSUE_OVERRIDE)}
+    lines = [f"**Closed by hand — overrides ({len(closed)}):**", ""]
+    for i in closed:
+        who = agreed.get(i.id, {})
+        lines.append(f"- ⚠️ {i.severity} #{i.id} {markdown_text(i.title)} — closed by {markdown_text(i.resolved_by)}, "
+                     f"agreed by {markdown_text(who.get('agreed_by', '?'))} ({markdown_text(who.get('agreed_role', '?'))})"
+                     f": {markdown_text(who.get('reason', i.resolution or ''))}")
+    return "\n".join(lines)
+
+
 def issues(journal, run_id: str, *, status: str | None = None) -> list[IssueView]:
     """Issues of a run, most severe first, then oldest first."""
     with journal.session() as s:
@@ -190,8 +234,9 @@ def check_gate(journal, run_id: str, phase: int, decision: str) -> None:
                           fix="resolve the fires (or roll back to the cloud), then sign the gate again")
 
 
-def gate_issues_markdown(journal, run_id: str, rules: TriageRules | None = None) -> str:
-    """The open issues as a Markdown section for a gate's form (empty issues → a one-line note)."""
+def gate_issues_markdown(journal, run_id: str, rules: TriageRules | None = None, *, detail: bool = False) -> str:
+    """The open issues as a Markdown section (empty issues → a one-line note); ``detail`` adds each
+    issue's detail (a failed check's fix) as a column: the full-page review has the room."""
     open_ = issues(journal, run_id, status="open")
     if not open_:
         return "**Open issues:** none."
@@ -199,10 +244,65 @@ def gate_issues_markdown(journal, run_id: str, rules: TriageRules | None = None)
 
     rules = rules or load_rules()
     rows = [{"#": i.id, "severity": rules.severities[i.severity].label if i.severity in rules.severities
-             else i.severity, "step": i.step_id, "issue": i.title, "reported by": i.reported_by} for i in open_]
-    lines = [f"**Open issues ({len(open_)}):**", "",
-             markdown_table(rows, ["#", "severity", "step", "issue", "reported by"]).rstrip("\n")]
+             else i.severity, "step": i.step_id, "issue": i.title, "reported by": i.reported_by,
+             "fix / detail": i.detail or ""} for i in open_]
+    columns = ["#", "severity", "step", "issue", "reported by"] + (["fix / detail"] if detail else [])
+    lines = [f"**Open issues ({len(open_)}):**", "", markdown_table(rows, columns).rstrip("\n")]
     if any(i.severity == "fire" for i in open_):
         lines += ["", "> **A fire is open: this gate cannot be approved.** "
                       "Resolve it, or decide to roll back to the cloud."]
     return "\n".join(lines)
+
+
+BRIEF_FIRES = 5  # fires listed one by one in a prompt; the full review lists every issue
+
+
+def open_issues_brief(journal, run_id: str) -> str:
+    """The open issues for a prompt: counts by severity and each fire as a bullet with its fix (no
+    table: the resume modal is narrow; :func:`gate_issues_markdown` is the full list)."""
+    from connectors.outputs import markdown_text
+
+    open_ = issues(journal, run_id, status="open")
+    if not open_:
+        return "**Open issues:** none."
+    counts = ", ".join(f"{n} {sev}" for sev in SEVERITY_ORDER if (n := sum(1 for i in open_ if i.severity == sev)))
+    fires = [i for i in open_ if i.severity == "fire"]
+    lines = [f"**Open issues:** {counts} (all of them in the full review)."]
+    if fires:
+        lines.append("")
+        lines += [f"- 🔥 #{i.id} {markdown_text(i.title)}" + (f" — *fix:* {markdown_text(i.detail)}" if i.detail else "")
+                  for i in fires[:BRIEF_FIRES]]
+        if len(fires) > BRIEF_FIRES:
+            lines.append(f"- … {len(fires) - BRIEF_FIRES} more fire(s) in the full review")
+        lines += ["", "> **A fire is open: this gate cannot be approved.** "
+                      "Resolve it, or decide to roll back to the cloud."]
+    return "\n".join(lines)
+
+
+def check_of(issue: IssueView) -> str | None:
+    """The id of the check whose failure opened ``issue`` (``[verify:<id>] …``), or None."""
+    if issue.source == "check" and issue.title.startswith("[verify:") and "]" in issue.title:
+        return issue.title[len("[verify:"):issue.title.index("]")]
+    return None
+
+
+def fires_refusal(fires: list[IssueView], asked: list[IssueView] = ()) -> str:
+    """Why an approval is not taken while ``fires`` are open, as the re-ask shows it: each fire, and
+    for a failed check that it still fails when the answer arrived and its fix. ``asked``: the fires
+    open when the question was put; one of them closed by hand whose check still fails is named."""
+    asked_checks = {check_of(i): i for i in asked if check_of(i)}
+    parts = []
+    for fire in fires:
+        check, text = check_of(fire), f"#{fire.id} {fire.title}"
+        if check:
+            before = asked_checks.get(check)
+            if before is not None and before.id != fire.id:
+                text += (f" (issue #{before.id} was resolved by hand after you were asked, but the check "
+                         f"{check} still fails now)")
+            else:
+                text += f" (the check {check} still fails now)"
+        if fire.detail:
+            text += f"; fix: {fire.detail.rstrip('. ')}"
+        parts.append(text)
+    return (f"{len(fires)} fire(s) open when your answer arrived: {'; '.join(parts)}. Resolve them and approve "
+            "again, or reject the phase (roll back to the cloud)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -69,12 +70,38 @@ def prefect_server():
         yield PREFECT_API_URL.value()
 
 
+# Who signs in the tests: the demo's people (flows.customer.demo_answer chooses them), their notices
+# and one-time codes delivered to the session's loopback inbox (sandbox/inbox.py).
+ROSTER = [{"name": "Dana Demo", "role": "Head of Sales", "party": "customer"},
+          {"name": "Alex Engineer", "role": "Migration engineer", "party": "contractor", "engineer": True}]
+
+
+@pytest.fixture(scope="session")
+def signer_inbox():
+    """The people's inboxes on loopback for the whole session (sandbox/inbox.py)."""
+    from sandbox.inbox import start_inbox
+
+    with start_inbox() as inbox:
+        yield inbox
+
+
+def roster_toml(people: list[dict], inbox) -> str:
+    """``[[roster]]`` tables for ``people``; a person without a contact gets their inbox's."""
+    out = []
+    for person in people:
+        entry = {"contact": inbox.contact(person["name"]), **person}
+        out.append("[[roster]]\n" + "".join(
+            f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}\n" for k, v in entry.items()))
+    return "".join(out)
+
+
 @pytest.fixture
-def make_config(tmp_path):
-    """Write a config + mini runbook; returns a function(journal_url=None, action_1_2='manual', extra='')."""
+def make_config(tmp_path, signer_inbox):
+    """Write a config + mini runbook; returns a function(journal_url=None, action_1_2='manual', extra='',
+    roster=ROSTER): ``roster`` [] writes none (a rehearsal without one takes typed names)."""
 
     def _make(journal_url: str | None = None, action_1_2: str = "manual", extra: str = "", name: str | None = None,
-              runbook: str | None = None) -> Path:
+              runbook: str | None = None, roster: list[dict] | None = None) -> Path:
         rb = tmp_path / f"runbook-{uuid.uuid4().hex[:6]}.toml"
         rb.write_text(runbook or MINI_RUNBOOK.format(action_1_2=action_1_2), encoding="utf-8")
         cfg = tmp_path / f"config-{uuid.uuid4().hex[:6]}.toml"
@@ -89,6 +116,7 @@ def make_config(tmp_path):
             [prefect]
             poll_interval_s = 1
             pause_timeout_s = 120
+        """) + roster_toml(ROSTER if roster is None else roster, signer_inbox) + textwrap.dedent(f"""
             [runbook]
             path = "{rb}"
         """) + extra, encoding="utf-8")

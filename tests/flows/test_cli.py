@@ -114,6 +114,16 @@ def test_demo_runs_the_whole_runbook_end_to_end(tmp_path):
     out = tmp_path / "demo"
     res = _cli("demo", "--out", str(out), env={"PREFECT_API_URL": ""}, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # issue 15: every prompt the people answered fits the resume modal (no table over three columns),
+    # links its phase's full review, and carries the short sections (checks, pre-sync, sweeps)
+    from flows.forms import MAX_PROMPT_COLUMNS
+    from tests.flows.prompt_tables import table_widths
+
+    prompts = (out / "prompts.md").read_text()
+    assert table_widths(prompts) and max(table_widths(prompts)) <= MAX_PROMPT_COLUMNS
+    answered = int(re.search(r"(\d+) prompts answered", res.stdout).group(1))
+    assert prompts.count("\n## ") == answered and prompts.count("/artifacts/artifact/") == answered
+    assert all(s in prompts for s in ("**Verification:**", "**Pre-sync:**", "**Straggler sweeps:**", "*fix:*"))
     df = pd.read_csv(out / "journal.csv", dtype={"step": str})
     assert len(df) == 21 and set(df["outcome"]) == {"done"}
     assert list(df["step"]) == [f"{p}.{i}" for p, n in ((1, 6), (2, 12), (3, 3)) for i in range(1, n + 1)]

@@ -60,7 +60,7 @@ def _decide(decision: str):
     def answer(prompt):
         if prompt.key.startswith("rollback-decision"):
             asked.append(prompt)
-            return {"decided_by": "Rita Boss", "role": "CEO", "decision": decision, "comment": "as agreed"}
+            return {"decided_by": "Dana Demo", "decision": decision, "comment": "as agreed"}  # + her code
         return demo_answer(prompt)
 
     return answer, asked
@@ -79,7 +79,7 @@ def test_downtime_sends_notices_walks_the_ladder_and_asks_the_decision(prefect_s
     assert kinds[0] == "downtime-started" and "workaround" in kinds
     assert kinds[-2:] == ["completed", "summary"]
     ladder = [e.data.get("level") or e.message for e in journal.events(run.id, "ladder")]
-    assert any("workaround" in str(x) for x in ladder) and any("continue decided by Rita Boss" in e.message
+    assert any("workaround" in str(x) for x in ladder) and any("continue decided by Dana Demo" in e.message
                                                                 for e in journal.events(run.id, "ladder"))
     files = sorted(p.name for p in (out_dir / "notices" / run.id).glob("*.md"))  # a rehearsal writes, never sends
     assert any(f.endswith("downtime-started.md") for f in files) and any(f.endswith("summary.md") for f in files)

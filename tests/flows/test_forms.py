@@ -43,7 +43,7 @@ def _flow_accepts(form, data: dict) -> bool:
 
 
 def _answer(form, value: str, field: str) -> dict:
-    base = {ManualStepInput: {"done": True, "done_by": "Anna Test"},
+    base = {ManualStepInput: {"outcome": "done", "done_by": "Anna Test"},
             GateSignOff: {"signer": "Anna Test", "role": "CEO", "decision": "approve"},
             RollbackDecision: {"decided_by": "Anna Test", "role": "CEO", "decision": "continue"}}[form]
     return {**base, field: value}
@@ -69,8 +69,19 @@ def test_bad_answers_are_refused_before_the_person_leaves(field, value):
     assert not _server_accepts(ManualStepInput, data) and not _flow_accepts(ManualStepInput, data)
 
 
+@pytest.mark.parametrize("outcome", [None, True, False, "", "Done", "maybe"])
+def test_done_is_an_explicit_choice_without_a_default(outcome):
+    """A forgotten tick once stopped a run: now the person picks done or not done, nothing else passes."""
+    data = {k: v for k, v in _answer(ManualStepInput, outcome, "outcome").items() if v is not None}
+    assert not _server_accepts(ManualStepInput, data) and not _flow_accepts(ManualStepInput, data)
+    schema = create_v2_schema(ManualStepInput.__name__, model_base=ManualStepInput)
+    assert "outcome" in schema["required"] and "default" not in schema["properties"]["outcome"]
+    for choice in ("done", "not done"):
+        assert _server_accepts(ManualStepInput, {**data, "outcome": choice})
+
+
 def test_good_answers_pass():
-    data = {"done": True, "done_by": "Ольга Иванова-Петрова", "notes": "line 1\n\tline 2",
+    data = {"outcome": "done", "done_by": "Ольга Иванова-Петрова", "notes": "line 1\n\tline 2",
             "evidence_link": "https://tickets.example/42?x=1", "issues": "a\n" + "b" * 500}
     assert _server_accepts(ManualStepInput, data) and _flow_accepts(ManualStepInput, data)
 
@@ -106,3 +117,31 @@ def test_what_a_form_accepts_the_journal_stores(journal, name, text):
     assert (signoff.signer, signoff.role, signoff.comment or "") == (redact(name), redact(name), redact(text))
     filed = [i.title for i in issues(journal, run.id)]
     assert filed == [redact(ln.strip()) for ln in text.splitlines() if ln.strip()]
+
+
+# -- the forms of a run with a roster (flows/signing.py) ------------------------------------------
+
+ROSTER_NAME = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=40).filter(
+    lambda t: t.strip() == t and t.strip() and not any(c in t for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(ROSTER_NAME, min_size=1, max_size=3, unique=True), stranger=ROSTER_NAME,
+       code=st.one_of(st.text("0123456789", min_size=8, max_size=8), st.just(""), VALUE))
+def test_a_signed_form_offers_only_the_roster_and_takes_only_a_code_shaped_answer(names, stranger, code):
+    from flows.config import RosterEntry
+    from flows.signing import Signers, signed_form
+
+    people = tuple(RosterEntry(name=n, role="CFO", party="customer", contact="json://127.0.0.1/x") for n in names)
+    for base, name_field, extra in ((GateSignOff, "signer", {"decision": "approve"}),
+                                    (ManualStepInput, "done_by", {"outcome": "done"})):
+        form = signed_form(base, Signers("customer", people), name_field)
+        assert "role" not in form.model_fields and list(form.model_fields).index("code") == \
+            list(form.model_fields).index(name_field) + 1
+        for name in names:
+            data = {**extra, name_field: name, "code": code}
+            shaped = code == "" or (len(code) == 8 and code.isdigit())
+            assert _server_accepts(form, data) == _flow_accepts(form, data) == shaped, (name, code)
+        if stranger not in names:  # a name that is not on the roster is no choice of the form
+            data = {**extra, name_field: stranger, "code": "12345678"}
+            assert not _server_accepts(form, data) and not _flow_accepts(form, data)

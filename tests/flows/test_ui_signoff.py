@@ -7,6 +7,7 @@ runs the migration in a subprocess against it, and fills the generated forms wit
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.flows.conftest import ROSTER
+
+from flows.forms import MAX_PROMPT_COLUMNS
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.prefect, pytest.mark.slow,
@@ -120,19 +125,50 @@ def _open_resume_form(page, base: str, flow_run_id: str):
     return dialog
 
 
+def _prompt_tables(dialog) -> list[dict]:
+    """The prompt's tables as rendered in the modal; each must fit its box and have at most three
+    columns (the modal shows the prompt in a narrow scroll box; everything else is in the review)."""
+    prompt = dialog.locator("article").first
+    tables = prompt.evaluate("""box => [...box.querySelectorAll('table')].map(t => ({
+        width: t.scrollWidth, columns: t.rows.length ? t.rows[0].cells.length : 0, box: box.clientWidth}))""")
+    assert all(t["width"] <= t["box"] and t["columns"] <= MAX_PROMPT_COLUMNS for t in tables), tables
+    return tables
+
+
+def _choose_name(page, dialog, label: str, name: str) -> list[str]:
+    """Choose ``name`` in the roster's select ``label``; returns the names it offered."""
+    select = _field(dialog, label).locator("button.p-select-button__control")
+    select.focus()
+    page.keyboard.press("ArrowDown")
+    page.get_by_role("option", name=name, exact=True).wait_for(timeout=UI_TIMEOUT_MS)
+    offered = page.get_by_role("option").all_inner_texts()
+    page.get_by_role("option", name=name, exact=True).click()
+    sync_api.expect(select).to_have_text(name)
+    return [o.strip() for o in offered]
+
+
+def _code_sent(inbox, name: str, key_prefix: str) -> str:
+    """The one-time code in the newest notice to ``name`` for a pause whose key starts with ``key_prefix``."""
+    for message in reversed(inbox.messages(name)):
+        if re.search(rf"^Reference: {re.escape(key_prefix)}", message["message"], re.MULTILINE):
+            return re.search(r"one-time code:\*\* ([0-9]{8})", message["message"]).group(1)
+    pytest.fail(f"no notice to {name} for {key_prefix}*: {inbox.messages(name)}")
+
+
 def _submit(dialog) -> None:
     dialog.get_by_role("button", name="Submit", exact=True).click(timeout=UI_TIMEOUT_MS)
     dialog.wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
 
 
-def test_person_signs_off_step_and_gate_in_the_prefect_ui(ui_server, make_config, tmp_path):
+def test_person_signs_off_step_and_gate_in_the_prefect_ui(ui_server, make_config, signer_inbox, tmp_path):
     expect = sync_api.expect
 
     from flows.config import load_config
     from journal.store import Journal
 
     base = ui_server
-    config = make_config(runbook=RUNBOOK, name="ui-signoff")
+    config = make_config(runbook=RUNBOOK, name="ui-signoff", roster=[
+        *ROSTER, {"name": "Olga Owner", "role": "CFO", "party": "customer"}])
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "client-home"), PREFECT_API_URL=f"{base}/api",
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -151,10 +187,17 @@ def test_person_signs_off_step_and_gate_in_the_prefect_ui(ui_server, make_config
                 expect(dialog.get_by_role("heading", name="Step 1.1 — Deploy the host")).to_be_visible()
                 expect(dialog).to_contain_text("Deploy the box host with the agreed sizing.")
                 expect(dialog.get_by_text("box", exact=True)).to_be_visible()  # **box** rendered, not raw
-                done = _field(dialog, "Done (Optional)").get_by_role("switch")
-                done.click()
-                expect(done).to_have_attribute("aria-checked", "true")
-                _field(dialog, "Done By").locator("textarea").fill("Ursula Interface")
+                assert _prompt_tables(dialog) == []  # no check ran: nothing but text
+                # done / not done is a choice without a default: the person must pick one
+                outcome = _field(dialog, "Outcome").locator("button.p-select-button__control")
+                expect(outcome).not_to_have_text("done")
+                outcome.focus()
+                page.keyboard.press("ArrowDown")
+                page.get_by_role("option", name="done", exact=True).click()
+                expect(outcome).to_have_text("done")
+                # who did it is a choice of the roster's contractors, not typed; a contractor's step has no code
+                assert _choose_name(page, dialog, "Done By", "Alex Engineer") == ["Alex Engineer"]
+                expect(_field(dialog, "Code")).to_have_count(0)
                 _field(dialog, "Notes (Optional)").locator("textarea").fill("deployed by hand, checked in the UI")
                 page.screenshot(path=str(tmp_path / "step-form.png"))
                 _submit(dialog)
@@ -165,10 +208,17 @@ def test_person_signs_off_step_and_gate_in_the_prefect_ui(ui_server, make_config
                 # the journal table of the phase (with the name typed above) and the risk register are in the
                 # prompt; the modal shows the Markdown in a short box of its own that the person scrolls
                 prompt = dialog.locator("article").first
-                expect(prompt).to_contain_text("Ursula Interface")
+                expect(prompt).to_contain_text("Alex Engineer")
+                expect(prompt).to_contain_text("Who signs: Dana Demo (Head of Sales) or Olga Owner (CFO)")
                 expect(prompt).to_contain_text("Risk register")
-                _field(dialog, "Signer").locator("textarea").fill("Gina Gate")
-                _field(dialog, "Role").locator("textarea").fill("IT Director")
+                assert len(_prompt_tables(dialog)) == 1  # the phase's journal, in three columns that fit
+                review = prompt.get_by_role("link", name="open it on its own page").get_attribute("href")
+                assert review.startswith(f"{base}/artifacts/artifact/"), review
+                # the signer: a customer of the roster (the role is the roster's), with the code sent to her
+                assert _choose_name(page, dialog, "Signer", "Dana Demo") == ["Dana Demo", "Olga Owner"]
+                expect(_field(dialog, "Role")).to_have_count(0)
+                _field(dialog, "Code").locator("input, textarea").first.fill(_code_sent(signer_inbox, "Dana Demo",
+                                                                                        "gate-1-"))
                 # the Literal renders as a select; in headless Chromium a mouse click does not open its
                 # option list inside the modal, the keyboard does (as for a keyboard user)
                 decision = _field(dialog, "Decision").locator("button.p-select-button__control")
@@ -182,6 +232,13 @@ def test_person_signs_off_step_and_gate_in_the_prefect_ui(ui_server, make_config
                 expect(accept).to_have_attribute("aria-checked", "true")
                 page.screenshot(path=str(tmp_path / "gate-form.png"))
                 _submit(dialog)
+
+                # the full review the prompt links: its own page, with every column of the phase's journal
+                page.goto(review, timeout=UI_TIMEOUT_MS)
+                expect(page.get_by_role("heading", name="Review of phase 1 — Preparation")).to_be_visible()
+                expect(page.get_by_role("columnheader", name="planned_start_utc")).to_be_visible()
+                expect(page.get_by_role("heading", name="Risk register")).to_be_visible()
+                page.screenshot(path=str(tmp_path / "review-page.png"), full_page=True)
             finally:
                 browser.close()
         assert proc.wait(timeout=WAIT_S) == 0, run_log.read_text()[-3000:]
@@ -193,7 +250,7 @@ def test_person_signs_off_step_and_gate_in_the_prefect_ui(ui_server, make_config
     assert run.status == "completed"
     (step,) = journal.steps(run.id)
     assert (step.step_id, step.outcome, step.actor, step.notes) == (
-        "1.1", "done", "Ursula Interface", "deployed by hand, checked in the UI")
+        "1.1", "done", "Alex Engineer", "deployed by hand, checked in the UI")
     (signoff,) = journal.signoffs(run.id)
     assert (signoff.phase, signoff.decision, signoff.signer, signoff.role, signoff.comment) == (
-        1, "approve", "Gina Gate", "IT Director", "host looks fine")
+        1, "approve", "Dana Demo", "Head of Sales", "host looks fine")

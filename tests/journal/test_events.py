@@ -28,6 +28,8 @@ STORED = {
     "VERIFICATION": "verification", "ISSUE": "issue", "ISSUE_RESOLVED": "issue-resolved", "LADDER": "ladder",
     "NOTICE": "notice", "FORECAST": "forecast", "FORECAST_ETA": "forecast-eta",
     "ANCHOR_UNDELIVERED": "anchor-undelivered",
+    "PERSON_NOTICE": "person-notice", "SIGN_VERIFIED": "sign-verified", "SIGN_REFUSED": "sign-refused",
+    "SIGN_UNBOUND": "sign-unbound", "ISSUE_OVERRIDE": "issue-override",
 }
 
 # Modules that still pass a string literal as an event kind, until their owners switch to EventKind.
