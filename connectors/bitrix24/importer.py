@@ -287,7 +287,7 @@ def _rebuild_map(ctx: _Context, entity: str, rep: EntityImport, cloud_ids: list[
     when they are few (a pre-sync pass or the freeze moves minutes of changes: the cost follows the delta,
     not every record ever moved), else every one of ours in one listing."""
     known = ctx.idmap.get(entity)
-    on_box = _on_box(ctx, entity, cloud_ids) if len(cloud_ids) <= BY_ORIGIN_LIMIT else _all_ours(ctx, entity)
+    on_box = _on_box(ctx, entity, cloud_ids if len(cloud_ids) <= BY_ORIGIN_LIMIT else None)
     missing = [(c, ids[0]) for c, ids in on_box.items() if c not in known]  # the first twin wins, as the map
     if missing:
         rep.map_rebuilt += ctx.idmap.put(entity, missing)
@@ -298,29 +298,23 @@ def _rebuild_map(ctx: _Context, entity: str, rep: EntityImport, cloud_ids: list[
     return ctx.maps[entity]
 
 
-def _all_ours(ctx: _Context, entity: str) -> dict[str, tuple[str, ...]]:
-    """Every record of ours on the box: cloud ID (ORIGIN_ID) → box IDs, ascending."""
-    found: dict[str, list[str]] = {}
-    for row in iter_rows(ctx.box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR},
-                         select=["ID", "ORIGIN_ID"]):
-        origin = str(row.get("ORIGIN_ID") or "")
-        if origin:
-            found.setdefault(origin, []).append(str(row["ID"]))
-    return {c: tuple(sorted(ids, key=int)) for c, ids in found.items()}
-
-
 def _fetch_box(ctx: _Context, entity: str, box_ids: list[str]) -> dict[str, dict]:
     """Box records by ID, complete or raising (:func:`.delta.rows_by_id`)."""
     return rows_by_id(ctx.box, entity, box_ids)
 
 
-def _on_box(ctx: _Context, entity: str, cloud_ids) -> dict[str, tuple[str, ...]]:
-    """Our records on the box whose ORIGIN_ID is one of ``cloud_ids``: cloud ID → box IDs, ascending."""
+def _on_box(ctx: _Context, entity: str, cloud_ids=None) -> dict[str, tuple[str, ...]]:
+    """Our records on the box whose ORIGIN_ID is one of ``cloud_ids`` (in groups of 100), else every
+    one of ours: cloud ID → box IDs, ascending."""
     found: dict[str, list[str]] = {}
-    for group in chunks(sorted({str(c) for c in cloud_ids}, key=int), 100):
-        for row in iter_rows(ctx.box, f"crm.{entity}.list", filter={"ORIGINATOR_ID": ORIGINATOR, "@ORIGIN_ID": group},
-                             select=["ID", "ORIGIN_ID"], commands_per_batch=5):
-            found.setdefault(str(row.get("ORIGIN_ID")), []).append(str(row["ID"]))
+    groups = [None] if cloud_ids is None else list(chunks(sorted({str(c) for c in cloud_ids}, key=int), 100))
+    for group in groups:
+        flt = {"ORIGINATOR_ID": ORIGINATOR, **({"@ORIGIN_ID": group} if group else {})}
+        for row in iter_rows(ctx.box, f"crm.{entity}.list", filter=flt, select=["ID", "ORIGIN_ID"],
+                             commands_per_batch=5 if group else 50):
+            origin = str(row.get("ORIGIN_ID") or "")
+            if origin:
+                found.setdefault(origin, []).append(str(row["ID"]))
     return {c: tuple(sorted(ids, key=int)) for c, ids in found.items()}
 
 

@@ -159,8 +159,7 @@ def reconcile(box: Bitrix24Client, delta: DeltaExport, idmap, *, user_map: dict[
             cloud_mark = max(d.backup_max_id, int(marks.get("cloud", 0)))
             _created_since_backup(cloud, box, d, by_origin, r, after_id=cloud_mark, idmap=maps[entity],
                                   excused=excused.get(entity, set()))
-            r.proven = _advance(marks, r, cloud_mark, d.listed_up_to, box_mark,
-                                max([box_mark, *(int(x["ID"]) for x in ours)]))
+            r.proven = advance_marks(marks, r.ok, d.listed_up_to, [int(x["ID"]) for x in ours], held=r.held_back)
     result = Reconciliation(out)
     if delta.timeline is not None:
         from .timeline import reconcile_timeline  # it builds on the importer
@@ -218,9 +217,11 @@ def _created_since_backup(cloud: Bitrix24Client, box: Bitrix24Client, d, by_orig
     r.not_moved += [c for c in unseen if c not in twins]
 
 
-def _advance(marks: dict, r, cloud_from: int, cloud_to: int, box_from: int, box_to: int) -> dict[str, int]:
-    """The marks after a proof over cloud IDs (cloud_from, cloud_to] and box IDs (box_from, box_to]:
-    advanced when it found nothing wrong, up to below the first record held back; else as given."""
-    if not r.ok:
-        return {"cloud": int(marks.get("cloud", 0)), "box": box_from}
-    return {"cloud": min([cloud_to, *(int(h) - 1 for h in r.held_back)]), "box": box_to}
+def advance_marks(marks: dict, ok: bool, cloud_to: int, box_ids, *, held=()) -> dict[str, int]:
+    """The marks after a proof that listed cloud IDs up to ``cloud_to`` and our box records ``box_ids``
+    above ``marks``: advanced when it found nothing wrong (the cloud mark below the first record held
+    back), else as given, so the next proof covers the range again."""
+    cloud, box = int(marks.get("cloud", 0)), int(marks.get("box", 0))
+    if not ok:
+        return {"cloud": cloud, "box": box}
+    return {"cloud": min([cloud_to, *(int(h) - 1 for h in held)]), "box": max([box, *box_ids])}

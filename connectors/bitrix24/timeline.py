@@ -37,6 +37,7 @@ from . import comments as com
 from . import products as prod
 from .lists import iter_rows
 from .model import ENTITIES, ORIGINATOR, chunks, diff, parse_date
+from .reconcile import advance_marks
 from .timeline_base import (
     OWNER_ENTITIES,
     Owners,
@@ -336,8 +337,8 @@ def _reconcile_activities(ctx, tdelta: TimelineDelta, owners: Owners, cloud, mar
         if unseen:  # moved before the proof's box mark (not listed above): found by cloud ID
             found = act.ours_on_box(ctx.box, unseen)
             r.not_moved += [c for c in unseen if c not in found]
-        r.proven = {"cloud": tdelta.activities_listed_up_to if r.ok else int(marks.get("cloud", 0)),
-                    "box": max([box_mark, *(int(b) for ids in above.values() for b in ids)]) if r.ok else box_mark}
+        r.proven = advance_marks(marks, r.ok, tdelta.activities_listed_up_to,
+                                 [int(b) for ids in above.values() for b in ids])
     return r
 
 
