@@ -35,9 +35,6 @@ class SandboxHandles:
         self.services[name] = piece
 
 
-ENTERPRISE_RATE, ENTERPRISE_BURST = 5.0, 250  # the Enterprise plan's leaky bucket (b24-rest-docs limits.md)
-
-
 @contextlib.contextmanager
 def start_sandbox(out: Path, *, cloud_costs: bool = True) -> Iterator[SandboxHandles]:
     """Start every sandbox piece on loopback; stop them all on exit. ``cloud_costs``: the cloud portal
@@ -66,11 +63,11 @@ def start_sandbox(out: Path, *, cloud_costs: bool = True) -> Iterator[SandboxHan
         # no simulated time and the demo stays within its budget
         # Without the costs (the demo) the cloud is on the Enterprise plan's bucket, 5 requests/s with a
         # burst of 250 (limits.md): the pre-sync, the sweeps and the steps share it within minutes.
-        cloud_limits = None if cloud_costs else PortalLimits.free(rate=ENTERPRISE_RATE, burst=ENTERPRISE_BURST)
+        cloud_limits = None if cloud_costs else PortalLimits.free(**PortalLimits.ENTERPRISE_PLAN)
         pair = stack.enter_context(start_pair(limits=cloud_limits, box_limits=PortalLimits.free(rate=20.0)))
         handles.config.update(portal=pair.cloud.base_url, box_portal=pair.box.base_url)
-        plan = [] if cloud_costs else [f"rate = {ENTERPRISE_RATE:g}  # the demo's cloud is on the Enterprise plan",
-                                       f"burst = {ENTERPRISE_BURST}"]
+        plan = [] if cloud_costs else [f"rate = {PortalLimits.ENTERPRISE_PLAN['rate']:g}  # the demo's cloud is on the Enterprise plan",
+                                       f"burst = {PortalLimits.ENTERPRISE_PLAN['burst']}"]
         handles.toml += ["[crm_delta]", 'cloud_webhook_secret = "cloud_webhook"', 'box_webhook_secret = "box_webhook"',
                          "# the box is self-hosted: no request limit by default (limits.md)",
                          "box_rate = 20", *plan,

@@ -208,6 +208,7 @@ class PortalLimits:
     import_item_cost_s: float = 1.19
     write_latency_s: float = 0.0
 
+    ENTERPRISE_PLAN = {"rate": 5.0, "burst": 250}  # limits.md: the Enterprise plans' leaky bucket
     COSTS = ("count_cost_s", "page_cost_s", "request_cost_s", "add_cost_s", "update_cost_s", "import_item_cost_s")
 
     @classmethod
