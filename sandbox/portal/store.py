@@ -574,6 +574,11 @@ class CrmStore:
             table = self.tables[entity]
             ids = self.ids[entity]
             id_only = list(order) == ["ID"]
+            named = named_ids(filter or {}, self.tz)
+            if named is not None:
+                # ``ID``/``=ID``/``@ID`` name the records: read them like a primary-key lookup (the
+                # same rows, the store's own speed); the predicates still decide, the ID's included
+                ids = sorted(i for i in named if i in table)
             if id_only:
                 desc = order["ID"] == "DESC"
                 lo = bisect.bisect_right(ids, id_floor) if id_floor is not None else 0
@@ -596,7 +601,8 @@ class CrmStore:
                     return [draw(r) for r in page], total, total * count_cost_s
                 matching = [table[rid] for rid in walk if all(p(table[rid]) for p in predicates)]
             else:
-                matching = [r for r in table.values() if all(p(r) for p in predicates)]
+                lo = bisect.bisect_right(ids, id_floor) if id_floor is not None else 0
+                matching = [table[rid] for rid in ids[lo:] if all(p(table[rid]) for p in predicates)]
                 for key, direction in reversed(list(order.items())):
                     matching.sort(key=lambda r, k=key: _sort_key(_comparable(r, k)), reverse=direction == "DESC")
             total = len(matching)
@@ -723,6 +729,28 @@ def _compile_filter(entity: str, flt: dict, tz: dt.tzinfo = dt.timezone.utc, *, 
     if logic == "OR":
         return ([lambda r, s=tuple(predicates): any(p(r) for p in s)] if predicates else []), None
     return predicates, id_floor
+
+
+def named_ids(flt: dict, tz: dt.tzinfo) -> set[int] | None:
+    """The IDs a top-level ``ID``/``=ID``/``@ID`` condition allows (every such condition must hold),
+    a superset of what the whole filter matches; None when the filter names no IDs this way (or
+    joins its conditions by OR, or a value is not read as an ID: then the filter decides alone)."""
+    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
+        return None
+    read = _converter("ID", tz)
+    named: set[int] | None = None
+    for raw_key, value in flt.items():
+        key = str(raw_key)
+        op = next((p for p in _PREFIXES if key.startswith(p)), "")
+        if op not in ("", "=", "@") or key[len(op):].upper() != "ID":
+            continue
+        values = _php_list(value) if (op == "@" or isinstance(value, (list, dict))) else [value]
+        try:
+            ids = {read(v) for v in values if v not in ("", None)}
+        except (ValueError, TypeError):
+            return None
+        named = ids if named is None else named & ids
+    return named
 
 
 def _condition(field: str, op: str, value, tz: dt.tzinfo, conv=None):

@@ -46,6 +46,7 @@ from .store import (
     _like,
     _php_list,
     _sort_key,
+    named_ids,
     parse_date,
 )
 
@@ -662,8 +663,11 @@ class _Api:
         preds = _compile(flt, ACTIVITY_KINDS, self.tz)
         if bindings is None and _by_id_without_count(p):
             return self._activity_page_by_id(p, flt, preds), 0.0
+        named = named_ids(flt, self.tz)  # ``@ID`` and the like: read like a key lookup
         with self.s.lock:
-            rows = [a for a in self.s.activities.values() if all(pr(a) for pr in preds)]
+            acts = self.s.activities
+            rows = [a for a in (acts.values() if named is None else (acts[i] for i in sorted(named) if i in acts))
+                    if all(pr(a) for pr in preds)]
             if bindings is not None:
                 rows = _by_bindings(rows, _php_list(bindings))
             rows = _ordered(rows, _param(p, "order"), ACTIVITY_KINDS, {"START_TIME": "ASC"})

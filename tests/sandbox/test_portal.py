@@ -641,6 +641,43 @@ def test_in_and_not_in(fid, picked):
     assert {int(r["ID"]) for r in _list_all(fid.cloud, "lead", {"!@ID": picked})} == set(recs) - set(picked)
 
 
+@_FAST
+@given(data=st.data())
+def test_a_filter_naming_ids_finds_exactly_what_it_allows(fid, data):
+    """``ID``/``=ID``/``@ID`` are read like a key lookup: for any IDs (present or not, numbers or text,
+    several conditions at once), with a floor, another condition, any order and either paging, the page
+    is what the whole filter allows of every record, in that order."""
+    store = fid.cloud.store
+    recs = store.tables["lead"]
+    present = sorted(recs)
+    some_ids = st.lists(st.one_of(st.sampled_from(present), st.integers(1, 400)), max_size=8)
+    flt: dict = {}
+    allowed = set(recs)
+    for key in data.draw(st.lists(st.sampled_from(["ID", "=ID", "@ID"]), min_size=1, max_size=2, unique=True)):
+        picked = data.draw(some_ids)
+        as_text = data.draw(st.booleans())
+        value = [str(i) if as_text else i for i in picked]
+        if key != "@ID" and len(value) == 1 and data.draw(st.booleans()):
+            value = value[0]
+        flt[key] = value
+        allowed &= set(picked)
+    floor = data.draw(st.one_of(st.none(), st.sampled_from(present)))
+    if floor is not None:
+        flt[">ID"] = floor
+        allowed = {i for i in allowed if i > floor}
+    if data.draw(st.booleans()):
+        flt[">OPPORTUNITY"] = "1000"
+        allowed = {i for i in allowed if recs[i].get("OPPORTUNITY") is not None and Decimal(recs[i]["OPPORTUNITY"]) > 1000}
+    order = data.draw(st.sampled_from([{"ID": "ASC"}, {"ID": "DESC"}, {"TITLE": "ASC", "ID": "DESC"}]))
+    start = data.draw(st.sampled_from([-1, 0]))
+    rows, total, _ = store.list("lead", filter=flt, order=order, select=["ID", "TITLE"], start=start, page_size=5)
+    want = sorted(allowed, reverse=order["ID"] == "DESC")
+    if "TITLE" in order:
+        want.sort(key=lambda i: (recs[i].get("TITLE") is not None, str(recs[i].get("TITLE") or "")))
+    assert [int(r["ID"]) for r in rows] == want[:5]
+    assert total == (len(allowed) if start >= 0 else None)
+
+
 def test_phone_and_email_filter_on_the_exact_value(fid):
     rec = next(r for r in fid.cloud.store.tables["contact"].values() if r.get("PHONE") and r.get("EMAIL"))
     phone, email = rec["PHONE"][0]["VALUE"], rec["EMAIL"][0]["VALUE"]

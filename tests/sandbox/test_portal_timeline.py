@@ -254,3 +254,22 @@ def test_pair_box_holds_the_backup_timeline_only(pair):
     for deal_id in old_deals:
         assert [r["PRODUCT_ID"] for r in box.rows[("D", deal_id)]] != [] and \
             box.rows[("D", deal_id)] != cloud.rows[("D", deal_id)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_activity_list_by_named_ids_is_every_activity_allowed(pair, data):
+    """``@ID``/``ID`` read the activities named (not the portal's every activity): for any IDs, present
+    or not, with another condition, the page is every allowed activity in the list's default order."""
+    acts = pair.cloud.store.timeline.activities
+    present = sorted(acts)
+    picked = data.draw(st.lists(st.one_of(st.sampled_from(present), st.integers(1, 10 ** 5)), min_size=1, max_size=8))
+    key = data.draw(st.sampled_from(["@ID", "ID"]))
+    flt = {key: [str(i) for i in picked] if data.draw(st.booleans()) else picked}
+    allowed = set(picked) & set(acts)
+    if data.draw(st.booleans()):
+        flt["TYPE_ID"] = 2
+        allowed = {i for i in allowed if int(acts[i]["TYPE_ID"]) == 2}
+    got = ok(pair.cloud, "crm.activity.list", {"filter": flt, "select": ["ID"], "start": -1})["result"]
+    want = sorted(allowed, key=lambda i: (acts[i]["START_TIME"], i))  # the default order: START_TIME ascending
+    assert [int(r["ID"]) for r in got] == want[:50]
