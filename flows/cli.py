@@ -445,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=20.0, help="seconds per remote call (default 20)")
     c.set_defaults(fn=cmd_check)
 
-    s = sub.add_parser("serve", help="register the rehearsal and cutover deployments and serve them")
+    s = sub.add_parser("serve", help="register this customer's deployments (migration/<customer>-rehearsal and "
+                                     "-cutover, from [migration] name) and run what the UI starts; a run waiting "
+                                     "for a person is suspended, no process held (README, team section)")
     s.add_argument("--config", required=True)
     s.set_defaults(fn=cmd_serve)
 

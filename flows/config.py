@@ -90,6 +90,10 @@ class JournalSection(_Model):
 class PrefectSection(_Model):
     pause_timeout_s: int = Field(default=3 * 24 * 3600, gt=0, description="how long a sign-off may wait")
     poll_interval_s: int = Field(default=10, gt=0, description="how often a paused run checks for input")
+    suspend_while_waiting: bool = Field(
+        default=True, description="a deployment's run waiting for a person exits its process and is started again "
+                                  "when the answer comes (Prefect's suspend), unless work must go on meanwhile "
+                                  "(the pre-sync, sweeps, the downtime's notices)")
 
 
 class RunbookSection(_Model):
@@ -204,6 +208,11 @@ class SignoffSection(_Model):
     code_ttl_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60,
                                     description="a one-time code expires after this long; a signer whose code "
                                                 "expired answers with an empty code and gets a new one")
+    code_key_secret: str = Field(
+        default="", description="[secrets] entry whose value keys the one-time codes' hashes (at least 32 "
+                                "characters); with it a deployment's run waiting for a customer's code holds no "
+                                "process (suspended), without it each process keys its own codes and the run "
+                                "waits in its process")
 
 
 def _by_platform(sections: list[type[BaseModel]]) -> Any:
@@ -497,14 +506,30 @@ def journal_chain_key(config: Config, secrets: dict[str, SecretStr] | None = Non
     ``secrets`` are a run's resolved secrets; without them only this entry is resolved, so an
     auditor's ``cloud2box journal verify --config`` needs no other secret.
     """
-    name = config.journal.chain_key_secret
+    return _key_secret(config, "[journal] chain_key_secret", config.journal.chain_key_secret, "journal_key",
+                       secrets, prefect_reader)
+
+
+def sign_code_key(config: Config, secrets: dict[str, SecretStr] | None = None) -> bytes | None:
+    """The key of the one-time codes' hashes (``[signoff] code_key_secret``), None when unset (then
+    each process has its own, and a run waiting for a code holds its process: journal/signers.py)."""
+    key = _key_secret(config, "[signoff] code_key_secret", config.signoff.code_key_secret, "sign_code_key", secrets)
+    if key is not None and len(key) < 32:
+        raise ConfigError(config.source, ["[signoff] code_key_secret: the key is shorter than 32 characters (its value "
+                                          "is not shown); use a random one, e.g. python -c \"import secrets; "
+                                          "print(secrets.token_urlsafe(32))\""])
+    return key
+
+
+def _key_secret(config: Config, setting: str, name: str, example: str, secrets: dict[str, SecretStr] | None,
+                prefect_reader=None) -> bytes | None:
     if not name:
         return None
     if name not in config.secrets:
         # the value is not echoed: a key pasted here instead of a name would be shown otherwise
-        raise ConfigError(config.source, ["[journal] chain_key_secret does not name an entry of [secrets] (its "
-                                          "value is not shown); name one, e.g. journal_key = { env = "
-                                          "\"C2B_JOURNAL_KEY\" } and chain_key_secret = \"journal_key\""])
+        raise ConfigError(config.source, [f"{setting} does not name an entry of [secrets] (its value is not shown); "
+                                          f"name one, e.g. {example} = {{ env = \"C2B_{example.upper()}\" }} and "
+                                          f"{setting.split()[-1]} = \"{example}\""])
     value = (secrets or {}).get(name)
     if value is None:
         value, problem = resolve_secret(name, config.secrets[name], prefect_reader)

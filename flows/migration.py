@@ -1,9 +1,14 @@
-"""The migration runbook as Prefect flows: ``migration`` runs the phases as subflows.
+"""The migration runbook as a Prefect flow: ``migration`` runs the phases, one after the other.
 
 Each runbook step is a Prefect task tagged ``owner:<role>``, ``phase:<n>``, ``urgency:<u>``.
 A manual step pauses the run for a typed confirmation; a phase gate pauses for the customer's
 sign-off. The journal decides what is already done, so a re-run resumes where the last one
 stopped and never asks twice for what was confirmed.
+
+The phases are parts of the one flow run, not subflows: Prefect suspends only a deployment's
+top-level run, and a run waiting days for a person should hold no process (flows/signing.py,
+``wait_for_answer``). A suspended run is started again by the answer, from its top: the journal
+skips what is done, and the step or gate it waited at reads the answer given.
 
 The parts: :mod:`flows.run_context` (the set-up and the run's context, built once per run),
 :mod:`flows.steps` (one step), :mod:`flows.gates` (the sign-off), :mod:`flows.downtime` (the
@@ -15,6 +20,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import Pause
 
 from connectors.errors import FatalError, GateRejected, MigrationError
 from flows.access_check import Stage, require_access
@@ -52,14 +58,8 @@ def check_access(run: RunContext, stage: Stage, step_id: str | None = None) -> s
     return report.summary()
 
 
-@flow(name="phase", flow_run_name="phase-{number}-{mode}", persist_result=False)
-def run_phase(run: RunContext, config: str, mode: str, number: int) -> dict:
-    """One phase: its steps in runbook order, then the customer's sign-off gate.
-
-    ``run`` is the run's context, the same object the parent flow holds (Prefect stores it as the
-    placeholder "<RunContext>"); ``config``, ``mode`` and ``number`` are what the UI, the run's
-    name and the people answering its prompts see.
-    """
+def run_phase(run: RunContext, number: int) -> dict:
+    """One phase: its steps in runbook order, then the customer's sign-off gate."""
     journal, logger = run.journal, get_run_logger()
     phase = run.runbook.phase(number)
     done = journal.completed_steps(run.run_id)
@@ -132,17 +132,20 @@ def migration(config: str, mode: Mode = "rehearsal", new_run: bool = False) -> d
     refuse_second_run(setup.config)
     # every phase subflow and task run created inside carries the customer's tag
     with tags(tag):
-        return _migrate(setup, config, mode, new_run)
+        return _migrate(setup, mode, new_run)
 
 
-def _migrate(setup, config: str, mode: Mode, new_run: bool) -> dict:
+def _migrate(setup, mode: Mode, new_run: bool) -> dict:
     logger = get_run_logger()
     run = open_run(setup, mode, new_run)
     journal, run_id = run.journal, run.run_id
     try:
         check_access(run, "start")
         for phase in run.runbook.phases:
-            run_phase(run, config, mode, phase.number)
+            logger.info("phase %s — %s", phase.number, phase.title)
+            run_phase(run, phase.number)
+    except Pause:  # suspended waiting for a person: the answer starts this flow run again
+        raise
     except GateRejected as exc:
         journal.finish_run(run_id, "rejected", exc.message)
         write_outputs(run)

@@ -2,13 +2,13 @@
 
 :func:`build_setup` loads and checks everything a run needs (config, secrets, runbook, the
 actions' requirements); :func:`open_run` opens (or resumes) the journal run and returns the
-:class:`RunContext`. The ``migration`` flow builds it once and hands the same object to its phase
-subflows and their tasks, so nothing is loaded again per step and the run's handles (the
-notifier, the downtime watcher) live in the context, not in module globals.
+:class:`RunContext`. The ``migration`` flow builds it once and hands the same object to its phases
+and their tasks, so nothing is loaded again per step and the run's handles (the notifier, the
+downtime watcher, the pre-sync) live in the context, not in module globals.
 
-This holds only in-process: phases are subflows called directly and tasks run on the default
-task runner. A phase started as a deployment (``run_deployment``) or a task sent to another
-process (Dask, Ray) would get a placeholder instead of the context.
+This holds only in-process: tasks run on the default task runner. A task sent to another process
+(Dask, Ray) would not get the context. A run suspended while it waits for a person builds it again
+when the answer starts it (:func:`open_run` takes the same journal run up).
 """
 
 from __future__ import annotations
@@ -92,9 +92,7 @@ def flow_run_id() -> str | None:
 
 
 # repr=False: the generated repr would print the config and the secrets' names wherever a
-# context is logged. ``journal`` comes first on purpose: Prefect stores a subflow's parameters
-# through jsonable_encoder, which fails at once on the journal, so the stored value is the
-# placeholder "<RunContext>" and nothing of the config is copied (tests/flows/test_run_context.py).
+# context is logged or shown as a task's input (tests/flows/test_run_context.py).
 @dataclass(eq=False, repr=False)
 class RunContext:
     """One migration run: its set-up, its journal row, and the handles it holds while it runs."""
@@ -109,6 +107,7 @@ class RunContext:
     notifier: Notifier
     watcher: DowntimeWatcher | None = field(default=None)  # while the user downtime lasts
     presyncer: Any = field(default=None)  # flows.presync.PreSyncer while the pre-sync runs (phase 2)
+    sweeper: Any = field(default=None)  # flows.sweeps.StragglerSweeper while a step's sweeps run
     # artifact key → id of the artifact this process created for it: later publications update it in
     # place (flows.outputs.publish_in_place), so the run's Artifacts tab holds one per key, not one per step
     artifact_ids: dict[str, Any] = field(default_factory=dict)
@@ -148,7 +147,12 @@ def open_run(setup: Setup, mode: Mode, new_run: bool) -> RunContext:
     run, previous_flow_run = journal.open_run(name=cfg.migration.name, portal=cfg.migration.portal, mode=mode,
                                               timezone=cfg.migration.timezone, config_snapshot=cfg.snapshot(),
                                               flow_run_id=current, new=new_run)
-    if previous_flow_run is not None:
+    if previous_flow_run is not None and previous_flow_run == current:
+        # this flow run was suspended waiting for a person and started again by the answer: the step
+        # or gate it waited at is still open (steps.do_step takes its row up again)
+        journal.add_event(run.id, EventKind.RESUME, "run woken: the answer it waited for without a process came")
+        logger.info("migration run %s goes on where it waited (flow run %s started again)", run.id, current)
+    elif previous_flow_run is not None:
         _retire_flow_run(previous_flow_run, superseded_by=current)
         stale = journal.close_stale_steps(run.id, "interrupted: the previous run stopped before this step finished")
         journal.add_event(run.id, EventKind.RESUME, f"run resumed (attempt {run.attempts}); {stale} interrupted step(s) closed")

@@ -40,7 +40,7 @@ from pydantic import Field, create_model
 
 from connectors.errors import ConfigError, FatalError, MigrationError
 from connectors.secrets import redact
-from flows.config import Config, RosterEntry
+from flows.config import Config, RosterEntry, sign_code_key
 from journal.events import EventKind
 from journal.models import utcnow
 from journal.signers import CODE_DIGITS, CodeBook, PersonNotifier
@@ -204,6 +204,12 @@ class Answer:
     refused: str | None = None
 
 
+def code_book(config: Config, secrets: dict, journal) -> CodeBook:
+    """The codes' book with ``[signoff] code_key_secret``'s key, else this process's own."""
+    key = sign_code_key(config, secrets)
+    return CodeBook(journal, key=key) if key else CodeBook(journal)
+
+
 def person_notifier(run: RunContext) -> PersonNotifier:
     m = run.config.migration
     return PersonNotifier(run.journal, run.run_id, run.config.notices,
@@ -213,7 +219,7 @@ def person_notifier(run: RunContext) -> PersonNotifier:
 def tell_signers(run: RunContext, signers: Signers, *, key: str, what: str, verb: str, action: str, link: str,
                  refused: str | None = None, step_id: str | None = None) -> None:
     """Each eligible person gets a notice (with a new code of their own for the customer's)."""
-    notifier, book = person_notifier(run), CodeBook(run.journal)
+    notifier, book = person_notifier(run), code_book(run.config, run.secrets, run.journal)
     ttl = dt.timedelta(minutes=run.config.signoff.code_ttl_minutes)
     for person in signers.people:
         url = contact_url(person, run.secrets)
@@ -237,14 +243,16 @@ def ask(run: RunContext, *, base: type, name_field: str, prompt: str, key: str, 
     was not taken, for the notices (the caller puts it into ``prompt``). ``event_data`` goes into
     the journaled verdict (a gate: its phase)."""
     from prefect import get_run_logger
-    from prefect.flow_runs import pause_flow_run
 
     from flows.run_context import flow_run_id
 
     logger, cfg, journal = get_run_logger(), run.config, run.journal
     signers = signers or signers_for(cfg, "customer")
     link, sent_at = flow_run_link(flow_run_id()), utcnow()
-    if signers.bound:
+    answered = key in fired_pause_keys()
+    if answered:  # asked before this flow run was suspended; its answer is read, nobody is told again
+        logger.info("%s: the answer came while the run waited without a process; reading it", what)
+    elif signers.bound:
         tell_signers(run, signers, key=key, what=what, verb=verb, action=action, link=link, refused=refused,
                      step_id=step_id)
         logger.info("%s waits for %s (%s)%s: told each of them; %s", what, signers.names(), signers.party,
@@ -253,8 +261,8 @@ def ask(run: RunContext, *, base: type, name_field: str, prompt: str, key: str, 
         logger.info("%s waits for the %s (no [[roster]]: nobody is told by cloud2box); %s", what, signers.party, link)
     form = signed_form(base, signers, name_field)
     description = with_signers(prompt, _signers_section(signers, cfg.signoff.code_ttl_minutes, sent_at))
-    answer = pause_flow_run(wait_for_input=form.with_initial_data(description=description),
-                            timeout=cfg.prefect.pause_timeout_s, poll_interval=cfg.prefect.poll_interval_s, key=key)
+    answer = wait_for_answer(run, form.with_initial_data(description=description), key=key, what=what,
+                             signers=signers, answered=answered, step_id=step_id)
     data = answer.model_dump(include=set(base.model_fields))
     name, extra = str(data.get(name_field, "")), {**(event_data or {}), "pause": key}
     if not signers.bound:
@@ -266,7 +274,7 @@ def ask(run: RunContext, *, base: type, name_field: str, prompt: str, key: str, 
     if person is None or person not in signers.people:
         reason = f"{name!r} is no {signers.party} of the roster; {what} is answered by {signers.names()}"
     elif signers.needs_code:
-        check = CodeBook(journal).check(run.run_id, key, person.name, getattr(answer, CODE_FIELD, "") or "")
+        check = code_book(cfg, run.secrets, journal).check(run.run_id, key, person.name, getattr(answer, CODE_FIELD, "") or "")
         reason = None if check.ok else check.reason
     if reason:
         journal.add_event(run.run_id, EventKind.SIGN_REFUSED, f"{what}: the answer given as {name} was not taken: "
@@ -283,12 +291,76 @@ def ask(run: RunContext, *, base: type, name_field: str, prompt: str, key: str, 
     return Answer(data, person)
 
 
+def fired_pause_keys() -> set[str]:
+    """The pause keys this flow run has waited at before (Prefect's ``pause_keys``): after a suspension
+    the flow starts again from its top, and a key in here was asked and answered already."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    policy = getattr(ctx.flow_run, "empirical_policy", None) if ctx and ctx.flow_run else None
+    return set(getattr(policy, "pause_keys", None) or ())
+
+
+def process_hold(run: RunContext, signers: Signers) -> str | None:
+    """Why the run must keep its process while it waits for a person, or None: it may be suspended.
+
+    Prefect suspends only a deployment's top-level flow run: the process exits, and the answer
+    schedules the run again, which starts from its top and goes on from the journal. Work that must go
+    on while people think keeps the process: the pre-sync's passes, a step's straggler sweeps, the
+    downtime's notices. One-time codes keyed by this process would be void in the next one."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    flow_run = ctx.flow_run if ctx else None
+    if not run.config.prefect.suspend_while_waiting:
+        return "[prefect] suspend_while_waiting is off"
+    if flow_run is None or flow_run.deployment_id is None:
+        return "it was started without a deployment (cloud2box run, the demo), so nothing could start it again"
+    if flow_run.parent_task_run_id is not None:
+        return "Prefect does not suspend a subflow"
+    if run.presyncer is not None:
+        return "the pre-sync goes on while it waits"
+    if run.sweeper is not None:
+        return "the straggler sweeps go on while it waits"
+    if run.watcher is not None:
+        return "the users' downtime notices go on while it waits"
+    if signers.needs_code and not sign_code_key(run.config, run.secrets):
+        return "its one-time codes are keyed by this process ([signoff] code_key_secret is not set)"
+    return None
+
+
+def wait_for_answer(run: RunContext, form: Any, *, key: str, what: str, signers: Signers, answered: bool,
+                    step_id: str | None) -> Any:
+    """The answer to the pause ``key``: read at once when it came while the run was suspended,
+    else waited for — without a process when :func:`process_hold` allows (Prefect's suspend: this
+    process ends here, and the answer starts the flow run again), in this process otherwise."""
+    from prefect import get_run_logger
+    from prefect.flow_runs import pause_flow_run, suspend_flow_run
+
+    cfg, logger = run.config, get_run_logger()
+    hold = None if answered else process_hold(run, signers)
+    if answered:
+        return suspend_flow_run(wait_for_input=form, key=key)  # fired already: the stored answer, no new wait
+    if hold is None:
+        run.journal.add_event(run.run_id, EventKind.WAIT, f"{what}: the run waits without a process (suspended) "
+                              "until the answer starts it again", data={"pause": key, "suspended": True},
+                              step_id=step_id)
+        logger.info("%s: suspending; this process ends and the answer starts the run again", what)
+        return suspend_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s, key=key)
+    logger.info("%s: waiting in this process: %s", what, hold)
+    return pause_flow_run(wait_for_input=form, timeout=cfg.prefect.pause_timeout_s,
+                          poll_interval=cfg.prefect.poll_interval_s, key=key)
+
+
 def ask_until_taken(run: RunContext, *, base: type, name_field: str, prompt: str, key: str, what: str, verb: str,
                     action: str, signers: Signers, step_id: str | None = None) -> dict:
     """:func:`ask` again, saying why, until an answer is taken (within :data:`MAX_SIGN_ASKS`); the
     first ask has ``key``, the next ``key-ask-2`` …; returns the taken answer's fields."""
-    refused = None
-    for n in range(1, MAX_SIGN_ASKS + 1):
+    # after a suspension the flow starts again from its top: the asks refused before are not asked again
+    refusals = [e for e in run.journal.events(run.run_id, EventKind.SIGN_REFUSED)
+                if str(e.data.get("pause", "")) == key or str(e.data.get("pause", "")).startswith(f"{key}-ask-")]
+    refused = refusals[-1].data.get("reason") if refusals else None
+    for n in range(1 + len(refusals), MAX_SIGN_ASKS + 1):
         answer = ask(run, base=base, name_field=name_field, prompt=with_refusal(prompt, refused),
                      key=key if n == 1 else f"{key}-ask-{n}", what=what, verb=verb, action=action, refused=refused,
                      step_id=step_id, signers=signers)
@@ -412,7 +484,7 @@ def override_fire(config: Config, secrets: dict, journal, *, issue_id: int, by: 
         raise MigrationError(f"{customer.name}'s contact is a [secrets] entry that is not set",
                              fix="set it, then run the command again")
     purpose = f"override-issue-{issue_id}"
-    book = CodeBook(journal)
+    book = code_book(config, secrets, journal)
     code, expires = book.issue(issue.run_id, purpose, customer.name,
                                dt.timedelta(minutes=config.signoff.code_ttl_minutes))
     m = config.migration

@@ -88,12 +88,12 @@ def do_step(run: RunContext, phase: Phase, step: Step) -> None:
     ask_rollback_if_due(run)
     if step.notice == "announcement":
         announce(run)
-    attempt = journal.attempts_of(run.run_id, step.id) + 1
     execution_id = journal.start_step(
         run.run_id, step_id=step.id, phase=step.phase, seq=run.runbook.seq(step.id), title=step.title,
         owner=step.owner, urgency=step.urgency, action=step.action, planned_duration_s=step.planned_s,
         planned_start=run.planned_start(step), downtime=step.downtime, flow_run_id=flow_run_id(),
-    )
+    )  # after a suspension the same flow run takes its open row up again: the same attempt, the same pause key
+    attempt = journal.attempts_of(run.run_id, step.id)
     if step.presync:
         presync.keep_running(run, step)
     else:
@@ -134,10 +134,11 @@ def _confirmation(run: RunContext, step: Step, attempt: int, sections: list[str]
     links the phase's full review."""
     prompt = manual_step_prompt(step, mode=run.mode, portal=run.config.migration.portal, attempt=attempt,
                                 extra_sections=sections, review_link=review_link)
-    sweeper = _start_sweeps(run, step) if step.sweep else None
+    sweeper = run.sweeper = _start_sweeps(run, step) if step.sweep else None
     try:  # a roster person answers; the one who must act is told (flows/signing.py)
         return ask_step(run, step, ManualStepInput, prompt, key=f"step-{step.slug}-attempt-{attempt}")
     finally:
+        run.sweeper = None
         if sweeper is not None:
             _stop_sweeps(run, sweeper, step)
 

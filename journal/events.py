@@ -57,6 +57,7 @@ class EventKind(StrEnum):
     FORECAST_ETA = "forecast-eta"
     # who signs (journal/signers.py, flows/signing.py): the roster's people, their codes and notices
     PERSON_NOTICE = "person-notice"  # a roster person was told to act (a code in it is never journaled)
+    WAIT = "wait"  # the run waits for a person without a process (suspended until the answer)
     SIGN_VERIFIED = "sign-verified"  # an answer was taken from a roster person (code checked for the customer)
     SIGN_REFUSED = "sign-refused"  # an answer was not taken: wrong, expired or used code, or not eligible
     SIGN_UNBOUND = "sign-unbound"  # a rehearsal without [[roster]]: the name is as typed, not verified

@@ -6,12 +6,14 @@ gate, an override) to one signer, and sent to that signer's contact. The journal
 its expiry and status: ``open``, ``used`` (once, set through an optimistic version check, so two
 answers cannot both use it), or ``superseded`` (a newer code was sent for the same purpose).
 
-The key is :data:`PROCESS_KEY`, random per process and never written anywhere: a code is checked
-by the process that sent it (the paused flow, or the ``issues resolve`` command that waits for it).
-A key from ``[secrets]`` (the chain key, say) would let whoever holds it and reads the journal try
-all 10^8 codes against a stored hash in seconds, and the engineer who holds that key is exactly
-whom the code is meant to stop; a code of a process that is gone is void, and the resumed run
-sends new ones. Codes of another key (another process) are never accepted.
+By default the key is :data:`PROCESS_KEY`, random per process and never written anywhere: a code
+is checked by the process that sent it (the paused flow, or the ``issues resolve`` command that waits
+for it); a code of a process that is gone is void, and the resumed run sends new ones. A run that
+must give its process up while it waits (a deployment's run, suspended until the answer comes)
+needs a key that outlives the process: ``[signoff] code_key_secret`` names a ``[secrets]`` entry
+for it. Whoever holds that key and reads the journal can try all 10^8 codes against a stored hash
+in seconds, so it belongs in the worker's secret store (a Prefect Secret block, the worker's
+environment), not with the engineers who read the journal. Codes of another key are never accepted.
 
 Notices to a person (:class:`PersonNotifier`) are sent through apprise like the users' notices,
 but one at a time and to that person only; each is journaled as a ``person-notice`` event whose

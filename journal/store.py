@@ -115,9 +115,17 @@ class Journal:
 
         Returns ``(run, previous_flow_run_id)``; the second is None for a new run, else the flow
         run that worked on it last (the caller retires it). A completed run is never resumed;
-        ``new=True`` always starts a fresh run (e.g. a second rehearsal).
+        ``new=True`` always starts a fresh run (e.g. a second rehearsal). A flow run that works on a
+        run already — one started again after it was suspended waiting for a person — gets that
+        run back whatever ``new`` says, with itself as the previous flow run.
         """
         with self.session() as s:
+            if flow_run_id:
+                own = s.scalars(select(MigrationRun).where(MigrationRun.last_flow_run_id == flow_run_id)
+                                .order_by(MigrationRun.created_at.desc()).limit(1)).first()
+                if own is not None and own.status != "completed":
+                    own.status, own.status_detail, own.ended_at = "running", None, None
+                    return own, flow_run_id
             run = None
             if not new:
                 run = s.scalars(
@@ -183,9 +191,15 @@ class Journal:
     def start_step(self, run_id: str, *, step_id: str, phase: int, seq: int, title: str, owner: str,
                    urgency: str, action: str, planned_duration_s: float, planned_start: dt.datetime | None,
                    downtime: str | None = None, flow_run_id: str | None = None) -> int:
+        """A new execution row of the step (its attempt numbered), or, when ``flow_run_id`` left the
+        step's last row open — it waited for a person and was started again after its suspension —
+        that row: the step goes on, it is not attempted again."""
         with self.session() as s:
-            attempt = 1 + len(list(s.scalars(select(StepExecution.id).where(
-                StepExecution.run_id == run_id, StepExecution.step_id == step_id))))
+            rows = list(s.scalars(select(StepExecution).where(
+                StepExecution.run_id == run_id, StepExecution.step_id == step_id).order_by(StepExecution.attempt)))
+            if flow_run_id and rows and rows[-1].outcome == "running" and rows[-1].flow_run_id == flow_run_id:
+                return rows[-1].id
+            attempt = 1 + len(rows)
             row = StepExecution(
                 run_id=run_id, step_id=step_id, phase=phase, seq=seq, title=title, owner=owner, urgency=urgency,
                 action=action, attempt=attempt, planned_duration_s=planned_duration_s, planned_start=planned_start,

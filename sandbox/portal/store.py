@@ -246,6 +246,9 @@ class CrmStore:
         self.multi_seq = 1
         self.newest: dict[str, dt.datetime | None] = {e: None for e in ENTITIES}  # max DATE_CREATE ever
         self.rows_listed = 0  # rows returned by list calls: benchmarks measure any client with it
+        # per table, (DATE_MODIFY as a timestamp, ID) in order, built at the first ``>DATE_MODIFY`` list
+        # and kept in step by every write: the index a real portal's database has on that column
+        self._modified: dict[str, list[tuple[float, int]]] = {}
         self.userfields = UserFields(tz)  # custom-field definitions (userfields.py)
         self.uf_entity: dict[str, str] = dict(UF_ENTITY_IDS)  # table → ENTITY_ID of its custom fields
         # smart processes (dynamic.py): entityTypeId → the type as crm.type.get answers it
@@ -323,7 +326,7 @@ class CrmStore:
                 raise StoreError("", "Not found")
             changes = {LIST_BINDINGS[entity][0]: [int(i) for i in ids]}
             self._bind_contacts(entity, rec, changes)
-            rec["DATE_MODIFY"] = now or _now()
+            self._set_modified(entity, rec, now or _now())
 
     def _multi(self, current: list[dict], given: Any) -> list[dict]:
         """Multi-field semantics of add/update: entries with ID update (or DELETE='Y' remove) an
@@ -372,6 +375,8 @@ class CrmStore:
             if self.newest[entity] is None or rec["DATE_CREATE"] > self.newest[entity]:
                 self.newest[entity] = rec["DATE_CREATE"]
             self.tables[entity][record_id] = rec
+            if entity in self._modified:
+                bisect.insort(self._modified[entity], (rec["DATE_MODIFY"].timestamp(), record_id))
             ids = self.ids[entity]
             if not ids or ids[-1] < record_id:
                 ids.append(record_id)
@@ -393,7 +398,7 @@ class CrmStore:
                     changes[m] = self._multi(rec.get(m, []), changes[m])
             self._bind_contacts(entity, changes, changes)
             rec.update(changes)
-            rec["DATE_MODIFY"] = now
+            self._set_modified(entity, rec, now)
 
     def set_deal_contacts(self, deal_id: int, items: list[dict], *, now: dt.datetime | None = None) -> None:
         """``crm.deal.contact.items.set``: replace the bindings; the item with ``IS_PRIMARY=Y`` (else
@@ -411,18 +416,49 @@ class CrmStore:
                 ids.insert(0, primary)
             rec["CONTACT_IDS"] = ids
             rec["CONTACT_ID"] = ids[0] if ids else None
-            rec["DATE_MODIFY"] = now or _now()
+            self._set_modified("deal", rec, now or _now())
 
     def delete(self, entity: str, record_id: int) -> None:
         with self.lock:
-            if self.tables[entity].pop(int(record_id), None) is None:
+            rec = self.tables[entity].pop(int(record_id), None)
+            if rec is None:
                 raise StoreError("NOT_FOUND", f"{entity} with ID {record_id} not found")
+            self._unindex(entity, rec)
             i = bisect.bisect_left(self.ids[entity], int(record_id))
             del self.ids[entity][i]
             self.timeline.forget_owner(entity, int(record_id))  # as the portal deletes "all related objects"
 
     def get(self, entity: str, record_id: int) -> dict | None:
         return self.tables[entity].get(int(record_id))
+
+    def edited_by_hand(self, entity: str) -> None:
+        """A test or a tool changed records of ``entity`` in place, not through the store: its
+        DATE_MODIFY index is built anew at the next list."""
+        with self.lock:
+            self._modified.pop(entity, None)
+
+    def _set_modified(self, entity: str, rec: dict, when: dt.datetime) -> None:
+        """Set a record's DATE_MODIFY (under the lock), its index entry with it."""
+        self._unindex(entity, rec)
+        rec["DATE_MODIFY"] = when
+        if entity in self._modified:
+            bisect.insort(self._modified[entity], (when.timestamp(), rec["ID"]))
+
+    def _unindex(self, entity: str, rec: dict) -> None:
+        index = self._modified.get(entity)
+        if index is not None and rec.get("DATE_MODIFY") is not None:
+            entry = (rec["DATE_MODIFY"].timestamp(), rec["ID"])
+            i = bisect.bisect_left(index, entry)
+            if i < len(index) and index[i] == entry:
+                del index[i]
+
+    def _modified_since(self, entity: str, since: dt.datetime) -> list[int]:
+        """The IDs whose DATE_MODIFY is ``since`` or later, ascending (under the lock)."""
+        index = self._modified.get(entity)
+        if index is None:
+            index = self._modified[entity] = sorted((r["DATE_MODIFY"].timestamp(), rid)
+                                                    for rid, r in self.tables[entity].items())
+        return sorted(rid for _, rid in index[bisect.bisect_left(index, (since.timestamp(),)):])
 
     # --- users, tasks, telephony --------------------------------------------------------------
     def add_user(self, fields: dict) -> int:
@@ -579,6 +615,9 @@ class CrmStore:
                 # ``ID``/``=ID``/``@ID`` name the records: read them like a primary-key lookup (the
                 # same rows, the store's own speed); the predicates still decide, the ID's included
                 ids = sorted(i for i in named if i in table)
+            elif (since := modified_since(filter or {}, self.tz)) is not None:
+                # ``>DATE_MODIFY``: read the range of the column's index (a superset: the predicates decide)
+                ids = self._modified_since(entity, since)
             if id_only:
                 desc = order["ID"] == "DESC"
                 lo = bisect.bisect_right(ids, id_floor) if id_floor is not None else 0
@@ -751,6 +790,27 @@ def named_ids(flt: dict, tz: dt.tzinfo) -> set[int] | None:
             return None
         named = ids if named is None else named & ids
     return named
+
+
+def modified_since(flt: dict, tz: dt.tzinfo) -> dt.datetime | None:
+    """The latest bound of a top-level ``>DATE_MODIFY``/``>=DATE_MODIFY`` condition (every record the
+    filter allows was modified then or later); None without one, under OR, or with a value the
+    filter reads otherwise (then the filter decides alone)."""
+    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
+        return None
+    read, bounds = _converter("DATE_MODIFY", tz), []
+    for raw_key, value in flt.items():
+        key = str(raw_key)
+        op = next((p for p in _PREFIXES if key.startswith(p)), "")
+        if op not in (">", ">=") or key[len(op):].upper() != "DATE_MODIFY":
+            continue
+        if isinstance(value, (list, dict)) or value in ("", None):
+            return None
+        try:
+            bounds.append(read(value))
+        except (ValueError, TypeError):
+            return None
+    return max(bounds) if bounds else None
 
 
 def _condition(field: str, op: str, value, tz: dt.tzinfo, conv=None):

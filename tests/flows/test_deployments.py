@@ -127,12 +127,12 @@ def test_served_deployments_are_per_customer_fixed_tagged_and_named(prefect_serv
         assert re.match(NAME_RE.format(name=re.escape(customer), mode="cutover"), flow_run.name), flow_run.name
         tag = f"customer:{slug}"
         with get_client(sync_client=True) as client:
-            phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])))
             task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(
-                any_=[flow_run.id, *(p.id for p in phases)])))
+                any_=[flow_run.id])))
         assert tag in flow_run.tags
-        assert len(phases) == 2 and all(tag in p.tags for p in phases)
+        assert subflows == []  # the phases are parts of the one run: Prefect suspends only a top-level run
         assert len(task_runs) > 4 and all(tag in t.tags for t in task_runs), [(t.name, t.tags) for t in task_runs]
     finally:
         _stop(proc)
@@ -164,8 +164,7 @@ def test_a_second_start_of_the_same_customer_is_refused_and_the_first_stays_paus
     with get_client(sync_client=True) as client:
         paused = _wait(lambda: _customer_runs(client, slug, state=FlowRunFilterState(
             type=FlowRunFilterStateType(any_=["PAUSED"]))), 120, "the first run's pause")
-        (phase,) = paused
-        parent = client.read_flow_run(client.read_task_run(phase.parent_task_run_id).flow_run_id)
+        (parent,) = paused  # started without a deployment: it waits in its process
 
         second = migration(str(config), "cutover", return_state=True)  # any mode: one run per customer
 
@@ -175,8 +174,7 @@ def test_a_second_start_of_the_same_customer_is_refused_and_the_first_stays_paus
         assert str(parent.id) in exc.message and "already has a live run" in exc.message
         assert f"prefect flow-run cancel {parent.id}" in exc.fix
         assert re.match(NAME_RE.format(name=re.escape(customer), mode="rehearsal"), parent.name), parent.name
-        assert client.read_flow_run(phase.id).state.is_paused()  # never cancelled, still waiting for its answer
-        assert client.read_flow_run(parent.id).state.is_running()
+        assert client.read_flow_run(parent.id).state.is_paused()  # never cancelled, still waiting for its answer
     runs = Journal(load_config(config).journal.url).runs()
     assert [r.mode for r in runs] == ["rehearsal"]  # the refused start opened no journal run
 
@@ -213,19 +211,43 @@ def test_retiring_sends_a_live_run_to_cancelling_and_a_dead_one_to_cancelled(pre
         assert client.read_flow_run(dead.id).state.type.value == "CANCELLED"
 
 
+def _processes_of(flow_run_id) -> list[int]:
+    """The pids of processes working on ``flow_run_id`` (the runner and the worker start each with
+    PREFECT__FLOW_RUN_ID in its environment)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return pids
+
+
 @pytest.mark.prefect
 @pytest.mark.slow
-def test_a_process_worker_runs_the_prefect_yaml_deployment_to_its_first_pause(prefect_server, make_config, tmp_path):
+def test_a_process_worker_runs_the_prefect_yaml_deployment_holding_no_process_while_it_waits(
+        prefect_server, make_config, tmp_path):
+    """The worker starts the deployment's run; at each pause that nothing else needs the process for,
+    the run is suspended and 0 processes of it are left; each answer starts it again, and the run
+    goes on from the journal — each step once, with its one row — to the end."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
 
     from flows.config import load_config
+    from journal.events import EventKind
+    from journal.store import Journal
 
-    config = make_config()
+    sign_key = uuid.uuid4().hex + uuid.uuid4().hex  # the codes' key outlives the process (journal/signers.py)
+    config = make_config(extra='[signoff]\ncode_key_secret = "sign_code_key"\n'
+                               '[secrets]\nsign_code_key = { env = "C2B_TEST_SIGN_CODE_KEY" }\n')
     slug = customer_slug(load_config(config).migration.name)
     pool = f"c2b-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "CLOUD2BOX_CONFIG": str(config),
-           "CLOUD2BOX_CUSTOMER": slug, "CLOUD2BOX_HOME": str(REPO), "CLOUD2BOX_POOL": pool}
+           "CLOUD2BOX_CUSTOMER": slug, "CLOUD2BOX_HOME": str(REPO), "CLOUD2BOX_POOL": pool,
+           "C2B_TEST_SIGN_CODE_KEY": sign_key}
     prefect_cli = [sys.executable, "-m", "prefect"]
     yaml_before = (REPO / "prefect.yaml").read_text()
     for args in (["work-pool", "create", "--type", "process", pool], ["--no-prompt", "deploy", "--all"]):
@@ -244,8 +266,41 @@ def test_a_process_worker_runs_the_prefect_yaml_deployment_to_its_first_pause(pr
             flow_run = client.create_flow_run_from_deployment(deployment.id)
             paused = _wait(lambda: _customer_runs(client, slug, state=FlowRunFilterState(
                 type=FlowRunFilterStateType(any_=["PAUSED"]))), 180, "the manual step's pause", log_path, worker)
-            assert [p.name for p in paused] == ["phase-1-rehearsal"]
-            parent = client.read_flow_run(flow_run.id)
-            assert parent.state.is_running() and f"customer:{slug}" in parent.tags
+            assert [p.id for p in paused] == [flow_run.id] and f"customer:{slug}" in paused[0].tags
+            assert paused[0].state.name == "Suspended", paused[0].state
+            waits: list[tuple[str, str, int]] = []  # (pause key, state, processes of the run) when answered
+
+            def answer_when_no_process_is_left(prompt):
+                """Answer like the demo's customer, but a suspended run only once its process has ended."""
+                with get_client(sync_client=True) as own:
+                    state = own.read_flow_run(prompt.flow_run_id).state
+                alive = len(_processes_of(prompt.flow_run_id))
+                if state.name == "Suspended" and alive:
+                    return None  # asked again at the next poll
+                waits.append((prompt.key, state.name, alive))
+                return demo_answer(prompt)
+
+            with ScriptedCustomer(answer=answer_when_no_process_is_left, config=str(config), poll_s=0.5) as answering:
+                deadline = time.monotonic() + 400
+                while not (state := client.read_flow_run(flow_run.id).state).is_final():
+                    assert time.monotonic() < deadline, ("the run did not end", waits, log_path.read_text()[-3000:])
+                    time.sleep(0.5)
+            assert state.is_completed(), (state.message, answering.errors, log_path.read_text()[-3000:])
     finally:
         _stop(worker)
+    journal = Journal(load_config(config).journal.url)
+    (run,) = journal.runs()
+    steps = journal.steps(run.id)
+    assert sorted((s.step_id, s.attempt, s.outcome) for s in steps) == [
+        ("1.1", 1, "done"), ("1.2", 1, "done"), ("2.1", 1, "done"), ("2.2", 1, "done")]
+    # every wait but 2.2's is without a process (0 processes of the run when answered); 2.2 comes while
+    # the users' downtime notices go on (2.1 started the downtime), so that process stays
+    assert waits == [("step-1-1-attempt-1", "Suspended", 0), ("step-1-2-attempt-1", "Suspended", 0),
+                     ("gate-1-attempt-1", "Suspended", 0), ("step-2-1-attempt-1", "Suspended", 0),
+                     ("step-2-2-attempt-1", "Paused", 1), ("gate-2-attempt-1", "Suspended", 0)], waits
+    suspended = [e.data["pause"] for e in journal.events(run.id, EventKind.WAIT) if e.data.get("suspended")]
+    assert suspended == [key for key, state, _ in waits if state == "Suspended"]
+    woken = [e for e in journal.events(run.id, EventKind.RESUME) if "woken" in e.message]
+    assert len(woken) == len(suspended)
+    verified = journal.events(run.id, EventKind.SIGN_VERIFIED)
+    assert len(verified) == len(answering.answered) == len(waits)  # each answer taken once

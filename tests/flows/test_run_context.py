@@ -19,16 +19,12 @@ def _context(config_path) -> RunContext:
                       notifier=notifier_for(setup.config, setup.secrets, setup.journal, "r-1", "rehearsal"))
 
 
-def test_a_phase_stores_the_context_as_a_placeholder(make_config, monkeypatch):
-    from flows.migration import run_phase
-
+def test_a_logged_context_shows_no_config_and_no_secret(make_config, monkeypatch):
     monkeypatch.setenv("C2B_TEST_WEBHOOK", SECRET)
     config = make_config(extra='[secrets]\ncloud_webhook = { env = "C2B_TEST_WEBHOOK" }\n')
     run = _context(config)
     assert run.secrets["cloud_webhook"].get_secret_value() == SECRET
-    stored = run_phase.serialize_parameters({"run": run, "config": str(config), "mode": "rehearsal", "number": 1})
-    assert stored == {"run": "<RunContext>", "config": str(config), "mode": "rehearsal", "number": 1}
-    assert repr(run) == "RunContext(run_id='r-1', mode='rehearsal')"  # a logged context shows no config
+    assert repr(run) == "RunContext(run_id='r-1', mode='rehearsal')"
 
 
 @pytest.mark.prefect
@@ -50,7 +46,6 @@ def test_a_run_loads_its_config_once_and_its_phases_share_the_context(prefect_se
     assert not customer.errors, customer.errors
     assert loads == [str(config)]  # once per run, not once per step and task as before
     with get_client(sync_client=True) as client:
-        phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
-    assert sorted(p.name for p in phases) == ["phase-1-rehearsal", "phase-2-rehearsal"]
-    assert all(p.parameters["run"] == "<RunContext>" and p.parameters["config"] == str(config) for p in phases)
+    assert subflows == []  # the phases share the flow run (and its context) instead of being subflows

@@ -293,3 +293,49 @@ def test_a_cutover_without_a_roster_does_not_start_and_a_rehearsal_takes_typed_n
     assert journal.steps(run.id)[0].actor == "Alex Engineer (Contractor)"  # as typed
     unbound = journal.events(run.id, EventKind.SIGN_UNBOUND)
     assert len(unbound) == 6 and "not verified" in unbound[0].message
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("suspendable", None),
+    ("no deployment", "started without a deployment"),
+    ("subflow", "does not suspend a subflow"),
+    ("pre-sync", "the pre-sync goes on"),
+    ("sweeps", "the straggler sweeps go on"),
+    ("downtime", "downtime notices go on"),
+    ("code of this process", "[signoff] code_key_secret is not set"),
+    ("switched off", "suspend_while_waiting is off"),
+])
+def test_a_wait_keeps_its_process_only_when_something_needs_it(make_config, monkeypatch, case, reason):
+    """Suspend (no process while a person thinks) unless Prefect cannot start the run again or work
+    must go on meanwhile; the reason is what the log says."""
+    import types
+    import uuid
+
+    import prefect.context
+
+    from flows.config import load_config_and_secrets
+    from flows.signing import process_hold, signers_for
+
+    key = secrets.token_urlsafe(32)
+    monkeypatch.setenv("C2B_TEST_SIGN_CODE_KEY", key)
+    extra = '[secrets]\nsign_code_key = { env = "C2B_TEST_SIGN_CODE_KEY" }\n'
+    if case != "code of this process":
+        extra = '[signoff]\ncode_key_secret = "sign_code_key"\n' + extra
+    config, resolved, problems = load_config_and_secrets(str(make_config(extra=extra)))
+    assert not problems, problems
+    if case == "switched off":
+        config = config.model_copy(update={"prefect": config.prefect.model_copy(
+            update={"suspend_while_waiting": False})})
+    flow_run = types.SimpleNamespace(deployment_id=None if case == "no deployment" else uuid.uuid4(),
+                                     parent_task_run_id=uuid.uuid4() if case == "subflow" else None)
+    monkeypatch.setattr(prefect.context.FlowRunContext, "get", classmethod(
+        lambda cls: types.SimpleNamespace(flow_run=flow_run)))
+    busy = object()
+    run = types.SimpleNamespace(config=config, secrets=resolved, presyncer=busy if case == "pre-sync" else None,
+                                sweeper=busy if case == "sweeps" else None,
+                                watcher=busy if case == "downtime" else None)
+    hold = process_hold(run, signers_for(config, "customer"))
+    assert (hold is None) if reason is None else (reason in hold), hold
+    # a contractor's step needs no code: the process's own key does not hold it
+    if case == "code of this process":
+        assert process_hold(run, signers_for(config, "contractor")) is None

@@ -28,7 +28,7 @@ STORED = {
     "VERIFICATION": "verification", "ISSUE": "issue", "ISSUE_RESOLVED": "issue-resolved", "LADDER": "ladder",
     "NOTICE": "notice", "FORECAST": "forecast", "FORECAST_ETA": "forecast-eta",
     "ANCHOR_UNDELIVERED": "anchor-undelivered",
-    "PERSON_NOTICE": "person-notice", "SIGN_VERIFIED": "sign-verified", "SIGN_REFUSED": "sign-refused",
+    "PERSON_NOTICE": "person-notice", "WAIT": "wait", "SIGN_VERIFIED": "sign-verified", "SIGN_REFUSED": "sign-refused",
     "SIGN_UNBOUND": "sign-unbound", "ISSUE_OVERRIDE": "issue-override",
 }
 

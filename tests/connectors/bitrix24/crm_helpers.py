@@ -93,4 +93,5 @@ def backdate(pair: PortalPair, entity: str = "lead") -> tuple[str, str]:
     for rid, when in ((new[0], pair.cutoff - dt.timedelta(days=3)), (new[1], pair.cutoff)):
         rec = pair.cloud.store.tables[entity][rid]
         rec["DATE_CREATE"] = rec["DATE_MODIFY"] = when
+    pair.cloud.store.edited_by_hand(entity)
     return str(new[0]), str(new[1])
