@@ -32,9 +32,10 @@ The box is free (``PortalLimits.free(rate=20)``: a self-hosted box has no operat
 the customer's server) and the config paces it at 20 req/s (``box_rate``), as the demo's does. Before
 the freeze the bench waits 30 s: the stop comes minutes after the last pass, when the cloud's request
 bucket (50 requests, 2 a second) is full again. The clients are the product's, with the
-config's defaults (2 req/s, burst 50). The sandbox filters ``>DATE_MODIFY`` by scanning its table
-in Python (a real portal has an index), which the 1 000 000-record portal pays for in every listing:
-its freeze is an upper bound.
+config's defaults (2 req/s, burst 50). The sandbox reads ``>DATE_MODIFY`` through an index of the
+column (smart-process items too) and ``ID``/``@ID`` by key, as a real portal's database does
+(sandbox/portal/store.py); the activities' ``>LAST_UPDATED`` scans in Python, which a bigger portal
+pays in that listing: a freeze there is an upper bound.
 """
 
 from __future__ import annotations

@@ -296,7 +296,13 @@ def _print_forecast_vs_actual(journal, cutover_run_id: str, out: Path) -> None:
         err = f"{r['error_pct']:+.0f} %" if r["error_pct"] is not None else ""
         lines.append(f"| {r['step']} | {r['kind']} | {human_duration(r['p50_s'])} | {human_duration(r['p90_s'])} | "
                      f"{human_duration(r['actual_s'])} | {err} |")
-    text = f"# Cutover: forecast (from rehearsal {forecast.rehearsal_run_id}) vs actual\n\n" + "\n".join(lines) + "\n"
+    legend = ("*kind*: automated — an action of cloud2box runs the step; manual — a person does it and confirms it. "
+              "*P50*, *P90*: durations the step should not exceed with 50 % and 90 % likelihood. *error*: "
+              "(P50 − actual) ÷ actual — +162 % means the forecast P50 was 2.62 × the actual duration (faster than "
+              "forecast), −40 % that the step took longer than forecast (1.67 × the P50). The same table with the "
+              "forecast's method per step is in report.html.")
+    text = (f"# Cutover: forecast (from rehearsal {forecast.rehearsal_run_id}) vs actual\n\n" + "\n".join(lines)
+            + "\n\n" + legend + "\n")
     write_private_text(out / "forecast-vs-actual.md", text)
     print("\ncutover forecast vs actual (automated steps; all steps in forecast-vs-actual.md):")
     for r in rows:
