@@ -618,10 +618,12 @@ class CrmStore:
             elif (since := modified_since(filter or {}, self.tz)) is not None:
                 # ``>DATE_MODIFY``: read the range of the column's index (a superset: the predicates decide)
                 ids = self._modified_since(entity, since)
+            ceiling = id_ceiling(filter or {})  # ``<ID``/``<=ID``: the walk ends there, as an index range does
+            hi = bisect.bisect_right(ids, ceiling) if ceiling is not None else len(ids)
             if id_only:
                 desc = order["ID"] == "DESC"
                 lo = bisect.bisect_right(ids, id_floor) if id_floor is not None else 0
-                walk = reversed(ids[lo:]) if desc else (ids[i] for i in range(lo, len(ids)))
+                walk = reversed(ids[lo:hi]) if desc else (ids[i] for i in range(lo, hi))
                 if start < 0:
                     rows = []
                     for rid in walk:
@@ -641,7 +643,7 @@ class CrmStore:
                 matching = [table[rid] for rid in walk if all(p(table[rid]) for p in predicates)]
             else:
                 lo = bisect.bisect_right(ids, id_floor) if id_floor is not None else 0
-                matching = [table[rid] for rid in ids[lo:] if all(p(table[rid]) for p in predicates)]
+                matching = [table[rid] for rid in ids[lo:hi] if all(p(table[rid]) for p in predicates)]
                 for key, direction in reversed(list(order.items())):
                     matching.sort(key=lambda r, k=key: _sort_key(_comparable(r, k)), reverse=direction == "DESC")
             total = len(matching)
@@ -790,6 +792,22 @@ def named_ids(flt: dict, tz: dt.tzinfo) -> set[int] | None:
             return None
         named = ids if named is None else named & ids
     return named
+
+
+def id_ceiling(flt: Any) -> int | None:
+    """The highest ID a top-level ``<ID``/``<=ID`` lets through (None: no such bound, an OR, or a value
+    not read as a number; then the conditions decide alone)."""
+    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
+        return None
+    ceilings = []
+    for key, value in flt.items():
+        k = str(key).upper()
+        if k in ("<ID", "<=ID"):
+            try:
+                ceilings.append(int(str(value).strip()) - (k == "<ID"))
+            except (TypeError, ValueError):
+                return None
+    return min(ceilings) if ceilings else None
 
 
 def modified_since(flt: dict, tz: dt.tzinfo) -> dt.datetime | None:

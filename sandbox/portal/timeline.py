@@ -46,6 +46,7 @@ from .store import (
     _like,
     _php_list,
     _sort_key,
+    id_ceiling,
     named_ids,
     parse_date,
 )
@@ -301,14 +302,15 @@ def _ordered(rows: list[dict], order: Any, allowed: set[str] | dict, default: di
 
 
 def _by_id_without_count(p: dict) -> bool:
-    """``order: {ID: ASC}`` and ``start=-1``: a page is the first matches above the filter's ``>ID``."""
+    """``order: {ID: ASC}`` (or DESC) and ``start=-1``: a page is the first matches in ID order within
+    the filter's ID bounds."""
     order = _param(p, "order")
     try:
         start = int(p.get("start", 0) or 0)
     except (TypeError, ValueError):
         return False
     return start < 0 and isinstance(order, dict) and len(order) == 1 and \
-        str(next(iter(order))).upper() == "ID" and str(next(iter(order.values()))).upper() == "ASC"
+        str(next(iter(order))).upper() == "ID" and str(next(iter(order.values()))).upper() in ("ASC", "DESC")
 
 
 def _id_floor(flt: Any) -> int | None:
@@ -676,15 +678,18 @@ class _Api:
             return {"result": [self.s.render_activity(a, select, self.base_url) for a in page], **extra}, cost
 
     def _activity_page_by_id(self, p: dict, flt: dict, preds: list) -> dict:
-        """The same page as the general path (ascending IDs above the filter's ``>ID``, no count), read
-        like a primary-key range: the store's own speed, not a change in what the portal answers."""
-        floor = _id_floor(flt)
+        """The same page as the general path (IDs in order within the filter's ``>ID``/``<=ID`` bounds, no
+        count), read like a primary-key range: the store's own speed, not a change in what the portal answers."""
+        floor, ceiling = _id_floor(flt), id_ceiling(flt)
+        desc = str(next(iter(_param(p, "order").values()))).upper() == "DESC"
         with self.s.lock:
             if self.s._activity_ids is None:
                 self.s._activity_ids = sorted(self.s.activities)
             ids = self.s._activity_ids
+            lo = bisect.bisect_right(ids, floor) if floor is not None else 0
+            hi = bisect.bisect_right(ids, ceiling) if ceiling is not None else len(ids)
             page = []
-            for aid in ids[bisect.bisect_right(ids, floor) if floor is not None else 0:]:
+            for aid in (reversed(ids[lo:hi]) if desc else ids[lo:hi]):
                 act = self.s.activities[aid]
                 if all(pr(act) for pr in preds):
                     page.append(act)

@@ -644,16 +644,17 @@ def test_in_and_not_in(fid, picked):
 @_FAST
 @given(data=st.data())
 def test_a_filter_naming_ids_finds_exactly_what_it_allows(fid, data):
-    """``ID``/``=ID``/``@ID`` are read like a key lookup: for any IDs (present or not, numbers or text,
-    several conditions at once), with a floor, another condition, any order and either paging, the page
-    is what the whole filter allows of every record, in that order."""
+    """``ID``/``=ID``/``@ID`` are read like a key lookup and ``>ID``/``<ID``/``<=ID`` like a key range: for any
+    IDs (present or not, numbers or text, several conditions at once or none), with bounds, another
+    condition, any order and either paging, the page is what the whole filter allows of every record, in
+    that order."""
     store = fid.cloud.store
     recs = store.tables["lead"]
     present = sorted(recs)
     some_ids = st.lists(st.one_of(st.sampled_from(present), st.integers(1, 400)), max_size=8)
     flt: dict = {}
     allowed = set(recs)
-    for key in data.draw(st.lists(st.sampled_from(["ID", "=ID", "@ID"]), min_size=1, max_size=2, unique=True)):
+    for key in data.draw(st.lists(st.sampled_from(["ID", "=ID", "@ID"]), min_size=0, max_size=2, unique=True)):
         picked = data.draw(some_ids)
         as_text = data.draw(st.booleans())
         value = [str(i) if as_text else i for i in picked]
@@ -665,6 +666,10 @@ def test_a_filter_naming_ids_finds_exactly_what_it_allows(fid, data):
     if floor is not None:
         flt[">ID"] = floor
         allowed = {i for i in allowed if i > floor}
+    ceiling, below = data.draw(st.one_of(st.none(), st.sampled_from(present))), data.draw(st.sampled_from(["<ID", "<=ID"]))
+    if ceiling is not None:  # a range's end, as the listing chains send it
+        flt[below] = str(ceiling)
+        allowed = {i for i in allowed if i < ceiling or (below == "<=ID" and i == ceiling)}
     if data.draw(st.booleans()):
         flt[">OPPORTUNITY"] = "1000"
         allowed = {i for i in allowed if recs[i].get("OPPORTUNITY") is not None and Decimal(recs[i]["OPPORTUNITY"]) > 1000}

@@ -273,3 +273,28 @@ def test_activity_list_by_named_ids_is_every_activity_allowed(pair, data):
     got = ok(pair.cloud, "crm.activity.list", {"filter": flt, "select": ["ID"], "start": -1})["result"]
     want = sorted(allowed, key=lambda i: (acts[i]["START_TIME"], i))  # the default order: START_TIME ascending
     assert [int(r["ID"]) for r in got] == want[:50]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_activity_pages_by_id_keep_to_the_filters_id_range_either_way(pair, data):
+    """A page ordered by ID (ascending or descending, no count) within ``>ID`` and ``<ID``/``<=ID`` is the
+    first activities the filter allows in that order — the listing chains' ranges and their ends."""
+    acts = pair.cloud.store.timeline.activities
+    present = sorted(acts)
+    flt, allowed = {}, set(acts)
+    lo = data.draw(st.one_of(st.none(), st.sampled_from(present)))
+    if lo is not None:
+        flt[">ID"] = lo
+        allowed = {i for i in allowed if i > lo}
+    hi, below = data.draw(st.one_of(st.none(), st.sampled_from(present))), data.draw(st.sampled_from(["<ID", "<=ID"]))
+    if hi is not None:
+        flt[below] = hi
+        allowed = {i for i in allowed if i < hi or (below == "<=ID" and i == hi)}
+    if data.draw(st.booleans()):
+        flt["TYPE_ID"] = 2
+        allowed = {i for i in allowed if int(acts[i]["TYPE_ID"]) == 2}
+    desc = data.draw(st.booleans())
+    got = ok(pair.cloud, "crm.activity.list", {"filter": flt, "order": {"ID": "DESC" if desc else "ASC"},
+                                               "select": ["ID"], "start": -1})["result"]
+    assert [int(r["ID"]) for r in got] == sorted(allowed, reverse=desc)[:50]
