@@ -220,8 +220,10 @@ def _created_since_backup(cloud: Bitrix24Client, box: Bitrix24Client, d, by_orig
 def advance_marks(marks: dict, ok: bool, cloud_to: int, box_ids, *, held=()) -> dict[str, int]:
     """The marks after a proof that listed cloud IDs up to ``cloud_to`` and our box records ``box_ids``
     above ``marks``: advanced when it found nothing wrong (the cloud mark below the first record held
-    back), else as given, so the next proof covers the range again."""
+    back), else as given, so the next proof covers the range again. A proof that listed nothing new
+    (a pass that moved only changes: ``cloud_to`` is the backup's mark) keeps the marks it started
+    from — they never go back, or the freeze would prove the whole gap again."""
     cloud, box = int(marks.get("cloud", 0)), int(marks.get("box", 0))
     if not ok:
         return {"cloud": cloud, "box": box}
-    return {"cloud": min([cloud_to, *(int(h) - 1 for h in held)]), "box": max([box, *box_ids])}
+    return {"cloud": min([max(cloud, cloud_to), *(int(h) - 1 for h in held)]), "box": max([box, *box_ids])}

@@ -290,3 +290,25 @@ def test_the_presence_proof_goes_on_from_its_marks(pair, tmp_path):
     fourth = reconcile(box, d4, m, user_map=users, cloud=cloud, proven=marks2)
     assert str(new[0]) in fourth.entities["lead"].duplicates and not fourth.ok
     assert fourth.proven()["lead"] == marks2["lead"]
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(cloud=st.integers(0, 10 ** 6), box=st.integers(0, 10 ** 6), cloud_to=st.integers(0, 10 ** 6),
+       box_ids=st.lists(st.integers(0, 10 ** 6), max_size=5), held=st.lists(st.integers(1, 10 ** 6), max_size=3),
+       ok=st.booleans())
+def test_presence_marks_never_go_back_past_what_was_proven(cloud, box, cloud_to, box_ids, held, ok):
+    """A proof that listed nothing new (a pass that moved only changes: it listed up to the backup's
+    mark) keeps its marks — once they went back to the backup's, and the freeze proved the whole gap's
+    activities again; a proof that failed keeps them; a record held back caps the cloud mark below it."""
+    from connectors.bitrix24.reconcile import advance_marks
+
+    after = advance_marks({"cloud": cloud, "box": box}, ok, cloud_to, box_ids, held=held)
+    if not ok:
+        assert after == {"cloud": cloud, "box": box}
+        return
+    assert after["box"] == max([box, *box_ids])
+    assert after["cloud"] == min([max(cloud, cloud_to), *(h - 1 for h in held)])
+    if not held:
+        assert after["cloud"] >= cloud and after["cloud"] >= cloud_to
