@@ -337,10 +337,10 @@ def wait_for_answer(run: RunContext, form: Any, *, key: str, what: str, signers:
     from prefect import get_run_logger
     from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
+    if answered:  # fired already: Prefect refuses the same key again and gives the stored answer
+        return suspend_flow_run(wait_for_input=form, key=key)
     cfg, logger = run.config, get_run_logger()
-    hold = None if answered else process_hold(run, signers)
-    if answered:
-        return suspend_flow_run(wait_for_input=form, key=key)  # fired already: the stored answer, no new wait
+    hold = process_hold(run, signers)
     if hold is None:
         run.journal.add_event(run.run_id, EventKind.WAIT, f"{what}: the run waits without a process (suspended) "
                               "until the answer starts it again", data={"pause": key, "suspended": True},
