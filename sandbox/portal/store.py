@@ -772,18 +772,26 @@ def _compile_filter(entity: str, flt: dict, tz: dt.tzinfo = dt.timezone.utc, *, 
     return predicates, id_floor
 
 
+def _top_conditions(flt: Any) -> list[tuple[str, str, Any]] | None:
+    """A filter's top-level conditions as (prefix, FIELD, value), or None when they are not all
+    required (``logic: OR``) or the filter is no object: what a key lookup or range may narrow by."""
+    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
+        return None
+    out = []
+    for raw_key, value in flt.items():
+        key = str(raw_key)
+        op = next((p for p in _PREFIXES if key.startswith(p)), "")
+        out.append((op, key[len(op):].upper(), value))
+    return out
+
+
 def named_ids(flt: dict, tz: dt.tzinfo) -> set[int] | None:
     """The IDs a top-level ``ID``/``=ID``/``@ID`` condition allows (every such condition must hold),
     a superset of what the whole filter matches; None when the filter names no IDs this way (or
     joins its conditions by OR, or a value is not read as an ID: then the filter decides alone)."""
-    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
-        return None
-    read = _converter("ID", tz)
-    named: set[int] | None = None
-    for raw_key, value in flt.items():
-        key = str(raw_key)
-        op = next((p for p in _PREFIXES if key.startswith(p)), "")
-        if op not in ("", "=", "@") or key[len(op):].upper() != "ID":
+    read, named = _converter("ID", tz), None
+    for op, field, value in _top_conditions(flt) or ():
+        if op not in ("", "=", "@") or field != "ID":
             continue
         values = _php_list(value) if (op == "@" or isinstance(value, (list, dict))) else [value]
         try:
@@ -794,33 +802,35 @@ def named_ids(flt: dict, tz: dt.tzinfo) -> set[int] | None:
     return named
 
 
+def id_floor(flt: Any) -> int | None:
+    """The lowest ID a top-level ``>ID``/``>=ID`` lets through, minus one (None: no such bound, an OR,
+    or a value not read as a number; then the conditions decide alone)."""
+    return _id_bound(flt, {">": 0, ">=": -1}, max)
+
+
 def id_ceiling(flt: Any) -> int | None:
-    """The highest ID a top-level ``<ID``/``<=ID`` lets through (None: no such bound, an OR, or a value
-    not read as a number; then the conditions decide alone)."""
-    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
-        return None
-    ceilings = []
-    for key, value in flt.items():
-        k = str(key).upper()
-        if k in ("<ID", "<=ID"):
+    """The highest ID a top-level ``<ID``/``<=ID`` lets through (None as for :func:`id_floor`)."""
+    return _id_bound(flt, {"<": -1, "<=": 0}, min)
+
+
+def _id_bound(flt: Any, shift: dict[str, int], tightest) -> int | None:
+    bounds = []
+    for op, field, value in _top_conditions(flt) or ():
+        if field == "ID" and op in shift:
             try:
-                ceilings.append(int(str(value).strip()) - (k == "<ID"))
+                bounds.append(int(str(value).strip()) + shift[op])
             except (TypeError, ValueError):
                 return None
-    return min(ceilings) if ceilings else None
+    return tightest(bounds) if bounds else None
 
 
 def modified_since(flt: dict, tz: dt.tzinfo) -> dt.datetime | None:
     """The latest bound of a top-level ``>DATE_MODIFY``/``>=DATE_MODIFY`` condition (every record the
     filter allows was modified then or later); None without one, under OR, or with a value the
     filter reads otherwise (then the filter decides alone)."""
-    if not isinstance(flt, dict) or any(str(k).lower() == "logic" and str(v).upper() == "OR" for k, v in flt.items()):
-        return None
     read, bounds = _converter("DATE_MODIFY", tz), []
-    for raw_key, value in flt.items():
-        key = str(raw_key)
-        op = next((p for p in _PREFIXES if key.startswith(p)), "")
-        if op not in (">", ">=") or key[len(op):].upper() != "DATE_MODIFY":
+    for op, field, value in _top_conditions(flt) or ():
+        if op not in (">", ">=") or field != "DATE_MODIFY":
             continue
         if isinstance(value, (list, dict)) or value in ("", None):
             return None

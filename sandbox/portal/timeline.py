@@ -47,6 +47,7 @@ from .store import (
     _php_list,
     _sort_key,
     id_ceiling,
+    id_floor,
     named_ids,
     parse_date,
 )
@@ -311,23 +312,6 @@ def _by_id_without_count(p: dict) -> bool:
         return False
     return start < 0 and isinstance(order, dict) and len(order) == 1 and \
         str(next(iter(order))).upper() == "ID" and str(next(iter(order.values()))).upper() in ("ASC", "DESC")
-
-
-def _id_floor(flt: Any) -> int | None:
-    """The lowest ID a filter's ``>ID`` / ``>=ID`` lets through, minus one (None: no bound)."""
-    if not isinstance(flt, dict):
-        return None
-    floors = []
-    for key, value in flt.items():
-        k = str(key).upper()
-        try:
-            if k == ">ID":
-                floors.append(int(value))
-            elif k == ">=ID":
-                floors.append(int(value) - 1)
-        except (TypeError, ValueError):
-            return None
-    return max(floors) if floors else None
 
 
 def _page(rows: list, p: dict, count_cost_s: float) -> tuple[list, dict, float]:
@@ -680,7 +664,7 @@ class _Api:
     def _activity_page_by_id(self, p: dict, flt: dict, preds: list) -> dict:
         """The same page as the general path (IDs in order within the filter's ``>ID``/``<=ID`` bounds, no
         count), read like a primary-key range: the store's own speed, not a change in what the portal answers."""
-        floor, ceiling = _id_floor(flt), id_ceiling(flt)
+        floor, ceiling = id_floor(flt), id_ceiling(flt)
         desc = str(next(iter(_param(p, "order").values()))).upper() == "DESC"
         with self.s.lock:
             if self.s._activity_ids is None:
